@@ -1,0 +1,619 @@
+"""The lecture's layers as ``torch.autograd.Function``s whose backward passes are written by hand.
+
+Every layer comes in three parts, in the order a reader meets them on the slides:
+
+* ``<layer>_forward`` and ``<layer>_backward``: the formulas themselves, as plain tensor functions
+  (like CS231n's ``affine_forward`` / ``affine_backward``). They are the only implementation of
+  each formula: the autograd Functions below call them, and so does the explicit backprop loop in
+  :mod:`manualbp.manual`, which runs the same code with no autograd engine at all.
+* ``<Layer>Function``: the ``torch.autograd.Function`` that plugs the pair into autograd. It saves
+  only inputs and outputs (so double backward stays exact), skips gradients nobody asked for
+  (``ctx.needs_input_grad``), and has a ``jvp`` for forward-mode AD and ``torch.func``.
+* ``<layer>(...)``: the public function (``linear``, ``relu``, ...). It checks the input, applies
+  autocast the way PyTorch's own op would, and calls ``<Layer>Function.apply``.
+
+Layout: torch stores a Linear weight as ``(out_features, in_features)`` and computes Z = X Wᵀ + b.
+The slides store W as ``(in, out)`` and write Z = X W + b; their δW = XᵀδZ and δX = δZ Wᵀ are, in
+torch's layout, δW = δZᵀX and δX = δZ W -- the same numbers, transposed.
+
+For elementwise layers the Jacobian is diagonal, so the backward formula (δX = f'(X)·δZ) also
+pushes a tangent forward (Ẋ ↦ f'(X)·Ẋ): their ``jvp`` calls the same ``<layer>_backward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+__all__ = [
+    "linear",
+    "sigmoid",
+    "relu",
+    "elu",
+    "linear_relu",
+    "softmax_cross_entropy",
+    "euclidean_loss",
+    "linear_forward",
+    "linear_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "relu_forward",
+    "relu_backward",
+    "elu_forward",
+    "elu_backward",
+    "log_softmax",
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "euclidean_loss_forward",
+    "euclidean_loss_backward",
+    "REDUCTIONS",
+]
+
+REDUCTIONS = ("sum", "mean")
+
+
+# ----------------------------------------------------------------------------------------------
+# The formulas
+# ----------------------------------------------------------------------------------------------
+
+
+def linear_forward(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Z = X Wᵀ + b.
+
+    input: (*, in_features); weight: (out_features, in_features); bias: (out_features,) or None.
+    Returns Z: (*, out_features).
+    """
+    if input.dim() == 2 and bias is not None:
+        return torch.addmm(bias, input, weight.t())  # Z = X Wᵀ + b, in one GEMM
+    # Any other rank: matmul folds the leading dimensions and returns a fresh tensor (not a view,
+    # which autograd would forbid modifying in place, e.g. by a following ReLU(inplace=True)).
+    output = input @ weight.t()  # Z = X Wᵀ
+    return output if bias is None else output + bias  # ... + b
+
+
+def linear_backward(
+    grad_output: Tensor,
+    input: Tensor | None,
+    weight: Tensor,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δX, δW, δb of Z = X Wᵀ + b, each computed only if ``needs_grad`` asks for it.
+
+    grad_output δZ: (*, out_features); input X: (*, in_features) (may be None if δW is not
+    needed); weight W: (out_features, in_features).
+    Returns δX: (*, in_features), δW: (out_features, in_features), δb: (out_features,).
+    """
+    out_features, in_features = weight.shape
+    grad_rows = grad_output.reshape(-1, out_features)
+    grad_input = grad_weight = grad_bias = None
+    if needs_grad[0]:
+        grad_input = grad_output @ weight  # δX = δZ·W   (slides, W as (in, out): δZ Wᵀ)
+    if needs_grad[1]:
+        grad_weight = grad_rows.t() @ input.reshape(-1, in_features)  # δW = δZᵀX   (slides: XᵀδZ)
+    if needs_grad[2]:
+        grad_bias = grad_rows.sum(0)  # δb = Σ_k δZ_k,:
+    return grad_input, grad_weight, grad_bias
+
+
+def sigmoid_forward(input: Tensor) -> Tensor:
+    """σ(a) = 1/(1 + e^(−a)), elementwise; any shape.
+
+    Finite for every a: for a ≪ 0, e^(−a) overflows to inf and 1/(1+inf) is exactly 0.
+    """
+    return 1 / (1 + torch.exp(-input))  # σ(a) = 1/(1+e^(−a))
+
+
+def sigmoid_backward(grad_output: Tensor, output: Tensor) -> Tensor:
+    """δA = σ(A)(1 − σ(A))·δZ, from the saved output Z = σ(A); same shape as grad_output."""
+    return output * (1 - output) * grad_output  # δA = σ(1−σ)·δZ
+
+
+def relu_forward(input: Tensor) -> Tensor:
+    """max(0, x), elementwise; any shape."""
+    return input.clamp_min(0)  # Z = max(0, X)
+
+
+def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
+    """δX = 1[X > 0]·δZ, from the saved output (Z > 0 exactly where X > 0); same shape."""
+    return torch.where(output > 0, grad_output, 0)  # δX = 1[X>0]·δZ
+
+
+def elu_forward(input: Tensor, alpha: float = 1.0) -> Tensor:
+    """x if x > 0 else α(eˣ − 1), elementwise; any shape."""
+    return torch.where(input > 0, input, alpha * torch.expm1(input))  # Z = X if X>0 else α(e^X − 1)
+
+
+def elu_backward(grad_output: Tensor, input: Tensor, output: Tensor, alpha: float = 1.0) -> Tensor:
+    """δX = δZ·(1 if X > 0 else Z + α): for X ≤ 0, d/dx α(eˣ − 1) = αeˣ = Z + α; same shape."""
+    return torch.where(input > 0, grad_output, grad_output * (output + alpha))  # δX = δZ·(1 | Z+α)
+
+
+def log_softmax(logits: Tensor) -> Tensor:
+    """log yp_k = logits_k − log Σ_j exp(logits_j), over the last dimension (stable for any size)."""
+    return logits - logits.logsumexp(dim=-1, keepdim=True)  # log yp = logits − log Σ exp(logits)
+
+
+def _target_distribution(target: Tensor, like: Tensor) -> Tensor:
+    """Targets as probabilities y: (N, C). Class indices (N,) become one-hot rows."""
+    if target.is_floating_point():
+        return target
+    return torch.zeros_like(like).scatter_(1, target.unsqueeze(1), 1)
+
+
+def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> Tensor:
+    """L = −(1/N) Σ_n Σ_k y_nk log yp_nk with yp = softmax(logits).
+
+    logits: (N, C); target: class indices (N,) or probabilities / one-hot rows (N, C).
+    Returns the scalar mean loss over the batch.
+    """
+    batch_size = logits.shape[0]
+    log_probs = log_softmax(logits)
+    if target.is_floating_point():
+        return -(target * log_probs).sum() / batch_size  # L = −(1/N) Σ y_k log yp_k
+    return -log_probs.gather(1, target.unsqueeze(1)).sum() / batch_size  # L = −(1/N) Σ log yp_target
+
+
+def softmax_cross_entropy_backward(
+    grad_output: Tensor, logits: Tensor, target: Tensor, needs_target_grad: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """δlogits = (yp − y)/N · g and, for probability targets that need it, δy = −log(yp)/N · g.
+
+    grad_output g: scalar; logits: (N, C); target: (N,) indices or (N, C) probabilities.
+    Returns δlogits: (N, C) and δy: (N, C) or None.
+    """
+    scale = grad_output / logits.shape[0]
+    log_probs = log_softmax(logits)
+    grad_logits = (log_probs.exp() - _target_distribution(target, logits)) * scale  # (yp − y)/N · g
+    grad_target = -log_probs * scale if needs_target_grad else None  # δy = −log(yp)/N · g
+    return grad_logits, grad_target
+
+
+def euclidean_loss_forward(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:
+    """L = ½‖Yp − Y‖² summed over everything; ``"mean"`` divides by the batch size N = pred.shape[0].
+
+    pred, target: the same shape (N, *). Returns a scalar.
+    """
+    loss = 0.5 * ((pred - target) ** 2).sum()  # L = ½‖Yp − Y‖²
+    return loss / _batch_size(pred) if reduction == "mean" else loss
+
+
+def euclidean_loss_backward(
+    grad_output: Tensor, pred: Tensor, target: Tensor, reduction: str = "sum"
+) -> Tensor:
+    """δYp = (Yp − Y)·g (divided by N for ``"mean"``); δY is its negative. Shape of pred."""
+    scale = grad_output / _batch_size(pred) if reduction == "mean" else grad_output
+    return (pred - target) * scale  # δYp = (Yp − Y)·g
+
+
+def _batch_size(tensor: Tensor) -> int:
+    return tensor.shape[0] if tensor.dim() > 0 else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The autograd Functions
+# ----------------------------------------------------------------------------------------------
+
+
+def _linear_tangent(input, weight, input_tangent, weight_tangent, bias_tangent) -> Tensor:
+    """Forward-mode derivative of Z = X Wᵀ + b: Ż = Ẋ Wᵀ + X Ẇᵀ + ḃ (missing tangents are 0)."""
+    tangent = 0
+    if input_tangent is not None:
+        tangent = tangent + linear_forward(input_tangent, weight)  # Ẋ Wᵀ
+    if weight_tangent is not None:
+        tangent = tangent + linear_forward(input, weight_tangent)  # X Ẇᵀ
+    if bias_tangent is not None:
+        tangent = tangent + bias_tangent  # ḃ
+    return tangent
+
+
+class LinearFunction(Function):
+    """Z = X Wᵀ + b with the hand-written backward δX = δZ W, δW = δZᵀX, δb = Σ δZ."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias):
+        return linear_forward(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        # δX needs W, δW needs X: keep X only when W wants a gradient.
+        ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        return linear_backward(grad_output, input, weight, ctx.needs_input_grad)
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent):
+        input, weight = ctx.saved_tensors
+        return _linear_tangent(input, weight, input_tangent, weight_tangent, bias_tangent)
+
+
+class SigmoidFunction(Function):
+    """σ(a) = 1/(1+e^(−a)) with backward σ(1−σ)·δZ from the saved output."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input):
+        return sigmoid_forward(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return sigmoid_backward(grad_output, output)
+
+    @staticmethod
+    def jvp(ctx, input_tangent):
+        (output,) = ctx.saved_tensors
+        return sigmoid_backward(input_tangent, output)
+
+
+class ReLUFunction(Function):
+    """max(0, x) with backward 1[x>0]·δZ from the saved output."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input):
+        return relu_forward(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return relu_backward(grad_output, output)
+
+    @staticmethod
+    def jvp(ctx, input_tangent):
+        (output,) = ctx.saved_tensors
+        return relu_backward(input_tangent, output)
+
+
+class ELUFunction(Function):
+    """x if x>0 else α(eˣ−1), with backward δZ·(1 if x>0 else y+α)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, alpha):
+        return elu_forward(input, alpha)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, alpha = inputs
+        ctx.alpha = alpha
+        ctx.save_for_backward(input, output)
+        ctx.save_for_forward(input, output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, output = ctx.saved_tensors
+        return elu_backward(grad_output, input, output, ctx.alpha), None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, alpha_tangent):
+        input, output = ctx.saved_tensors
+        return elu_backward(input_tangent, input, output, ctx.alpha)
+
+
+class LinearReLUFunction(Function):
+    """One layer of the slides' MNIST net in one node: Z = f(X Wᵀ + b) with f = ReLU.
+
+    Backward, as on the MNIST slide: δA = f'(A)·δZ, then δX = δA W, δW = δAᵀX, δb = Σ δA -- the
+    same ``relu_backward`` and ``linear_backward`` as the separate layers, with no intermediate
+    saved: f'(A) is read off the saved output (Z > 0 exactly where A > 0).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias):
+        return relu_forward(linear_forward(input, weight, bias))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight, output)
+        ctx.save_for_forward(input, weight, output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, output = ctx.saved_tensors
+        grad_preactivation = relu_backward(grad_output, output)  # δA = f'(A)·δZ
+        return linear_backward(grad_preactivation, input, weight, ctx.needs_input_grad)
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent):
+        input, weight, output = ctx.saved_tensors
+        tangent = _linear_tangent(input, weight, input_tangent, weight_tangent, bias_tangent)
+        return relu_backward(tangent, output)  # Ż = f'(A)·Ȧ
+
+
+class SoftmaxCrossEntropyFunction(Function):
+    """Mean softmax cross-entropy with backward (yp − y)/N · g."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, target):
+        return softmax_cross_entropy_forward(logits, target)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target = inputs
+        ctx.save_for_backward(logits, target)
+        ctx.save_for_forward(logits, target)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, target = ctx.saved_tensors
+        grad_logits, grad_target = softmax_cross_entropy_backward(
+            grad_output, logits, target, ctx.needs_input_grad[1]
+        )
+        return (grad_logits if ctx.needs_input_grad[0] else None), grad_target
+
+    @staticmethod
+    def jvp(ctx, logits_tangent, target_tangent):
+        logits, target = ctx.saved_tensors
+        one = torch.ones((), dtype=logits.dtype, device=logits.device)
+        grad_logits, grad_target = softmax_cross_entropy_backward(
+            one, logits, target, target_tangent is not None
+        )
+        tangent = 0
+        if logits_tangent is not None:
+            tangent = tangent + (grad_logits * logits_tangent).sum()
+        if target_tangent is not None:
+            tangent = tangent + (grad_target * target_tangent).sum()
+        return tangent
+
+
+class EuclideanLossFunction(Function):
+    """½‖Yp − Y‖² (sum, or divided by N) with backward (Yp − Y)·g."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(pred, target, reduction):
+        return euclidean_loss_forward(pred, target, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pred, target, reduction = inputs
+        ctx.reduction = reduction
+        ctx.save_for_backward(pred, target)
+        ctx.save_for_forward(pred, target)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        pred, target = ctx.saved_tensors
+        grad_pred = euclidean_loss_backward(grad_output, pred, target, ctx.reduction)
+        return (
+            grad_pred if ctx.needs_input_grad[0] else None,
+            -grad_pred if ctx.needs_input_grad[1] else None,  # δY = −δYp
+            None,
+        )
+
+    @staticmethod
+    def jvp(ctx, pred_tangent, target_tangent, reduction_tangent):
+        pred, target = ctx.saved_tensors
+        one = torch.ones((), dtype=pred.dtype, device=pred.device)
+        grad_pred = euclidean_loss_backward(one, pred, target, ctx.reduction)
+        tangent = 0
+        if pred_tangent is not None:
+            tangent = tangent + (grad_pred * pred_tangent).sum()
+        if target_tangent is not None:
+            tangent = tangent - (grad_pred * target_tangent).sum()
+        return tangent
+
+
+def _without_jvp(function: type[Function]) -> type[Function]:
+    """The same Function minus its ``jvp``, for torch.compile.
+
+    Dynamo refuses to trace any autograd.Function that defines ``jvp`` ("Unsupported custom
+    jvp"), while torch.func needs it. Forward-mode AD does not run inside a compiled graph, so
+    under torch.compile the wrappers apply this subclass, whose ``jvp`` is the base one.
+    """
+    return type(function.__name__, (function,), {"jvp": staticmethod(Function.jvp)})
+
+
+_FUNCTIONS = {
+    "linear": LinearFunction,
+    "sigmoid": SigmoidFunction,
+    "relu": ReLUFunction,
+    "elu": ELUFunction,
+    "linear_relu": LinearReLUFunction,
+    "softmax_cross_entropy": SoftmaxCrossEntropyFunction,
+    "euclidean_loss": EuclideanLossFunction,
+}
+_FUNCTIONS_FOR_COMPILE = {name: _without_jvp(function) for name, function in _FUNCTIONS.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The public functions: check the input, apply autocast, call the Function
+# ----------------------------------------------------------------------------------------------
+
+
+def _apply(name: str, *args, autocast_to: str | None = None):
+    """Run ``_FUNCTIONS[name].apply(*args)`` the way PyTorch runs its own op under autocast.
+
+    ``torch.amp.custom_fwd`` does not work with the separate ``setup_context`` style
+    (pytorch/pytorch#132388), so the cast happens here, outside the Function: floating-point
+    tensors are cast to the autocast dtype (``autocast_to="lower"``, for matmuls) or to float32
+    (``"float32"``, for losses), and the Function then runs with autocast off, so forward and
+    backward see one dtype. The casts are ordinary autograd ops, so gradients reach float32
+    parameters in float32. Outside autocast this is just ``function.apply(*args)``.
+    """
+    function = (_FUNCTIONS_FOR_COMPILE if torch.compiler.is_compiling() else _FUNCTIONS)[name]
+    device_type = args[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return function.apply(*args)
+    if autocast_to is not None:
+        dtype = torch.get_autocast_dtype(device_type) if autocast_to == "lower" else torch.float32
+        args = tuple(
+            arg.to(dtype) if isinstance(arg, Tensor) and arg.is_floating_point() else arg
+            for arg in args
+        )
+    with torch.autocast(device_type, enabled=False):
+        return function.apply(*args)
+
+
+def _is_traced(tensor: Tensor) -> bool:
+    """True under torch.compile or a torch.func transform, where values can't be read."""
+    if torch.compiler.is_compiling():
+        return True
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(is_wrapped and is_wrapped(tensor))
+
+
+def _check_floating(name: str, argument: str, tensor: Tensor) -> None:
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{name}: expected a floating-point {argument}, got dtype {tensor.dtype}; "
+            f"convert it first, e.g. {argument}.float()"
+        )
+
+
+def _check_linear_arguments(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    _check_floating("linear", "input", input)
+    if weight.dim() != 2:
+        raise ValueError(
+            f"linear: expected a weight of shape (out_features, in_features), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    out_features, in_features = weight.shape
+    if input.dim() == 0 or input.shape[-1] != in_features:
+        got = input.shape[-1] if input.dim() else "a 0-d tensor"
+        raise ValueError(
+            f"linear: expected {in_features} input features, got {got} "
+            f"(input shape {tuple(input.shape)}, weight shape {tuple(weight.shape)}); the last "
+            f"dimension of the input must equal in_features -- flatten or reshape the input, "
+            f"or build the layer with in_features={got}"
+        )
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(
+            f"linear: expected a bias of shape ({out_features},), got {tuple(bias.shape)}"
+        )
+    if not torch.is_autocast_enabled(input.device.type):
+        for argument, tensor in (("weight", weight), ("bias", bias)):
+            if tensor is not None and tensor.dtype != input.dtype:
+                raise TypeError(
+                    f"linear: input is {input.dtype} but {argument} is {tensor.dtype}; use one "
+                    f"dtype for both, e.g. model.to({input.dtype}) or input.to({tensor.dtype})"
+                )
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Z = X Wᵀ + b, like ``torch.nn.functional.linear``, with the hand-written backward.
+
+    input: (*, in_features), floating point; weight: (out_features, in_features);
+    bias: (out_features,) or None. Returns (*, out_features).
+    Under autocast it runs in the autocast dtype (bfloat16 on CPU), like ``F.linear``.
+    """
+    _check_linear_arguments(input, weight, bias)
+    return _apply("linear", input, weight, bias, autocast_to="lower")
+
+
+def linear_relu(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """max(0, X Wᵀ + b) in one autograd node (the slides' Z = f(XW + b), f = ReLU).
+
+    Equal to ``relu(linear(input, weight, bias))`` in values and gradients, faster and lighter.
+    Shapes as for :func:`linear`.
+    """
+    _check_linear_arguments(input, weight, bias)
+    return _apply("linear_relu", input, weight, bias, autocast_to="lower")
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    """σ(a) = 1/(1 + e^(−a)) elementwise, like ``torch.sigmoid``; any shape, floating point."""
+    _check_floating("sigmoid", "input", input)
+    return _apply("sigmoid", input)
+
+
+def relu(input: Tensor) -> Tensor:
+    """max(0, x) elementwise, like ``torch.nn.functional.relu``; any shape, floating point."""
+    _check_floating("relu", "input", input)
+    return _apply("relu", input)
+
+
+def elu(input: Tensor, alpha: float = 1.0) -> Tensor:
+    """x if x > 0 else α(eˣ − 1) elementwise, like ``torch.nn.functional.elu``; any shape."""
+    _check_floating("elu", "input", input)
+    return _apply("elu", input, float(alpha))
+
+
+def _check_class_targets(logits: Tensor, target: Tensor) -> None:
+    if logits.dim() != 2:
+        raise ValueError(
+            f"softmax_cross_entropy: expected logits of shape (N, C), got {tuple(logits.shape)}; "
+            f"for a single example use logits.unsqueeze(0)"
+        )
+    batch_size, num_classes = logits.shape
+    _check_floating("softmax_cross_entropy", "logits", logits)
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"softmax_cross_entropy: probability targets must have the logits' shape "
+                f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        return
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(
+            f"softmax_cross_entropy: target must be class indices (an integer tensor of shape "
+            f"(N,)) or probabilities (a float tensor of shape (N, C)), got dtype {target.dtype}"
+        )
+    if tuple(target.shape) != (batch_size,):
+        raise ValueError(
+            f"softmax_cross_entropy: expected {batch_size} class targets (shape ({batch_size},), "
+            f"one per row of logits), got shape {tuple(target.shape)}"
+        )
+    if batch_size and not _is_traced(target):
+        low, high = (value.item() for value in torch.aminmax(target))
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"softmax_cross_entropy: class targets must lie in [0, {num_classes}) for "
+                f"{num_classes} classes, got values from {low} to {high}; check the labels, or "
+                f"give the last layer as many outputs as there are classes"
+            )
+
+
+def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of −Σ_k y_k log softmax(logits)_k, like ``F.cross_entropy``.
+
+    logits: (N, C); target: class indices (N,) in [0, C), or probabilities / one-hot rows (N, C).
+    Returns a scalar. Under autocast it runs in float32, like ``F.cross_entropy``.
+    """
+    _check_class_targets(logits, target)
+    return _apply("softmax_cross_entropy", logits, target, autocast_to="float32")
+
+
+def euclidean_loss(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:
+    """½‖Yp − Y‖², the slides' Euclidean loss; ``reduction="mean"`` divides by the batch size N.
+
+    pred, target: the same shape (N, *); no broadcasting. Returns a scalar.
+    (``"mean"`` is per example, not per element as in ``torch.nn.MSELoss``.)
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"euclidean_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    _check_floating("euclidean_loss", "pred", pred)
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"euclidean_loss: pred and target must have the same shape, got {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}; reshape one of them (no broadcasting is done, so that "
+            f"(N, 1) against (N,) cannot silently become (N, N))"
+        )
+    return _apply("euclidean_loss", pred, target.to(pred.dtype), reduction, autocast_to="float32")
