@@ -9,7 +9,7 @@ existing model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +26,8 @@ __all__ = [
     "EuclideanLoss",
     "MLP",
     "convert",
+    "replace_modules",
+    "share_parameters",
 ]
 
 
@@ -155,12 +157,18 @@ class MLP(torch.nn.Sequential):
         super().__init__(*layers)
 
 
+def share_parameters(linear: torch.nn.Linear, kind: type[torch.nn.Linear]) -> torch.nn.Linear:
+    """A ``kind`` layer (a torch.nn.Linear subclass) using ``linear``'s own Parameter objects."""
+    twin = kind(linear.in_features, linear.out_features, bias=False, device="meta")
+    twin.weight, twin.bias = linear.weight, linear.bias
+    return twin
+
+
 def _manualbp_twin(module: torch.nn.Module) -> torch.nn.Module | None:
     """The manualbp module that replaces ``module``, sharing its parameters; None if none does."""
     kind = type(module)
     if kind is torch.nn.Linear:
-        twin = Linear(module.in_features, module.out_features, bias=False, device="meta")
-        twin.weight, twin.bias = module.weight, module.bias
+        twin = share_parameters(module, Linear)
     elif kind is torch.nn.ReLU:
         twin = ReLU()
     elif kind is torch.nn.Sigmoid:
@@ -170,6 +178,19 @@ def _manualbp_twin(module: torch.nn.Module) -> torch.nn.Module | None:
     else:
         return None
     return twin.train(module.training)
+
+
+def replace_modules(
+    model: torch.nn.Module, replacement: Callable[[torch.nn.Module], torch.nn.Module | None]
+) -> torch.nn.Module:
+    """Replace, in place and recursively, every submodule for which ``replacement(module)``
+    returns a module (None keeps it); return the model, or its replacement."""
+    replaced = replacement(model)
+    if replaced is not None:
+        return replaced
+    for name, child in model.named_children():
+        setattr(model, name, replace_modules(child, replacement))
+    return model
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
@@ -182,9 +203,4 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     is. Hooks registered on a replaced module are not carried over. If ``model`` itself is one of
     those layers, the returned twin replaces it.
     """
-    twin = _manualbp_twin(model)
-    if twin is not None:
-        return twin
-    for name, child in model.named_children():
-        setattr(model, name, convert(child))
-    return model
+    return replace_modules(model, _manualbp_twin)

@@ -1,0 +1,186 @@
+"""Lightning callbacks: the live gradient audit, the NaN stop, and progress for logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
+from torch.func import functional_call
+
+from manualbp.errors import GradientMismatchError, NonFiniteLossError
+from manualbp.reference import to_torch
+
+
+def max_relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """max |ours − theirs| / max |theirs|: 0 for identical tensors, ~1e-7 for float32 rounding."""
+    scale = theirs.abs().max().clamp_min(torch.finfo(theirs.dtype).tiny)
+    return ((ours - theirs).abs().max() / scale).item()
+
+
+class GradientAudit(Callback):
+    """Shows, live, that the hand-written backward is right.
+
+    Every ``every_n_steps`` training steps (the first included), before the step, it computes the
+    gradient of the current batch's loss twice on the same weights: through the model (manualbp's
+    hand-written backward) and through its torch built-in twin (``reference.to_torch``, PyTorch's
+    own autograd). It logs the largest relative difference over all parameters as
+    ``audit/max_rel_err`` and stops the run with GradientMismatchError above ``tolerance``.
+    Costs two extra forward/backward passes per audit; the model's ``.grad`` is not touched.
+    """
+
+    def __init__(self, every_n_steps: int = 100, tolerance: float = 1e-3) -> None:
+        if every_n_steps < 1 or not tolerance > 0:
+            raise ValueError(
+                f"GradientAudit needs every_n_steps >= 1 and tolerance > 0, got {every_n_steps} "
+                f"and {tolerance}"
+            )
+        self.every_n_steps, self.tolerance = every_n_steps, tolerance
+        self.history: list[tuple[int, float]] = []  # (step, max relative difference)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.torch_net = to_torch(pl_module.net)
+        self.torch_loss = to_torch(pl_module.loss)
+
+    def gradients(self, pl_module, inputs, targets):
+        """(names, manualbp's gradients, PyTorch's gradients) of the batch loss."""
+        parameters = dict(pl_module.net.named_parameters())
+        names = [name for name, parameter in parameters.items() if parameter.requires_grad]
+        wanted = [parameters[name] for name in names]
+        with torch.enable_grad():
+            ours = torch.autograd.grad(pl_module.loss(pl_module.net(inputs), targets), wanted)
+            outputs = functional_call(self.torch_net, parameters, (inputs,))
+            theirs = torch.autograd.grad(self.torch_loss(outputs, targets), wanted)
+        return names, ours, theirs
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps:
+            return
+        names, ours, theirs = self.gradients(pl_module, *batch)
+        differences = {name: max_relative_difference(a, b) for name, a, b in zip(names, ours, theirs)}
+        worst = max(differences, key=differences.get)
+        self.history.append((step, differences[worst]))
+        pl_module.log("audit/max_rel_err", differences[worst], on_step=True, on_epoch=False)
+        if differences[worst] > self.tolerance:
+            raise GradientMismatchError(
+                f"at step {step}, manualbp's gradient of {worst} differs from PyTorch's built-in "
+                f"autograd by {differences[worst]:.2e} (max relative difference; tolerance "
+                f"{self.tolerance:.0e}). The hand-written backward disagrees with PyTorch on this "
+                f"batch: the run is stopped. All parameters: "
+                + ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
+            )
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> str | None:
+    """The newest checkpoint written during fit (conf: callbacks.last_checkpoint), if any."""
+    for callback in trainer.checkpoint_callbacks:
+        path = callback.last_model_path or (callback.best_model_path if callback.monitor is None else "")
+        if path:
+            return path
+    return None
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops the run with NonFiniteLossError when the training loss becomes NaN or infinite.
+
+    The check accumulates on the loss's device and is read every ``check_every_n_steps`` steps
+    and before each validation and epoch end -- so no host sync per step, and no checkpoint is
+    written from non-finite weights: the last good one is kept.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self._all_finite: torch.Tensor | None = None
+        self._since_step = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        finite = torch.isfinite(outputs["loss"].detach())
+        self._all_finite = finite if self._all_finite is None else self._all_finite & finite
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        all_finite, self._all_finite = self._all_finite, None
+        if all_finite is None or bool(all_finite):
+            self._since_step = trainer.global_step
+            return
+        last = last_checkpoint_path(trainer)
+        kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint was saved yet"
+        raise NonFiniteLossError(
+            f"the training loss became NaN or infinite between steps {self._since_step} and "
+            f"{trainer.global_step} (epoch {trainer.current_epoch}); the run is stopped and "
+            f"{kept}. Lower the learning rate (model.optimizer.lr=...) and start again"
+            + (f", or resume with ckpt_path={last}" if last else "")
+        )
+
+
+class LineProgressBar(ProgressBar):
+    """Progress as plain lines for logs and pipes: one every ``every_s`` seconds during training,
+    one per epoch with the epoch's metrics. (A terminal gets Lightning's TQDM bar instead.)"""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _print(self, text: str) -> None:
+        if self._enabled:
+            print(text, flush=True)
+
+    def _metrics(self, trainer: L.Trainer, keys: list[str]) -> str:
+        metrics = trainer.callback_metrics
+        return "  ".join(f"{key} {float(metrics[key]):.4f}" for key in keys if key in metrics)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_started = self._last_line = time.perf_counter()
+        self._epoch_samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._epoch_samples += len(batch[0])
+        now = time.perf_counter()
+        if now - self._last_line < self.every_s:
+            return
+        self._last_line = now
+        rate = self._epoch_samples / (now - self._epoch_started)
+        self._print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step "
+            f"{batch_idx + 1}/{self.total_train_batches}  "
+            f"{self._metrics(trainer, ['train/loss_step'])}  {rate:,.0f} samples/s"
+        )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        seconds = time.perf_counter() - self._epoch_started
+        self._print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done in {seconds:.1f} s  "
+            + self._metrics(trainer, ["train/loss_epoch", "val/loss", "val/acc"])
+        )
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._print("test  " + self._metrics(trainer, ["test/loss", "test/acc"]))
+
+
+def progress_bar(every_s: float = 10.0) -> ProgressBar:
+    """Lightning's TQDM bar in a terminal; ``LineProgressBar`` when output goes to a file/pipe."""
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        return TQDMProgressBar()
+    return LineProgressBar(every_s)

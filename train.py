@@ -1,0 +1,34 @@
+"""Train the lecture's nets with manualbp's hand-written backward passes.
+
+    python train.py model=mnist            # the 3-layer ReLU MLP on MNIST
+    python train.py model=xor              # the XOR net
+    python train.py model=mnist trainer.max_epochs=3 seed=1 data.root=/data
+    python train.py -m model=xor seed=0,1,2
+
+Configs live in conf/ (train.yaml lists the groups); everything in them can be overridden.
+"""
+
+import sys
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    # Imported here, after Hydra has composed the config: a bad override is then reported
+    # before torch and Lightning take seconds to load.
+    from manualbp.errors import ManualbpError
+    from manualbp.training import train
+
+    try:
+        results = train(cfg)
+    except (ManualbpError, InstantiationException) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    return results["test/acc"]
+
+
+if __name__ == "__main__":
+    main()
