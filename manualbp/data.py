@@ -26,7 +26,7 @@ import torch
 import torchvision
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from manualbp.errors import ConfigError, DataError
 
@@ -55,7 +55,7 @@ def default_data_root() -> Path:
 
 class IndexBatchSampler(Sampler[Tensor]):
     """Batches of indices (LongTensors) into in-memory tensors; use with
-    ``DataLoader(TensorDataset(...), sampler=..., batch_size=None)``.
+    ``DataLoader(IndexedTensors(...), sampler=..., batch_size=None)`` (see ``index_loader``).
 
     Epoch e visits the samples in the order ``randperm(generator=seed + e)`` (or in order, if
     ``shuffle=False``), so a run resumed at epoch e sees exactly the batches it would have seen.
@@ -108,12 +108,29 @@ class IndexBatchSampler(Sampler[Tensor]):
         return math.ceil(len(self._share()) / self.batch_size) * self.repeats
 
 
+class IndexedTensors(Dataset):
+    """Tensors of equal length whose item at a LongTensor of indices is the whole batch:
+    ``tuple(t.index_select(0, indices) for t in tensors)`` (several times faster on CPU than
+    ``t[indices]``, which TensorDataset uses)."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        if len({len(tensor) for tensor in tensors}) != 1:
+            raise ValueError(f"tensors must have equal lengths, got {[len(t) for t in tensors]}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, indices: Tensor) -> tuple[Tensor, ...]:
+        return tuple(tensor.index_select(0, indices) for tensor in self.tensors)
+
+
 def index_loader(
     tensors: tuple[Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0, repeats: int = 1
 ) -> DataLoader:
-    """A DataLoader whose batches are ``tuple(t[indices] for t in tensors)``, one gather each."""
+    """A DataLoader whose batches are gathered from in-memory ``tensors``, one gather each."""
     sampler = IndexBatchSampler(len(tensors[0]), batch_size, shuffle, seed, repeats)
-    return DataLoader(TensorDataset(*tensors), sampler=sampler, batch_size=None)
+    return DataLoader(IndexedTensors(*tensors), sampler=sampler, batch_size=None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,7 +360,7 @@ class MNISTDataModule(L.LightningDataModule):
         self,
         dataset: str = "MNIST",
         root: str | None = None,
-        batch_size: int = 512,
+        batch_size: int = 1024,
         eval_batch_size: int = 2000,
         val_size: int = 5000,
         split_seed: int = 0,

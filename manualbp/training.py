@@ -72,10 +72,11 @@ def check_net_fits_data(net: torch.nn.Module, datamodule: L.LightningDataModule)
         )
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     """Fit the configured net, test the best checkpoint, write results.json and figures.
 
-    Returns the results (also written to ``<paths.output_dir>/results.json``).
+    ``extra_callbacks`` join the configured ones (for benchmarks and tests). Returns the results
+    (also written to ``<paths.output_dir>/results.json``).
     """
     check_config(cfg)
     # Batches are gathered from tensors in memory: no worker processes needed. The run folder
@@ -97,7 +98,7 @@ def train(cfg: DictConfig) -> dict:
         task=cfg.model.task,
         num_classes=datamodule.num_classes,
     )
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -128,7 +129,8 @@ def train(cfg: DictConfig) -> dict:
         "audit/max_rel_err": max((err for _, err in audit.history), default=None) if audit else None,
     }
     if trainer.is_global_zero:
-        results["figures"] = [str(path) for path in save_figures(module, datamodule, loggers, output_dir)]
+        drawn = save_figures(module, datamodule, loggers, output_dir) if cfg.get("figures", True) else []
+        results["figures"] = [str(path) for path in drawn]
         (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         log.info("test/acc %.4f  val/acc %.4f  %.0f samples/s", results["test/acc"], results["val/acc"], results["train/samples_per_s"])
         log.info("results: %s", output_dir / "results.json")
