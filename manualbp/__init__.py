@@ -14,6 +14,7 @@ from manualbp.nn import (
     ReLU,
     Sigmoid,
     SoftmaxCrossEntropyLoss,
+    SoftmaxEuclideanLoss,
     convert,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "ReLU",
     "ELU",
     "SoftmaxCrossEntropyLoss",
+    "SoftmaxEuclideanLoss",
     "EuclideanLoss",
     "MLP",
 ]

@@ -6,6 +6,7 @@
                                              # typical Lightning + torchvision DataLoader pipeline
     python -m manualbp.bench --time-to-98    # training time to 98% test accuracy (full MNIST)
     python -m manualbp.bench --xor-seeds 100 # the default XOR config over seeds 0..99
+    python -m manualbp.bench --softmax-losses curves.png  # softmax + cross-entropy vs + L2 loss
 
 This machine (and most) is shared and noisy: every figure here is a ratio or a median of
 interleaved rounds (A B A B ...), never an absolute time compared across runs.
@@ -46,13 +47,10 @@ BATCH_SIZES = (64, 128, 512, 1024)
 
 def default_mnist_model():
     """(net, loss, optimizer factory) exactly as conf/model/mnist.yaml builds them."""
-    import hydra
+    from manualbp.training import build, build_loss
 
     model = OmegaConf.load(CONFIG_DIR / "model" / "mnist.yaml").model
-    net = hydra.utils.instantiate(model.net)
-    loss = hydra.utils.instantiate(model.loss)
-    optimizer = hydra.utils.instantiate(model.optimizer)
-    return net, loss, optimizer
+    return build(model.net), build_loss(model.loss), build(model.optimizer)
 
 
 def step_function(net, loss, make_optimizer, inputs, targets):
@@ -333,6 +331,52 @@ def bench_time_to_98() -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Softmax with cross-entropy or with the L2 loss
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_softmax_losses(out: Path, overrides: list[str] = ()) -> dict:
+    """The default MNIST config trained twice from the same seed, once with softmax
+    cross-entropy and once with softmax + L2 (Euclidean) loss; learning curves to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from manualbp.figures import read_metrics_csv
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for loss in ("softmax_cross_entropy", "softmax_euclidean"):
+            run_dir = Path(scratch) / loss
+            results = _quiet_train(["model=mnist", f"model.loss={loss}", *overrides], run_dir)
+            metrics = read_metrics_csv(run_dir / "metrics.csv")
+            runs[loss] = {"results": results, "val/acc": metrics["val/acc"], "train/loss": metrics["train/loss_step"]}
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    for loss, run in runs.items():
+        steps, values = zip(*run["train/loss"])
+        loss_axes.plot(steps, values, label=loss, linewidth=1)
+        steps, values = zip(*run["val/acc"])
+        accuracy_axes.plot(steps, values, marker="o", label=f"{loss} (test {run['results']['test/acc']:.4f})")
+    loss_axes.set_yscale("log")
+    loss_axes.set_title("training loss (each its own scale)")
+    accuracy_axes.set_title("validation accuracy")
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("training step")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return {
+        "figure": str(out),
+        "data": runs["softmax_cross_entropy"]["results"]["data"],
+        **{loss: {"test/acc": run["results"]["test/acc"],
+                  "val/acc_per_epoch": [round(v, 4) for _, v in run["val/acc"]]} for loss, run in runs.items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # XOR over seeds
 # ----------------------------------------------------------------------------------------------
 
@@ -372,6 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--time-to-98", action="store_true", help="training time to 98%% test accuracy (full MNIST)")
+    parser.add_argument("--softmax-losses", type=Path, metavar="PNG",
+                        help="train MNIST with softmax cross-entropy and with softmax + L2, plot both")
+    parser.add_argument("overrides", nargs="*", help="config overrides for --softmax-losses runs, "
+                        "e.g. model.optimizer._target_=torch.optim.SGD")
     args = parser.parse_args(argv)
     if args.rounds < 5:
         parser.error("--rounds must be at least 5")
@@ -389,6 +437,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"{report['all_four_right']} of {report['seeds']}; worst seed {report['worst_seed']} "
                   f"has max |Yp - Y| <= {report['worst_max_abs_error']:.3f}; median fit "
                   f"{report['median_fit_time_s']:.2f} s")
+        return
+    if args.softmax_losses:
+        report = bench_softmax_losses(args.softmax_losses, args.overrides)
+        print(json.dumps(report, indent=2))
         return
     if args.time_to_98:
         report = bench_time_to_98()

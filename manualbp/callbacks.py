@@ -24,11 +24,12 @@ class GradientAudit(Callback):
     """Shows, live, that the hand-written backward is right.
 
     Every ``every_n_steps`` training steps (the first included), before the step, it computes the
-    gradient of the current batch's loss twice on the same weights: through the model (manualbp's
-    hand-written backward) and through its torch built-in twin (``reference.to_torch``, PyTorch's
-    own autograd). It logs the largest relative difference over all parameters as
-    ``audit/max_rel_err`` and stops the run with GradientMismatchError above ``tolerance``.
-    Costs two extra forward/backward passes per audit; the model's ``.grad`` is not touched.
+    gradient of the current batch's loss twice on the same weights: the way the run computes it
+    (manualbp's hand-written backward, through autograd or the explicit manual loop) and through
+    the model's torch built-in twin (``reference.to_torch``, PyTorch's own autograd). It logs the
+    largest relative difference over all parameters as ``audit/max_rel_err`` and stops the run
+    with GradientMismatchError above ``tolerance``. Costs two extra forward/backward passes per
+    audit; the model's ``.grad`` is not touched.
     """
 
     def __init__(self, every_n_steps: int = 100, tolerance: float = 1e-3) -> None:
@@ -44,23 +45,21 @@ class GradientAudit(Callback):
         self.torch_net = to_torch(pl_module.net)
         self.torch_loss = to_torch(pl_module.loss)
 
-    def gradients(self, pl_module, inputs, targets):
-        """(names, manualbp's gradients, PyTorch's gradients) of the batch loss."""
-        parameters = dict(pl_module.net.named_parameters())
-        names = [name for name, parameter in parameters.items() if parameter.requires_grad]
-        wanted = [parameters[name] for name in names]
+    def torch_gradients(self, pl_module, inputs, targets) -> dict[str, torch.Tensor]:
+        """PyTorch's built-in autograd on the twin, run with the model's own parameters."""
+        parameters = {name: p for name, p in pl_module.net.named_parameters() if p.requires_grad}
         with torch.enable_grad():
-            ours = torch.autograd.grad(pl_module.loss(pl_module.net(inputs), targets), wanted)
             outputs = functional_call(self.torch_net, parameters, (inputs,))
-            theirs = torch.autograd.grad(self.torch_loss(outputs, targets), wanted)
-        return names, ours, theirs
+            grads = torch.autograd.grad(self.torch_loss(outputs, targets), list(parameters.values()))
+        return dict(zip(parameters, grads))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step
         if step % self.every_n_steps:
             return
-        names, ours, theirs = self.gradients(pl_module, *batch)
-        differences = {name: max_relative_difference(a, b) for name, a, b in zip(names, ours, theirs)}
+        ours = pl_module.gradients(*batch)
+        theirs = self.torch_gradients(pl_module, *batch)
+        differences = {name: max_relative_difference(ours[name], theirs[name]) for name in theirs}
         worst = max(differences, key=differences.get)
         self.history.append((step, differences[worst]))
         pl_module.log("audit/max_rel_err", differences[worst], on_step=True, on_epoch=False)
@@ -97,7 +96,8 @@ class StopOnNonFiniteLoss(Callback):
         self._since_step = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        finite = torch.isfinite(outputs["loss"].detach())
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # automatic / manual optimization
+        finite = torch.isfinite(loss.detach())
         self._all_finite = finite if self._all_finite is None else self._all_finite & finite
         if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer)

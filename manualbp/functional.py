@@ -33,6 +33,7 @@ __all__ = [
     "elu",
     "linear_relu",
     "softmax_cross_entropy",
+    "softmax_euclidean_loss",
     "euclidean_loss",
     "linear_forward",
     "linear_backward",
@@ -45,6 +46,8 @@ __all__ = [
     "log_softmax",
     "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
+    "softmax_euclidean_forward",
+    "softmax_euclidean_backward",
     "euclidean_loss_forward",
     "euclidean_loss_backward",
     "REDUCTIONS",
@@ -172,6 +175,28 @@ def softmax_cross_entropy_backward(
     return grad_logits, grad_target
 
 
+def softmax_euclidean_forward(logits: Tensor, target: Tensor) -> Tensor:
+    """L = (1/N) Σ_n ½‖yp_n − y_n‖² with yp = softmax(logits): the lecture's question "what if we
+    used the L2 loss with softmax?". logits: (N, C); target: indices (N,) or probabilities (N, C).
+    Returns a scalar (a mean over the batch, like softmax_cross_entropy)."""
+    probs = torch.softmax(logits, dim=-1)  # yp = softmax(logits)
+    difference = probs - _target_distribution(target, logits.shape[-1])
+    return 0.5 * (difference**2).sum() / logits.shape[0]  # L = (1/N) Σ ½‖yp − y‖²
+
+
+def softmax_euclidean_backward(
+    grad_output: Tensor, logits: Tensor, target: Tensor, needs_target_grad: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """δlogits = (diag(yp) − yp ypᵀ)·(yp − y)/N · g: the Euclidean loss's δYp pushed back through
+    the softmax Jacobian (∂yp_k/∂logits_i = yp_i(1[i=k] − yp_k)). For probability targets that
+    need it, δy = −(yp − y)/N · g. Shapes: logits (N, C) -> δlogits (N, C), δy (N, C) or None."""
+    probs = torch.softmax(logits, dim=-1)  # yp = softmax(logits)
+    grad_probs = (probs - _target_distribution(target, logits.shape[-1])) * (grad_output / logits.shape[0])  # δyp = (yp − y)/N · g
+    projected = (probs * grad_probs).sum(dim=-1, keepdim=True)  # ypᵀ δyp, per row
+    grad_logits = probs * (grad_probs - projected)  # δlogits = (diag(yp) − yp ypᵀ) δyp
+    return grad_logits, (-grad_probs if needs_target_grad else None)
+
+
 def euclidean_loss_forward(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:
     """L = ½‖Yp − Y‖² summed over everything; ``"mean"`` divides by the batch size N = pred.shape[0].
 
@@ -208,6 +233,12 @@ def _linear_tangent(input, weight, input_tangent, weight_tangent, bias_tangent) 
     if bias_tangent is not None:
         tangent = tangent + bias_tangent  # ḃ
     return tangent
+
+
+def _loss_tangent(grads, tangents) -> Tensor:
+    """Forward-mode derivative of a scalar loss: L̇ = Σ_inputs Σ (∂L/∂input)·(input tangent),
+    with ∂L/∂input the backward formula evaluated at g = 1 (missing tangents count as 0)."""
+    return sum((grad * tangent).sum() for grad, tangent in zip(grads, tangents) if tangent is not None)
 
 
 class LinearFunction(Function):
@@ -374,15 +405,39 @@ class SoftmaxCrossEntropyFunction(Function):
     def jvp(ctx, logits_tangent, target_tangent):
         logits, target = ctx.saved_tensors
         one = torch.ones((), dtype=logits.dtype, device=logits.device)
-        grad_logits, grad_target = softmax_cross_entropy_backward(
-            one, logits, target, target_tangent is not None
+        grads = softmax_cross_entropy_backward(one, logits, target, target_tangent is not None)
+        return _loss_tangent(grads, (logits_tangent, target_tangent))
+
+
+class SoftmaxEuclideanFunction(Function):
+    """Mean ½‖softmax(logits) − y‖² with backward (diag(yp) − yp ypᵀ)(yp − y)/N · g."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, target):
+        return softmax_euclidean_forward(logits, target)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target = inputs
+        ctx.save_for_backward(logits, target)
+        ctx.save_for_forward(logits, target)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, target = ctx.saved_tensors
+        grad_logits, grad_target = softmax_euclidean_backward(
+            grad_output, logits, target, ctx.needs_input_grad[1]
         )
-        tangent = 0
-        if logits_tangent is not None:
-            tangent = tangent + (grad_logits * logits_tangent).sum()
-        if target_tangent is not None:
-            tangent = tangent + (grad_target * target_tangent).sum()
-        return tangent
+        return (grad_logits if ctx.needs_input_grad[0] else None), grad_target
+
+    @staticmethod
+    def jvp(ctx, logits_tangent, target_tangent):
+        logits, target = ctx.saved_tensors
+        one = torch.ones((), dtype=logits.dtype, device=logits.device)
+        grads = softmax_euclidean_backward(one, logits, target, target_tangent is not None)
+        return _loss_tangent(grads, (logits_tangent, target_tangent))
 
 
 class EuclideanLossFunction(Function):
@@ -416,12 +471,7 @@ class EuclideanLossFunction(Function):
         pred, target = ctx.saved_tensors
         one = torch.ones((), dtype=pred.dtype, device=pred.device)
         grad_pred = euclidean_loss_backward(one, pred, target, ctx.reduction)
-        tangent = 0
-        if pred_tangent is not None:
-            tangent = tangent + (grad_pred * pred_tangent).sum()
-        if target_tangent is not None:
-            tangent = tangent - (grad_pred * target_tangent).sum()
-        return tangent
+        return _loss_tangent((grad_pred, -grad_pred), (pred_tangent, target_tangent))
 
 
 # Which class a public function applies. The Functions above are written in the separate
@@ -460,6 +510,7 @@ _FUNCTIONS = {
     "elu": ELUFunction,
     "linear_relu": LinearReLUFunction,
     "softmax_cross_entropy": SoftmaxCrossEntropyFunction,
+    "softmax_euclidean_loss": SoftmaxEuclideanFunction,
     "euclidean_loss": EuclideanLossFunction,
 }
 _EAGER_FUNCTIONS = {name: _eager_entry(function) for name, function in _FUNCTIONS.items()}
@@ -595,36 +646,36 @@ def elu(input: Tensor, alpha: float = 1.0) -> Tensor:
     return _apply("elu", input, float(alpha))
 
 
-def _check_class_targets(logits: Tensor, target: Tensor) -> None:
+def _check_class_targets(name: str, logits: Tensor, target: Tensor) -> None:
     if logits.dim() != 2:
         raise ValueError(
-            f"softmax_cross_entropy: expected logits of shape (N, C), got {tuple(logits.shape)}; "
+            f"{name}: expected logits of shape (N, C), got {tuple(logits.shape)}; "
             f"for a single example use logits.unsqueeze(0)"
         )
     batch_size, num_classes = logits.shape
-    _check_floating("softmax_cross_entropy", "logits", logits)
+    _check_floating(name, "logits", logits)
     if target.is_floating_point():
         if target.shape != logits.shape:
             raise ValueError(
-                f"softmax_cross_entropy: probability targets must have the logits' shape "
+                f"{name}: probability targets must have the logits' shape "
                 f"{tuple(logits.shape)}, got {tuple(target.shape)}"
             )
         return
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(
-            f"softmax_cross_entropy: target must be class indices (an integer tensor of shape "
+            f"{name}: target must be class indices (an integer tensor of shape "
             f"(N,)) or probabilities (a float tensor of shape (N, C)), got dtype {target.dtype}"
         )
     if tuple(target.shape) != (batch_size,):
         raise ValueError(
-            f"softmax_cross_entropy: expected {batch_size} class targets (shape ({batch_size},), "
+            f"{name}: expected {batch_size} class targets (shape ({batch_size},), "
             f"one per row of logits), got shape {tuple(target.shape)}"
         )
     if batch_size and not _is_traced(target):
         low, high = (value.item() for value in torch.aminmax(target))
         if low < 0 or high >= num_classes:
             raise ValueError(
-                f"softmax_cross_entropy: class targets must lie in [0, {num_classes}) for "
+                f"{name}: class targets must lie in [0, {num_classes}) for "
                 f"{num_classes} classes, got values from {low} to {high}; check the labels, or "
                 f"give the last layer as many outputs as there are classes"
             )
@@ -636,8 +687,19 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     logits: (N, C); target: class indices (N,) in [0, C), or probabilities / one-hot rows (N, C).
     Returns a scalar. Under autocast it runs in float32, like ``F.cross_entropy``.
     """
-    _check_class_targets(logits, target)
+    _check_class_targets("softmax_cross_entropy", logits, target)
     return _apply("softmax_cross_entropy", logits, target, autocast_to="float32")
+
+
+def softmax_euclidean_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of ½‖softmax(logits) − y‖²: softmax with the L2 loss instead of
+    cross-entropy (the lecture's open question).
+
+    logits: (N, C); target: class indices (N,) in [0, C), or probabilities / one-hot rows (N, C).
+    Returns a scalar; under autocast it runs in float32.
+    """
+    _check_class_targets("softmax_euclidean_loss", logits, target)
+    return _apply("softmax_euclidean_loss", logits, target, autocast_to="float32")
 
 
 def euclidean_loss(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:

@@ -12,17 +12,36 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import Accuracy
 
-TASKS = ("multiclass", "binary")
+from manualbp.manual import backprop
+
+TASKS = ("multiclass", "binary", "regression")
+ENGINES = ("autograd", "manual")
+
+
+def class_indices(targets: Tensor) -> Tensor:
+    """Class labels: (N,) from one-hot / probability rows (N, C > 1); other targets as integers
+    ((N,) labels, or (N, 1) binary targets)."""
+    one_hot = targets.is_floating_point() and targets.dim() == 2 and targets.shape[1] > 1
+    return targets.argmax(dim=1) if one_hot else targets.long()
 
 
 class LitNet(L.LightningModule):
     """Trains ``net`` on ``loss`` with ``optimizer`` (a partial taking the parameters).
 
-    net: inputs (N, D) -> outputs (N, C) logits for ``task="multiclass"`` (targets (N,) class
-    indices), or (N, 1) probabilities for ``task="binary"`` (targets (N, 1) in {0, 1}).
-    ``scheduler``: an optional partial taking the optimizer; if it has a ``total_steps``
-    argument (OneCycleLR), the run's total number of steps is filled in. It steps every batch.
-    Logs ``train/loss``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+    net: inputs (N, D) -> outputs: (N, C) logits for ``task="multiclass"`` (targets (N,) class
+    indices or (N, C) one-hot rows), (N, 1) probabilities for ``"binary"`` (targets (N, 1) in
+    {0, 1}), or any values for ``"regression"`` (no accuracy).
+
+    ``engine="autograd"``: Lightning calls ``loss.backward()``, and autograd runs manualbp's
+    hand-written backward. ``engine="manual"``: the explicit backprop loop of
+    :mod:`manualbp.manual` computes every δθ with no autograd engine, then the optimizer steps
+    (Lightning's manual optimization). ``ridge`` (γ ≥ 0) adds γW to the gradient of every weight
+    matrix -- the ridge term of ½‖XW + b − Y‖² + γ/2‖W‖² -- as the optimizer's weight decay,
+    biases excluded. ``scheduler``: an optional partial taking the optimizer; a ``total_steps``
+    argument (OneCycleLR) is filled in; it steps every batch.
+
+    Logs ``train/loss``, ``val/loss``, ``test/loss`` and, for classification, ``val/acc`` and
+    ``test/acc``.
     """
 
     def __init__(
@@ -33,39 +52,73 @@ class LitNet(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         task: str = "multiclass",
         num_classes: int = 10,
+        engine: str = "autograd",
+        ridge: float = 0.0,
     ) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.task = task
-        accuracy = {"task": "binary"} if task == "binary" else {
-            "task": "multiclass", "num_classes": num_classes, "average": "micro"
-        }
-        self.val_acc, self.test_acc = Accuracy(**accuracy), Accuracy(**accuracy)
+        self.task, self.engine, self.ridge = task, engine, ridge
+        self.automatic_optimization = engine == "autograd"
+        if task == "regression":
+            self.val_acc = self.test_acc = None
+        else:
+            accuracy = {"task": "binary"} if task == "binary" else {
+                "task": "multiclass", "num_classes": num_classes, "average": "micro"
+            }
+            self.val_acc, self.test_acc = Accuracy(**accuracy), Accuracy(**accuracy)
         self.trained_samples = 0  # over this process's fit, for train/samples_per_s
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.net(inputs)
+
+    def gradients(self, inputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """δθ of the batch loss for every trainable parameter of ``net``, by the configured
+        engine, without touching ``.grad``."""
+        if self.engine == "manual":
+            return backprop(self.net, self.loss, inputs, targets)[1]
+        parameters = {name: p for name, p in self.net.named_parameters() if p.requires_grad}
+        with torch.enable_grad():
+            grads = torch.autograd.grad(self.loss(self.net(inputs), targets), list(parameters.values()))
+        return dict(zip(parameters, grads))
 
     def on_fit_start(self) -> None:
         self.trained_samples = 0
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
-        loss = self.loss(self.net(inputs), targets)  # forward pass, then the loss
+        if self.engine == "manual":
+            loss = self._manual_step(inputs, targets)
+        else:
+            loss = self.loss(self.net(inputs), targets)  # forward pass, then the loss
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(inputs))
         self.trained_samples += len(inputs)
-        return loss  # Lightning calls backward (manualbp's formulas) and the optimizer step
+        return loss  # autograd engine: Lightning calls backward and the optimizer step
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: Accuracy) -> None:
+    def _manual_step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Forward and backward pass by hand, then the update with the computed δθ."""
+        loss, grads = backprop(self.net, self.loss, inputs, targets)
+        for name, parameter in self.net.named_parameters():
+            parameter.grad = grads.get(name)
+        optimizer = self.optimizers()
+        optimizer.step()  # plain SGD: θ ← θ − lr·δθ
+        optimizer.zero_grad(set_to_none=True)
+        if self.scheduler_factory is not None:
+            self.lr_schedulers().step()
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: Accuracy | None) -> None:
         inputs, targets = batch
         outputs = self.net(inputs)
         loss = self.loss(outputs, targets)
-        accuracy.update(outputs, targets.long())
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(inputs))
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True)
+        if accuracy is not None:
+            accuracy.update(outputs, class_indices(targets))
+            self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)
@@ -74,7 +127,14 @@ class LitNet(L.LightningModule):
         self._evaluate(batch, "test", self.test_acc)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.ridge:  # weight decay on weight matrices only: δW += γW, δb unchanged
+            parameters = [
+                {"params": [p for p in self.parameters() if p.dim() >= 2], "weight_decay": self.ridge},
+                {"params": [p for p in self.parameters() if p.dim() < 2], "weight_decay": 0.0},
+            ]
+        else:
+            parameters = self.parameters()
+        optimizer = self.optimizer_factory(params=parameters)
         if self.scheduler_factory is None:
             return optimizer
         arguments = {}

@@ -23,7 +23,9 @@ __all__ = [
     "ReLU",
     "ELU",
     "SoftmaxCrossEntropyLoss",
+    "SoftmaxEuclideanLoss",
     "EuclideanLoss",
+    "LOSSES",
     "MLP",
     "convert",
     "replace_modules",
@@ -90,6 +92,16 @@ class SoftmaxCrossEntropyLoss(torch.nn.Module):
         return F.softmax_cross_entropy(logits, target)
 
 
+class SoftmaxEuclideanLoss(torch.nn.Module):
+    """Mean ½‖softmax(logits) − y‖², backward through the softmax Jacobian diag(p) − ppᵀ.
+
+    logits (N, C); target: class indices (N,) or probabilities / one-hot rows (N, C). -> scalar.
+    """
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.softmax_euclidean_loss(logits, target)
+
+
 class EuclideanLoss(torch.nn.Module):
     """½‖Yp − Y‖² with backward (Yp − Y); ``reduction="mean"`` divides by the batch size N.
 
@@ -113,6 +125,13 @@ class EuclideanLoss(torch.nn.Module):
 
 _ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "elu": ELU}
 
+# Losses by name, for configs: model.loss=softmax_euclidean
+LOSSES = {
+    "softmax_cross_entropy": SoftmaxCrossEntropyLoss,
+    "softmax_euclidean": SoftmaxEuclideanLoss,
+    "euclidean": EuclideanLoss,
+}
+
 
 class MLP(torch.nn.Sequential):
     """A fully connected net: Linear → activation → ... → Linear (→ output activation).
@@ -121,7 +140,9 @@ class MLP(torch.nn.Sequential):
     Z2 = f(Z1 W2 + b2), logits = Z2 W3 + b3. ``activation``: "relu", "sigmoid" or "elu";
     ``output_activation``: the same choices or None. With ``fuse=True`` each hidden
     Linear → ReLU pair is one :class:`LinearReLU` node (same numbers, less time and memory).
-    Input (*, sizes[0]) -> output (*, sizes[-1]).
+    ``init="zeros"`` starts every parameter at 0 -- right for a single layer (linear regression
+    is convex), wrong for hidden layers (their units would stay identical), so it is refused
+    there. Input (*, sizes[0]) -> output (*, sizes[-1]).
     """
 
     def __init__(
@@ -130,6 +151,7 @@ class MLP(torch.nn.Sequential):
         activation: str = "relu",
         output_activation: str | None = None,
         fuse: bool = True,
+        init: str = "default",
         device=None,
         dtype=None,
     ) -> None:
@@ -143,6 +165,11 @@ class MLP(torch.nn.Sequential):
                 f"MLP: sizes must list at least an input and an output size, all positive, "
                 f"got {list(sizes)}"
             )
+        if init not in ("default", "zeros") or (init == "zeros" and len(sizes) > 2):
+            raise ValueError(
+                f"MLP: init must be 'default', or 'zeros' for a single layer, got {init!r} with "
+                f"sizes {list(sizes)}"
+            )
         factory = {"device": device, "dtype": dtype}
         layers: list[torch.nn.Module] = []
         last = len(sizes) - 2
@@ -155,6 +182,9 @@ class MLP(torch.nn.Sequential):
             if layer_activation is not None:
                 layers.append(_ACTIVATIONS[layer_activation]())
         super().__init__(*layers)
+        if init == "zeros":
+            for parameter in self.parameters():
+                torch.nn.init.zeros_(parameter)
 
 
 def share_parameters(linear: torch.nn.Linear, kind: type[torch.nn.Linear]) -> torch.nn.Linear:

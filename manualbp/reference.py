@@ -35,6 +35,15 @@ class TorchEuclideanLoss(torch.nn.Module):
         return loss / pred.shape[0] if self.reduction == "mean" else loss
 
 
+class TorchSoftmaxEuclideanLoss(torch.nn.Module):
+    """Mean ½‖softmax(logits) − y‖² from torch built-ins; twin of ``mnn.SoftmaxEuclideanLoss``."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if not target.is_floating_point():
+            target = TF.one_hot(target, logits.shape[-1]).to(logits.dtype)
+        return 0.5 * ((torch.softmax(logits, dim=-1) - target) ** 2).sum() / logits.shape[0]
+
+
 def _torch_twin(module: torch.nn.Module) -> torch.nn.Module | None:
     kind = type(module)
     if kind is mnn.Linear:
@@ -49,6 +58,8 @@ def _torch_twin(module: torch.nn.Module) -> torch.nn.Module | None:
         return torch.nn.ELU(module.alpha)
     if kind is mnn.SoftmaxCrossEntropyLoss:
         return torch.nn.CrossEntropyLoss()
+    if kind is mnn.SoftmaxEuclideanLoss:
+        return TorchSoftmaxEuclideanLoss()
     if kind is mnn.EuclideanLoss:
         return TorchEuclideanLoss(module.reduction)
     return None

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from manualbp import figures
 from manualbp.callbacks import GradientAudit, last_checkpoint_path
-from manualbp.data import MNISTDataModule, XORDataModule
+from manualbp.data import FunctionDataModule, MNISTDataModule, XORDataModule
 from manualbp.errors import ConfigError, ManualbpError
-from manualbp.module import LitNet
+from manualbp.module import ENGINES, LitNet, class_indices
+from manualbp.nn import LOSSES
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ def build(config, **kwargs):
         raise
 
 
+def build_loss(config):
+    """The loss from a name (``model.loss=softmax_euclidean``) or a ``_target_`` config."""
+    if isinstance(config, str):
+        if config not in LOSSES:
+            raise ConfigError(f"model.loss={config} is not known; choose one of {', '.join(LOSSES)}")
+        return LOSSES[config]()
+    return build(config)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail fast, before loading anything, on values that cannot work."""
     lr = OmegaConf.select(cfg, "model.optimizer.lr")
@@ -47,6 +57,14 @@ def check_config(cfg: DictConfig) -> None:
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if max_epochs is not None and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be at least 1, got {max_epochs}")
+    engine = cfg.get("engine", "autograd")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine} is not known; choose one of {', '.join(ENGINES)}")
+    if engine == "manual" and "ddp" in str(OmegaConf.select(cfg, "trainer.strategy") or ""):
+        raise ConfigError(
+            "engine=manual computes gradients without autograd, so DDP cannot average them; "
+            "use engine=autograd with trainer=ddp"
+        )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(
@@ -59,7 +77,7 @@ def check_net_fits_data(net: torch.nn.Module, datamodule: L.LightningDataModule)
     linears = [module for module in net.modules() if isinstance(module, torch.nn.Linear)]
     if not linears:
         return
-    expected_out = datamodule.num_classes if datamodule.num_classes > 2 else None
+    expected_out = datamodule.num_classes if datamodule.num_classes > 2 else None  # not XOR / regression
     if linears[0].in_features != datamodule.input_size:
         raise ConfigError(
             f"the net's first layer takes {linears[0].in_features} inputs but the data has "
@@ -88,7 +106,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule = build(cfg.data)
-    net, loss = build(cfg.model.net), build(cfg.model.loss)
+    net, loss = build(cfg.model.net), build_loss(cfg.model.loss)
     check_net_fits_data(net, datamodule)
     module = LitNet(
         net,
@@ -97,6 +115,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         scheduler=build(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         task=cfg.model.task,
         num_classes=datamodule.num_classes,
+        engine=cfg.get("engine", "autograd"),
+        ridge=cfg.model.get("ridge", 0.0),
     )
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -114,11 +134,13 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     audit = next((c for c in callbacks if isinstance(c, GradientAudit)), None)
     results = {
         "model": cfg.model.name,
+        "engine": module.engine,
+        "loss": type(loss).__name__,
         "data": getattr(datamodule, "source", None) or type(datamodule).__name__,
         "seed": cfg.seed,
-        "test/acc": tested["test/acc"],
+        "test/acc": tested.get("test/acc"),
         "test/loss": tested["test/loss"],
-        "val/acc": validated["val/acc"],
+        "val/acc": validated.get("val/acc"),
         "val/loss": validated["val/loss"],
         "fit_time_s": fit_time_s,
         "train/samples_per_s": module.trained_samples * trainer.world_size / fit_time_s,
@@ -128,11 +150,15 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         "last_checkpoint": last_checkpoint_path(trainer),
         "audit/max_rel_err": max((err for _, err in audit.history), default=None) if audit else None,
     }
+    for source in (datamodule, *callbacks):  # data and callbacks may add their own findings
+        if hasattr(source, "report"):
+            results.update(source.report(module))
     if trainer.is_global_zero:
         drawn = save_figures(module, datamodule, loggers, output_dir) if cfg.get("figures", True) else []
         results["figures"] = [str(path) for path in drawn]
         (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        log.info("test/acc %.4f  val/acc %.4f  %.0f samples/s", results["test/acc"], results["val/acc"], results["train/samples_per_s"])
+        summary = {key: results[key] for key in ("test/acc", "test/loss", "train/samples_per_s") if results[key] is not None}
+        log.info("  ".join(f"{key} {value:.4g}" for key, value in summary.items()))
         log.info("results: %s", output_dir / "results.json")
         log.info("figures: %s", ", ".join(results["figures"]) or "none")
     return results
@@ -151,8 +177,13 @@ def save_figures(module: LitNet, datamodule, loggers, output_dir: Path) -> list[
     if isinstance(datamodule, XORDataModule):
         path = figure_dir / "decision_boundary.png"
         saved.append(figures.plot_decision_boundary(net, datamodule.inputs, datamodule.targets, path))
+    elif isinstance(datamodule, FunctionDataModule):
+        inputs, targets = datamodule.eval_points
+        fitted = net(inputs.to(next(net.parameters()))).cpu()
+        saved.append(figures.plot_function_fit(inputs, targets, fitted, datamodule.train_points, figure_dir / "fit.png"))
     elif isinstance(datamodule, MNISTDataModule):
         inputs, targets = datamodule.splits["test"]
+        targets = class_indices(targets)
         parameter = next(net.parameters())
         predictions = torch.cat([net(chunk.to(parameter)).argmax(1).cpu() for chunk in inputs.split(2000)])
         saved.append(figures.plot_confusion_matrix(predictions, targets, datamodule.num_classes, figure_dir / "confusion_matrix.png"))

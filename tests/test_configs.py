@@ -8,7 +8,7 @@ from conftest import CONFIG_DIR, run_train_py
 from omegaconf import OmegaConf
 
 from manualbp.errors import ConfigError
-from manualbp.training import build, check_config, train
+from manualbp.training import build, build_loss, check_config, train
 
 MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
 TRAINERS = sorted(path.stem for path in (CONFIG_DIR / "trainer").glob("*.yaml"))
@@ -20,7 +20,7 @@ def test_every_model_and_trainer_config_composes_and_instantiates(config, model,
     cfg = config(f"model={model}", f"trainer={trainer}")
     OmegaConf.resolve(cfg.model)
     net = build(cfg.model.net)
-    assert isinstance(build(cfg.model.loss), torch.nn.Module)
+    assert isinstance(build_loss(cfg.model.loss), torch.nn.Module)
     assert isinstance(build(cfg.model.optimizer)(net.parameters()), torch.optim.Optimizer)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     for callback in cfg.callbacks.values():

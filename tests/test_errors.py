@@ -34,12 +34,13 @@ def test_linear_rejects_mixed_dtypes_and_bad_parameter_shapes():
         F.linear(torch.zeros(3, 4), torch.zeros(4))
 
 
+@pytest.mark.parametrize("loss", [F.softmax_cross_entropy, F.softmax_euclidean_loss])
 @pytest.mark.parametrize("bad_label", [10, 11, -1])
-def test_class_targets_out_of_range_are_rejected(bad_label):
+def test_class_targets_out_of_range_are_rejected(loss, bad_label):
     logits = torch.randn(4, 10, requires_grad=True)
     target = torch.tensor([0, 3, bad_label, 9])
     with pytest.raises(ValueError, match=f"must lie in \\[0, 10\\).*from {min(0, bad_label)} to {max(9, bad_label)}"):
-        F.softmax_cross_entropy(logits, target)
+        loss(logits, target)
 
 
 def test_target_batch_size_must_match_logits():

@@ -91,6 +91,12 @@ def _euclidean_reference(reduction):
     return reference
 
 
+def _softmax_euclidean_reference(logits, target):
+    if not target.is_floating_point():
+        target = TF.one_hot(target, logits.shape[1]).to(logits.dtype)
+    return 0.5 * ((torch.softmax(logits, dim=1) - target) ** 2).sum() / logits.shape[0]
+
+
 @dataclass
 class Case:
     name: str
@@ -144,6 +150,20 @@ CASES = [
         "softmax_cross_entropy_probabilities",
         F.softmax_cross_entropy,
         TF.cross_entropy,
+        _logits_and_probabilities,
+        layouts=("batch", "batch_size_1", "non_contiguous"),
+    ),
+    Case(
+        "softmax_euclidean_indices",
+        F.softmax_euclidean_loss,
+        _softmax_euclidean_reference,
+        _logits_and_indices,
+        layouts=("batch", "batch_size_1", "non_contiguous"),
+    ),
+    Case(
+        "softmax_euclidean_probabilities",
+        F.softmax_euclidean_loss,
+        _softmax_euclidean_reference,
         _logits_and_probabilities,
         layouts=("batch", "batch_size_1", "non_contiguous"),
     ),
