@@ -6,6 +6,7 @@
                                              # typical Lightning + torchvision DataLoader pipeline
     python -m manualbp.bench --time-to-98    # training time to 98% test accuracy (full MNIST)
     python -m manualbp.bench --xor-seeds 100 # the default XOR config over seeds 0..99
+    python -m manualbp.bench --approx        # universal approximation: error against hidden width
     python -m manualbp.bench --softmax-losses curves.png  # softmax + cross-entropy vs + L2 loss
 
 This machine (and most) is shared and noisy: every figure here is a ratio or a median of
@@ -377,6 +378,42 @@ def bench_softmax_losses(out: Path, overrides: list[str] = ()) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Universal approximation: error against hidden width
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_approx(functions=("sin", "abs", "step"), widths=(1, 2, 4, 8, 16, 32), seeds=(0, 1)) -> dict:
+    """The default approx config (python train.py model=approx) per function, width and seed:
+    RMSE and max |net − f| on the evaluation grid."""
+    table = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for function in functions:
+            for width in widths:
+                runs = [
+                    _quiet_train(["model=approx", f"data.function={function}", f"model.width={width}", f"seed={seed}"],
+                                 Path(scratch) / f"{function}-{width}-{seed}")
+                    for seed in seeds
+                ]
+                table[f"{function}/{width}"] = {
+                    "rmse_median": statistics.median(run["approx/rmse"] for run in runs),
+                    "rmse_best": min(run["approx/rmse"] for run in runs),
+                    "max_abs_err_median": statistics.median(run["approx/max_abs_err"] for run in runs),
+                }
+    return {"seeds": list(seeds), "table": table}
+
+
+def print_approx(report: dict) -> None:
+    functions = sorted({key.split("/")[0] for key in report["table"]}, key=list(report["table"]).index)
+    widths = sorted({int(key.split("/")[1]) for key in report["table"]})
+    print(f"RMSE of the fit on [-6, 6] (median over seeds {report['seeds']}; best in brackets)\n")
+    print("| hidden width | " + " | ".join(functions) + " |")
+    print("|---:|" + "---:|" * len(functions))
+    for width in widths:
+        cells = [report["table"][f"{function}/{width}"] for function in functions]
+        print(f"| {width} | " + " | ".join(f"{c['rmse_median']:.4f} ({c['rmse_best']:.4f})" for c in cells) + " |")
+
+
+# ----------------------------------------------------------------------------------------------
 # XOR over seeds
 # ----------------------------------------------------------------------------------------------
 
@@ -415,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
+    parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
     parser.add_argument("--time-to-98", action="store_true", help="training time to 98%% test accuracy (full MNIST)")
     parser.add_argument("--softmax-losses", type=Path, metavar="PNG",
                         help="train MNIST with softmax cross-entropy and with softmax + L2, plot both")
@@ -437,6 +475,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"{report['all_four_right']} of {report['seeds']}; worst seed {report['worst_seed']} "
                   f"has max |Yp - Y| <= {report['worst_max_abs_error']:.3f}; median fit "
                   f"{report['median_fit_time_s']:.2f} s")
+        return
+    if args.approx:
+        report = bench_approx()
+        print(json.dumps(report, indent=2)) if args.json else print_approx(report)
         return
     if args.softmax_losses:
         report = bench_softmax_losses(args.softmax_losses, args.overrides)

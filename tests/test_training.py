@@ -44,7 +44,7 @@ def test_xor_learns_all_four_points_and_leaves_results_checkpoints_and_figures(c
     assert RESULT_KEYS <= results.keys()
     assert results["fit_time_s"] > 0 and results["train/samples_per_s"] > 0
     assert results["steps"] == 300 and results["epochs"] == 3
-    assert 0 <= results["audit/max_rel_err"] < 1e-4  # the live check ran and agreed
+    assert 0 <= results["audit/max_rel_err"] < 1e-9  # the live check ran and agreed (float64)
     assert (run / "metrics.csv").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert Path(results["best_checkpoint"]).is_file()
