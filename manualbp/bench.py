@@ -403,8 +403,8 @@ def bench_approx(functions=("sin", "abs", "step"), widths=(1, 2, 4, 8, 16, 32), 
 
 
 def print_approx(report: dict) -> None:
-    functions = sorted({key.split("/")[0] for key in report["table"]}, key=list(report["table"]).index)
-    widths = sorted({int(key.split("/")[1]) for key in report["table"]})
+    functions = list(dict.fromkeys(key.split("/")[0] for key in report["table"]))
+    widths = list(dict.fromkeys(int(key.split("/")[1]) for key in report["table"]))
     print(f"RMSE of the fit on [-6, 6] (median over seeds {report['seeds']}; best in brackets)\n")
     print("| hidden width | " + " | ".join(functions) + " |")
     print("|---:|" + "---:|" * len(functions))

@@ -33,18 +33,19 @@ class GradientAudit(Callback):
 
     Float64 keeps the comparison about the formulas: in float32 two correct summation orders
     already differ by ~1e-7 of the summands, and near a minimum, where the gradient is a small
-    difference of large terms, that is a large fraction of the gradient itself. The audit costs
-    two float64 forward/backward passes per ``every_n_steps`` steps; the run's ``.grad`` and
-    weights are not touched.
+    difference of large terms, that is a large fraction of the gradient itself. The audit uses
+    the first ``max_samples`` examples of the batch (plenty to exercise every formula) and costs
+    two float64 forward/backward passes on them every ``every_n_steps`` steps; the run's
+    ``.grad`` and weights are not touched.
     """
 
-    def __init__(self, every_n_steps: int = 100, tolerance: float = 1e-6) -> None:
-        if every_n_steps < 1 or not tolerance > 0:
+    def __init__(self, every_n_steps: int = 100, tolerance: float = 1e-6, max_samples: int = 128) -> None:
+        if every_n_steps < 1 or not tolerance > 0 or max_samples < 1:
             raise ValueError(
-                f"GradientAudit needs every_n_steps >= 1 and tolerance > 0, got {every_n_steps} "
-                f"and {tolerance}"
+                f"GradientAudit needs every_n_steps >= 1, tolerance > 0 and max_samples >= 1, got "
+                f"{every_n_steps}, {tolerance} and {max_samples}"
             )
-        self.every_n_steps, self.tolerance = every_n_steps, tolerance
+        self.every_n_steps, self.tolerance, self.max_samples = every_n_steps, tolerance, max_samples
         self.history: list[tuple[int, float]] = []  # (step, max relative difference)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -68,7 +69,8 @@ class GradientAudit(Callback):
         step = trainer.global_step
         if step % self.every_n_steps:
             return
-        differences = self.compare(pl_module, *batch)
+        inputs, targets = batch
+        differences = self.compare(pl_module, inputs[: self.max_samples], targets[: self.max_samples])
         worst = max(differences, key=differences.get)
         self.history.append((step, differences[worst]))
         pl_module.log("audit/max_rel_err", differences[worst], on_step=True, on_epoch=False)
@@ -181,7 +183,7 @@ class LineProgressBar(ProgressBar):
         seconds = time.perf_counter() - self._epoch_started
         self._print(
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done in {seconds:.1f} s  "
-            + self._metrics(trainer, ["train/loss_epoch", "val/loss", "val/acc"])
+            + self._metrics(trainer, ["train/loss", "val/loss", "val/acc"])
         )
 
     def on_test_end(self, trainer, pl_module) -> None:

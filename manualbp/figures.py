@@ -40,7 +40,7 @@ def plot_learning_curves(metrics: dict[str, list[tuple[float, float]]], out_dir:
     """loss.png (train per step and per epoch, validation per epoch) and accuracy.png."""
     saved = []
     for name, keys, ylabel in (
-        ("loss.png", ["train/loss_step", "train/loss_epoch", "val/loss"], "loss"),
+        ("loss.png", ["train/loss_step", "train/loss", "val/loss"], "loss"),
         ("accuracy.png", ["val/acc"], "accuracy"),
     ):
         present = [key for key in keys if metrics.get(key)]

@@ -10,7 +10,8 @@ Every layer comes in three parts, in the order a reader meets them on the slides
   only inputs and outputs (so double backward stays exact), skips gradients nobody asked for
   (``ctx.needs_input_grad``), and has a ``jvp`` for forward-mode AD and ``torch.func``.
 * ``<layer>(...)``: the public function (``linear``, ``relu``, ...). It checks the input, applies
-  autocast the way PyTorch's own op would, and calls ``<Layer>Function.apply``.
+  autocast the way PyTorch's own op would, and applies the Function (through a copy of it made
+  for plain eager mode or for torch.compile, see ``_function``).
 
 Layout: torch stores a Linear weight as ``(out_features, in_features)`` and computes Z = X Wᵀ + b.
 The slides store W as ``(in, out)`` and write Z = X W + b; their δW = XᵀδZ and δX = δZ Wᵀ are, in

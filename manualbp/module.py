@@ -40,8 +40,8 @@ class LitNet(L.LightningModule):
     biases excluded. ``scheduler``: an optional partial taking the optimizer; a ``total_steps``
     argument (OneCycleLR) is filled in; it steps every batch.
 
-    Logs ``train/loss``, ``val/loss``, ``test/loss`` and, for classification, ``val/acc`` and
-    ``test/acc``.
+    Logs ``train/loss`` (epoch mean), ``train/loss_step``, ``val/loss``, ``test/loss`` and, for
+    classification, ``val/acc`` and ``test/acc``.
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class LitNet(L.LightningModule):
         return loss  # autograd engine: Lightning calls backward and the optimizer step
 
     def _log_training_loss(self, loss: Tensor, batch_size: int) -> None:
-        """``train/loss_step`` every ``log_every_n_steps`` steps, ``train/loss_epoch`` (the mean
+        """``train/loss_step`` every ``log_every_n_steps`` steps, ``train/loss`` (the mean
         over the epoch's samples) at the epoch's end. The epoch sum stays on the loss's device,
         and ``self.log`` -- about a millisecond per call on a small CPU -- runs only on the steps
         whose metrics Lightning writes, not every step."""
@@ -116,7 +116,7 @@ class LitNet(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self._epoch_samples:
             mean = self._epoch_loss_sum / self._epoch_samples
-            self.log("train/loss_epoch", mean, on_epoch=True, sync_dist=True)
+            self.log("train/loss", mean, on_epoch=True, sync_dist=True)
 
     def _manual_step(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """Forward and backward pass by hand, then the update with the computed δθ."""

@@ -419,3 +419,17 @@ def test_a_wrong_jvp_is_rejected_by_the_forward_ad_check():
     assert_matches_reference(wrong, torch.sigmoid, _sigmoid_inputs())  # backward is right...
     with pytest.raises(GradcheckError, match="forward"):
         assert_gradcheck(wrong, _sigmoid_inputs())  # ...forward-mode is not
+
+
+@pytest.mark.parametrize("name", ["linear", "linear_no_bias", "linear_relu", "relu", "euclidean_loss_sum"])
+def test_some_functions_agree_with_torch_bit_for_bit(name):
+    # Same kernels in the same order as PyTorch's own op: not just close, identical.
+    case = next(case for case in CASES if case.name == name)
+    for layout in ("batch", "leading_dims"):
+        inputs = _with_requires_grad(make_inputs(case, layout), _differentiable(make_inputs(case, layout)))
+        output, expected = case.function(*inputs), case.reference(*inputs)
+        assert torch.equal(output, expected)
+        grad_output = torch.randn(expected.shape, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+        wanted = [t for t in inputs if t.requires_grad]
+        for ours, theirs in zip(torch.autograd.grad(output, wanted, grad_output), torch.autograd.grad(expected, wanted, grad_output)):
+            assert torch.equal(ours, theirs)

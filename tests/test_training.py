@@ -65,7 +65,7 @@ def test_mnist_trains_end_to_end_on_idx_files_through_torchvision(config, small_
     names = {Path(path).name for path in results["figures"]}
     assert names == {"loss.png", "accuracy.png", "confusion_matrix.png", "misclassified.png", "first_layer_weights.png"}
     metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/acc", "test/acc"} <= set(metrics)
+    assert {"train/loss_step", "train/loss", "val/loss", "val/acc", "test/acc"} <= set(metrics)
 
 
 @pytest.mark.parametrize("dataset", ["FashionMNIST", "KMNIST"])
