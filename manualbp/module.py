@@ -5,6 +5,7 @@ forward pass, compute loss, backward pass, adjust parameters, diagnostics")."""
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -89,6 +90,14 @@ class LitNet(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.trained_samples = 0
+
+    def on_train_start(self) -> None:
+        self._train_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        """The training loop's wall time (validation and checkpoints included, the setup and
+        data loading before it not), for ``train/samples_per_s``."""
+        self.train_time_s = time.perf_counter() - self._train_started
 
     def on_train_epoch_start(self) -> None:
         self._epoch_loss_sum, self._epoch_samples = torch.zeros((), device=self.device), 0
