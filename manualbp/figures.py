@@ -84,7 +84,8 @@ def plot_decision_boundary(net: torch.nn.Module, inputs: Tensor, targets: Tensor
 
 def plot_confusion_matrix(predictions: Tensor, targets: Tensor, num_classes: int, path: Path) -> Path:
     """torchmetrics' confusion matrix (rows: true class, columns: predicted)."""
-    matrix = MulticlassConfusionMatrix(num_classes=num_classes)
+    # Drawn by one process: no gathering across DDP processes (they may have finished).
+    matrix = MulticlassConfusionMatrix(num_classes=num_classes, sync_on_compute=False)
     matrix.update(predictions.cpu(), targets.cpu())
     figure, axes = plt.subplots(figsize=(7, 6))
     with warnings.catch_warnings():  # torchmetrics hands matplotlib a tensor: numpy 2 complains

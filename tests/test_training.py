@@ -305,16 +305,19 @@ def test_a_killed_run_resumed_from_last_ckpt_ends_like_an_uninterrupted_run(tmp_
 
 
 @pytest.mark.slow
-def test_ddp_with_two_cpu_processes(tmp_path):
+def test_ddp_with_two_cpu_processes(tmp_path, small_mnist):
     result = run_train_py(
-        "model=xor", "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2",
+        "model=mnist", "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2",
+        f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=50",
         f"hydra.run.dir={tmp_path}/ddp", cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed_backend=gloo" in result.stderr + result.stdout
     results = _read_results(tmp_path / "ddp")
-    assert results["test/acc"] == 1.0
-    assert results["steps"] == 200  # each process ran every step of both epochs
+    assert results["test/acc"] > 0.9
+    # 500 training images, 250 per process, 5 batches of 50 per epoch on each
+    assert results["steps"] == 2 * 5
+    assert {Path(path).name for path in results["figures"]} >= {"confusion_matrix.png", "misclassified.png"}
 
 
 @pytest.mark.slow
