@@ -94,11 +94,14 @@ def last_checkpoint_path(trainer: L.Trainer) -> str | None:
 
 
 class StopOnNonFiniteLoss(Callback):
-    """Stops the run with NonFiniteLossError when the training loss becomes NaN or infinite.
+    """Stops the run with NonFiniteLossError when the training loss or the weights become NaN or
+    infinite.
 
-    The check accumulates on the loss's device and is read every ``check_every_n_steps`` steps
-    and before each validation and epoch end -- so no host sync per step, and no checkpoint is
-    written from non-finite weights: the last good one is kept.
+    The loss check accumulates on the loss's device and is read every ``check_every_n_steps``
+    steps and before each validation and epoch end, together with a check of the weights (a
+    step can turn them non-finite after its loss was computed) -- so no host sync per step, and
+    no checkpoint is written from non-finite weights: the last good one is kept. Under DDP every
+    process takes the same decision.
     """
 
     def __init__(self, check_every_n_steps: int = 50) -> None:
@@ -111,24 +114,27 @@ class StopOnNonFiniteLoss(Callback):
         finite = torch.isfinite(loss.detach())
         self._all_finite = finite if self._all_finite is None else self._all_finite & finite
         if trainer.global_step % self.check_every_n_steps == 0:
-            self._check(trainer)
+            self._check(trainer, pl_module)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.training:
-            self._check(trainer)
+            self._check(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._check(trainer)
+        self._check(trainer, pl_module)
 
-    def _check(self, trainer: L.Trainer) -> None:
-        all_finite, self._all_finite = self._all_finite, None
-        if all_finite is None or bool(all_finite):
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        losses_finite, self._all_finite = self._all_finite, None
+        weights_finite = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+        finite = weights_finite and (losses_finite is None or bool(losses_finite))
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
             self._since_step = trainer.global_step
             return
         last = last_checkpoint_path(trainer)
         kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint was saved yet"
+        what = "training loss" if weights_finite else "model's weights"
         raise NonFiniteLossError(
-            f"the training loss became NaN or infinite between steps {self._since_step} and "
+            f"the {what} became NaN or infinite between steps {self._since_step} and "
             f"{trainer.global_step} (epoch {trainer.current_epoch}); the run is stopped and "
             f"{kept}. Lower the learning rate (model.optimizer.lr=...) and start again"
             + (f", or resume with ckpt_path={last}" if last else "")

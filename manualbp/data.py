@@ -60,8 +60,8 @@ class IndexBatchSampler(Sampler[Tensor]):
     Epoch e visits the samples in the order ``randperm(generator=seed + e)`` (or in order, if
     ``shuffle=False``), so a run resumed at epoch e sees exactly the batches it would have seen.
     Lightning calls ``set_epoch``. Under DDP each process takes every ``world_size``-th sample;
-    when shuffling (training) the shares are cut to equal length so every process runs the same
-    number of steps. ``repeats`` visits the (shared) order that many times per epoch.
+    with ``equal_shares`` (training) the shares are cut to equal length, so that every process
+    runs the same number of steps. ``repeats`` visits the (shared) order that many times an epoch.
     """
 
     def __init__(
@@ -71,11 +71,13 @@ class IndexBatchSampler(Sampler[Tensor]):
         shuffle: bool,
         seed: int = 0,
         repeats: int = 1,
+        equal_shares: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.num_samples, self.batch_size, self.shuffle = num_samples, batch_size, shuffle
         self.seed, self.repeats, self.epoch = seed, repeats, 0
+        self.equal_shares = equal_shares
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -94,7 +96,7 @@ class IndexBatchSampler(Sampler[Tensor]):
             order = torch.arange(self.num_samples)
         rank, world_size = self._rank_and_world_size()
         if world_size > 1:
-            if self.shuffle:
+            if self.equal_shares:
                 order = order[: self.num_samples - self.num_samples % world_size]
             order = order[rank::world_size]
         return order
@@ -134,10 +136,16 @@ class IndexedTensors(Dataset):
 
 
 def index_loader(
-    tensors: tuple[Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0, repeats: int = 1
+    tensors: tuple[Tensor, ...],
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    repeats: int = 1,
+    training: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose batches are gathered from in-memory ``tensors``, one gather each."""
-    sampler = IndexBatchSampler(len(tensors[0]), batch_size, shuffle, seed, repeats)
+    """A DataLoader whose batches are gathered from in-memory ``tensors``, one gather each.
+    ``training``: every DDP process gets the same number of batches."""
+    sampler = IndexBatchSampler(len(tensors[0]), batch_size, shuffle, seed, repeats, equal_shares=training)
     return DataLoader(IndexedTensors(*tensors), sampler=sampler, batch_size=None)
 
 
@@ -165,7 +173,7 @@ class XORDataModule(L.LightningDataModule):
         self.input_size, self.num_classes = 2, 2
 
     def train_dataloader(self) -> DataLoader:
-        return index_loader((self.inputs, self.targets), 4, shuffle=False, repeats=self.steps_per_epoch)
+        return index_loader((self.inputs, self.targets), 4, shuffle=False, repeats=self.steps_per_epoch, training=True)
 
     def val_dataloader(self) -> DataLoader:
         return index_loader((self.inputs, self.targets), 4, shuffle=False)
@@ -225,7 +233,7 @@ class FunctionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         count = len(self.train_points[0])
-        return index_loader(self.train_points, count, shuffle=False, repeats=self.steps_per_epoch)
+        return index_loader(self.train_points, count, shuffle=False, repeats=self.steps_per_epoch, training=True)
 
     def val_dataloader(self) -> DataLoader:
         return index_loader(self.eval_points, len(self.eval_points[0]), shuffle=False)
@@ -470,8 +478,10 @@ class MNISTDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"data.{name} must be at least 1, got {value}")
-        if val_size < 0:
-            raise ConfigError(f"data.val_size must be 0 or more, got {val_size}")
+        if val_size < 1:
+            raise ConfigError(
+                f"data.val_size must be at least 1 (validation picks the best checkpoint), got {val_size}"
+            )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.seed = val_size, split_seed, seed
@@ -512,7 +522,7 @@ class MNISTDataModule(L.LightningDataModule):
         else:
             train, test = self._fallback()
             val_size = min(self.val_size, len(train[1]) // 10)
-        if val_size >= len(train[1]):
+        if not 1 <= val_size < len(train[1]):
             raise ConfigError(
                 f"data.val_size={self.val_size} leaves no training images out of {len(train[1])}"
             )
@@ -557,7 +567,7 @@ class MNISTDataModule(L.LightningDataModule):
         return sample["train"], sample["test"]
 
     def _standardise(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        inputs = images.reshape(len(images), -1).float().div_(255).sub_(self.mean).div_(self.std)
+        inputs = images.flatten(1).float().div_(255).sub_(self.mean).div_(self.std)
         if self.one_hot:  # the 1-hot target rows of the slides, for the Euclidean loss
             return inputs, torch.nn.functional.one_hot(labels, self.num_classes).float()
         return inputs, labels
@@ -567,7 +577,7 @@ class MNISTDataModule(L.LightningDataModule):
         return (inputs * self.std + self.mean).reshape(-1, *self.image_shape).clamp(0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return index_loader(self.splits["train"], self.batch_size, shuffle=self.shuffle, seed=self.seed)
+        return index_loader(self.splits["train"], self.batch_size, shuffle=self.shuffle, seed=self.seed, training=True)
 
     def val_dataloader(self) -> DataLoader:
         return index_loader(self.splits["val"], self.eval_batch_size, shuffle=False)

@@ -166,12 +166,17 @@ def softmax_cross_entropy_backward(
 ) -> tuple[Tensor, Tensor | None]:
     """δlogits = (yp − y)/N · g and, for probability targets that need it, δy = −log(yp)/N · g.
 
+    (For soft targets whose rows do not sum to 1, δlogits = (yp·Σ_k y_k − y)/N · g.)
+
     grad_output g: scalar; logits: (N, C); target: (N,) indices or (N, C) probabilities.
     Returns δlogits: (N, C) and δy: (N, C) or None.
     """
     scale = grad_output / logits.shape[0]
     probs = torch.softmax(logits, dim=-1)  # yp = exp(logits) / Σ exp(logits)
-    grad_logits = (probs - _target_distribution(target, logits.shape[1])) * scale  # (yp − y)/N · g
+    target_rows = _target_distribution(target, logits.shape[1])
+    if target.is_floating_point():  # rows need not sum to 1 (F.cross_entropy allows it): Σ_k y_k ≠ 1
+        probs = probs * target_rows.sum(dim=-1, keepdim=True)  # yp·Σy, = yp for the slide's y
+    grad_logits = (probs - target_rows) * scale  # (yp − y)/N · g
     grad_target = -log_softmax(logits) * scale if needs_target_grad else None  # δy = −log(yp)/N · g
     return grad_logits, grad_target
 
@@ -539,7 +544,8 @@ def _apply(name: str, *args, autocast_to: str | None = None):
     tensors are cast to the autocast dtype (``autocast_to="lower"``, for matmuls) or to float32
     (``"float32"``, for losses), and the Function then runs with autocast off, so forward and
     backward see one dtype. The casts are ordinary autograd ops, so gradients reach float32
-    parameters in float32. Outside autocast this is just ``function.apply(*args)``.
+    parameters in float32. As in PyTorch, float64 tensors are left as they are. Outside autocast
+    this is just ``function.apply(*args)``.
     """
     function = _function(name)
     device_type = args[0].device.type
@@ -547,12 +553,14 @@ def _apply(name: str, *args, autocast_to: str | None = None):
         return function.apply(*args)
     if autocast_to is not None:
         dtype = torch.get_autocast_dtype(device_type) if autocast_to == "lower" else torch.float32
-        args = tuple(
-            arg.to(dtype) if isinstance(arg, Tensor) and arg.is_floating_point() else arg
-            for arg in args
-        )
+        args = tuple(arg.to(dtype) if _autocast_eligible(arg) else arg for arg in args)
     with torch.autocast(device_type, enabled=False):
         return function.apply(*args)
+
+
+def _autocast_eligible(arg) -> bool:
+    """Autocast casts float32, float16 and bfloat16 tensors, never float64 (as PyTorch does)."""
+    return isinstance(arg, Tensor) and arg.dtype in (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _is_traced(tensor: Tensor) -> bool:
@@ -587,8 +595,13 @@ def _check_linear_arguments(input: Tensor, weight: Tensor, bias: Tensor | None) 
             f"got shape {tuple(weight.shape)}"
         )
     out_features, in_features = weight.shape
-    if input.dim() == 0 or input.shape[-1] != in_features:
-        got = input.shape[-1] if input.dim() else "a 0-d tensor"
+    if input.dim() == 0:
+        raise ValueError(
+            f"linear: expected an input of shape (*, {in_features}), got a 0-d tensor (a scalar); "
+            f"give it a feature dimension, e.g. input.reshape(1, 1) for in_features=1"
+        )
+    if input.shape[-1] != in_features:
+        got = input.shape[-1]
         raise ValueError(
             f"linear: expected {in_features} input features, got {got} "
             f"(input shape {tuple(input.shape)}, weight shape {tuple(weight.shape)}); the last "
@@ -647,7 +660,8 @@ def elu(input: Tensor, alpha: float = 1.0) -> Tensor:
     return _apply("elu", input, float(alpha))
 
 
-def _check_class_targets(name: str, logits: Tensor, target: Tensor) -> None:
+def _check_class_targets(name: str, logits: Tensor, target: Tensor) -> Tensor:
+    """Check logits (N, C) and targets; return the targets, class indices as int64."""
     if logits.dim() != 2:
         raise ValueError(
             f"{name}: expected logits of shape (N, C), got {tuple(logits.shape)}; "
@@ -661,7 +675,7 @@ def _check_class_targets(name: str, logits: Tensor, target: Tensor) -> None:
                 f"{name}: probability targets must have the logits' shape "
                 f"{tuple(logits.shape)}, got {tuple(target.shape)}"
             )
-        return
+        return target
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(
             f"{name}: target must be class indices (an integer tensor of shape "
@@ -680,6 +694,7 @@ def _check_class_targets(name: str, logits: Tensor, target: Tensor) -> None:
                 f"{num_classes} classes, got values from {low} to {high}; check the labels, or "
                 f"give the last layer as many outputs as there are classes"
             )
+    return target.long()  # gather and one_hot take int64 indices
 
 
 def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -688,7 +703,7 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     logits: (N, C); target: class indices (N,) in [0, C), or probabilities / one-hot rows (N, C).
     Returns a scalar. Under autocast it runs in float32, like ``F.cross_entropy``.
     """
-    _check_class_targets("softmax_cross_entropy", logits, target)
+    target = _check_class_targets("softmax_cross_entropy", logits, target)
     return _apply("softmax_cross_entropy", logits, target, autocast_to="float32")
 
 
@@ -699,7 +714,7 @@ def softmax_euclidean_loss(logits: Tensor, target: Tensor) -> Tensor:
     logits: (N, C); target: class indices (N,) in [0, C), or probabilities / one-hot rows (N, C).
     Returns a scalar; under autocast it runs in float32.
     """
-    _check_class_targets("softmax_euclidean_loss", logits, target)
+    target = _check_class_targets("softmax_euclidean_loss", logits, target)
     return _apply("softmax_euclidean_loss", logits, target, autocast_to="float32")
 
 
@@ -709,6 +724,13 @@ def euclidean_loss(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tens
     pred, target: the same shape (N, *); no broadcasting. Returns a scalar.
     (``"mean"`` is per example, not per element as in ``torch.nn.MSELoss``.)
     """
+    target = _check_euclidean_arguments(pred, target, reduction)
+    return _apply("euclidean_loss", pred, target, reduction, autocast_to="float32")
+
+
+def _check_euclidean_arguments(pred: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """Check the arguments of euclidean_loss; return the target in pred's dtype (under autocast
+    both are cast to float32 by ``_apply`` instead, so the target is not rounded first)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"euclidean_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     _check_floating("euclidean_loss", "pred", pred)
@@ -718,4 +740,6 @@ def euclidean_loss(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tens
             f"and {tuple(target.shape)}; reshape one of them (no broadcasting is done, so that "
             f"(N, 1) against (N,) cannot silently become (N, N))"
         )
-    return _apply("euclidean_loss", pred, target.to(pred.dtype), reduction, autocast_to="float32")
+    if torch.is_autocast_enabled(pred.device.type) and target.is_floating_point():
+        return target
+    return target.to(pred.dtype)

@@ -61,11 +61,12 @@ def _function_and_inputs(module: torch.nn.Module, inputs: Tensor):
 def _loss_function_and_inputs(loss: torch.nn.Module, outputs: Tensor, targets: Tensor):
     kind = type(loss)
     if kind in (mnn.SoftmaxCrossEntropyLoss, mnn.SoftmaxEuclideanLoss):
-        F._check_class_targets(kind.__name__, outputs, targets)  # the losses' own checks
+        targets = F._check_class_targets(kind.__name__, outputs, targets)  # the losses' own checks
         function = F.SoftmaxCrossEntropyFunction if kind is mnn.SoftmaxCrossEntropyLoss else F.SoftmaxEuclideanFunction
         return function, (outputs, targets)
     if kind is mnn.EuclideanLoss:
-        return F.EuclideanLossFunction, (outputs, targets.to(outputs.dtype), loss.reduction)
+        targets = F._check_euclidean_arguments(outputs, targets, loss.reduction)
+        return F.EuclideanLossFunction, (outputs, targets, loss.reduction)
     raise ConfigError(f"the manual engine runs manualbp losses only, got {kind.__name__}")
 
 
@@ -87,8 +88,14 @@ def backprop(
     ``manualbp.MLP``) and ``loss``, by hand.
 
     inputs: (N, D); targets: what ``loss`` takes. Returns the loss (a scalar) and δθ for every
-    parameter that requires grad, keyed like ``net.named_parameters()``.
+    parameter that requires grad, keyed like ``net.named_parameters()``. It runs in the
+    parameters' dtype: autocast (mixed precision) is switched off inside.
     """
+    with torch.autocast(inputs.device.type, enabled=False):
+        return _backprop(net, loss, inputs, targets)
+
+
+def _backprop(net, loss, inputs, targets):
     layers = list(net)
     # Forward pass, keeping each layer's context (what its backward needs).
     tape = []

@@ -73,6 +73,7 @@ class LitNet(L.LightningModule):
             }
             self.val_acc, self.test_acc = Accuracy(**accuracy), Accuracy(**accuracy)
         self.trained_samples = 0  # over this process's fit, for train/samples_per_s
+        self.train_time_s = 0.0  # stays 0 if the fit has no training left (resumed at the end)
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.net(inputs)

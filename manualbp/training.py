@@ -60,11 +60,6 @@ def check_config(cfg: DictConfig) -> None:
     engine = cfg.get("engine", "autograd")
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine} is not known; choose one of {', '.join(ENGINES)}")
-    if engine == "manual" and "ddp" in str(OmegaConf.select(cfg, "trainer.strategy") or ""):
-        raise ConfigError(
-            "engine=manual computes gradients without autograd, so DDP cannot average them; "
-            "use engine=autograd with trainer=ddp"
-        )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(
@@ -122,6 +117,11 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if module.engine == "manual" and trainer.world_size > 1:
+        raise ConfigError(
+            f"engine=manual computes gradients without autograd, so DDP cannot average them "
+            f"across the {trainer.world_size} processes; use engine=autograd with several devices"
+        )
 
     log.info("fitting %s on %s for %s epochs", cfg.model.name, type(datamodule).__name__, trainer.max_epochs)
     started = time.perf_counter()
@@ -129,6 +129,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     fit_time_s = time.perf_counter() - started
     checkpoint = trainer.checkpoint_callback
     best = (checkpoint.best_model_path if checkpoint else "") or None
+    last = last_checkpoint_path(trainer)  # read now: testing a checkpoint restores callback state
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
 
@@ -145,11 +146,13 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         "val/loss": validated["val/loss"],
         "fit_time_s": fit_time_s,
         "train_time_s": module.train_time_s,
-        "train/samples_per_s": module.trained_samples * trainer.world_size / module.train_time_s,
+        "train/samples_per_s": (
+            module.trained_samples * trainer.world_size / module.train_time_s if module.train_time_s else None
+        ),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "best_checkpoint": best,
-        "last_checkpoint": last_checkpoint_path(trainer),
+        "last_checkpoint": last,
         "audit/max_rel_err": max((err for _, err in audit.history), default=None) if audit else None,
     }
     for source in (datamodule, *callbacks):  # data and callbacks may add their own findings

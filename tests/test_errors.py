@@ -92,3 +92,20 @@ def test_elu_of_large_inputs_is_finite_with_finite_gradient():
     y.sum().backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
     torch.testing.assert_close(x.grad, torch.tensor([0.0, torch.exp(torch.tensor(-50.0)).item(), 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize("loss", [F.softmax_cross_entropy, F.softmax_euclidean_loss])
+def test_class_targets_of_any_integer_type_work(loss, dtype):
+    logits = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 1, 2, 3])
+    expected = loss(logits, labels)
+    expected_grad = torch.autograd.grad(expected, logits)[0]
+    actual = loss(logits, labels.to(dtype))
+    assert torch.equal(actual, expected)
+    assert torch.equal(torch.autograd.grad(actual, logits)[0], expected_grad)
+
+
+def test_a_scalar_input_to_linear_is_explained():
+    with pytest.raises(ValueError, match="expected an input of shape \\(\\*, 1\\), got a 0-d tensor"):
+        F.linear(torch.tensor(2.0), torch.ones(3, 1))

@@ -78,6 +78,11 @@ def _logits_and_probabilities(generator, layout):
     return logits, probabilities
 
 
+def _logits_and_unnormalised_targets(generator, layout):
+    logits = _randn(_shape(layout, 4), generator, layout)
+    return logits, torch.rand(_shape(layout, 4), generator=generator, dtype=DTYPE) * 2  # rows don't sum to 1
+
+
 def _pred_and_target(generator, layout):
     shape = _shape(layout, 3)
     return _randn(shape, generator, layout), _randn(shape, generator, layout)
@@ -151,6 +156,13 @@ CASES = [
         F.softmax_cross_entropy,
         TF.cross_entropy,
         _logits_and_probabilities,
+        layouts=("batch", "batch_size_1", "non_contiguous"),
+    ),
+    Case(
+        "softmax_cross_entropy_unnormalised_targets",
+        F.softmax_cross_entropy,
+        TF.cross_entropy,
+        _logits_and_unnormalised_targets,
         layouts=("batch", "batch_size_1", "non_contiguous"),
     ),
     Case(

@@ -113,11 +113,34 @@ def test_training_with_the_manual_engine_ends_with_the_same_weights_as_autograd(
         assert torch.equal(runs["manual"][name], tensor), name
 
 
-def test_engine_settings_are_checked(config):
+@pytest.mark.parametrize("devices", [["trainer=ddp"], ["trainer.devices=2"]])
+def test_the_manual_engine_refuses_several_processes(config, devices):
+    # trainer.devices=2 alone also means DDP (strategy "auto"): gradients would not be averaged.
+    with pytest.raises(ConfigError, match="DDP cannot average them across the 2 processes"):
+        train(config("model=xor", "engine=manual", *devices))
+
+
+def test_an_unknown_engine_fails_fast(config):
     with pytest.raises(ConfigError, match="engine=backprop is not known"):
         check_config(config("model=xor", "engine=backprop"))
-    with pytest.raises(ConfigError, match="DDP cannot average them"):
-        check_config(config("model=xor", "engine=manual", "trainer=ddp"))
+
+
+def test_backprop_by_hand_under_autocast_runs_in_the_parameters_dtype():
+    torch.manual_seed(0)
+    net, loss = mnn.MLP([20, 16, 5]), mnn.SoftmaxCrossEntropyLoss()
+    inputs, targets = _batch("indices", torch.Generator().manual_seed(0))
+    expected = manual.backprop(net, loss, inputs.float(), targets)[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grads = manual.backprop(net, loss, inputs.float(), targets)[1]
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32 and torch.equal(grad, expected[name]), name
+
+
+def test_backprop_by_hand_checks_its_inputs_like_the_layers():
+    net, loss = mnn.MLP([20, 1], activation="sigmoid"), mnn.EuclideanLoss()
+    inputs = torch.randn(5, 20)
+    with pytest.raises(ValueError, match="same shape, got \\(5, 1\\) and \\(5,\\)"):
+        manual.backprop(net, loss, inputs, torch.randn(5))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -251,11 +251,25 @@ def test_autocast_mlp_trains():
     assert accuracy > 0.9
 
 
-def test_autocast_off_inside_does_not_change_float64_results():
+def test_autocast_leaves_float64_alone_like_torch():
     x = torch.randn(4, 3, dtype=torch.float64)
     weight = torch.randn(2, 3, dtype=torch.float64)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
-        assert F.linear(x, weight).dtype == torch.float64
+    target = torch.randint(0, 2, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.linear(x, weight).dtype == torch.nn.functional.linear(x, weight).dtype == torch.float64
+        assert F.softmax_cross_entropy(x[:, :2], target).dtype == torch.float64
+        assert F.euclidean_loss(x, x.flip(0)).dtype == torch.float64
+
+
+def test_autocast_does_not_round_the_euclidean_target_to_bfloat16():
+    torch.manual_seed(0)
+    layer = mnn.Linear(8, 3)
+    x, target = torch.randn(16, 8), torch.randn(16, 3) * 100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = layer(x)  # bfloat16
+        loss = F.euclidean_loss(pred, target)
+    assert pred.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert torch.equal(loss, 0.5 * ((pred.float() - target) ** 2).sum())  # target used in float32
 
 
 # ----------------------------------------------------------------------------------------------

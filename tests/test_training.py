@@ -48,6 +48,7 @@ def test_xor_learns_all_four_points_and_leaves_results_checkpoints_and_figures(c
     assert 0 <= results["audit/max_rel_err"] < 1e-9  # the live check ran and agreed (float64)
     assert (run / "metrics.csv").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert results["last_checkpoint"] == str(run / "checkpoints" / "last.ckpt")
     assert Path(results["best_checkpoint"]).is_file()
     names = {Path(path).name for path in results["figures"]}
     assert names == {"loss.png", "accuracy.png", "decision_boundary.png"}
@@ -106,15 +107,24 @@ def test_index_batches_are_a_fresh_fixed_permutation_each_epoch():
     assert len(in_order) == 6
 
 
-def test_index_batches_are_split_evenly_between_ddp_processes(monkeypatch):
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_training_batches_are_split_evenly_between_ddp_processes(monkeypatch, shuffle):
     shares = []
     for rank in range(3):
         monkeypatch.setattr(IndexBatchSampler, "_rank_and_world_size", staticmethod(lambda r=rank: (r, 3)))
-        sampler = IndexBatchSampler(10, batch_size=2, shuffle=True)
+        sampler = IndexBatchSampler(10, batch_size=2, shuffle=shuffle, equal_shares=True)
         shares.append(torch.cat(list(sampler)))
         assert len(sampler) == 2  # 10 // 3 = 3 samples each -> 2 batches on every process
     assert all(len(share) == 3 for share in shares)
     assert len(set(torch.cat(shares).tolist())) == 9  # disjoint
+
+
+def test_evaluation_batches_cover_every_sample_under_ddp(monkeypatch):
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(IndexBatchSampler, "_rank_and_world_size", staticmethod(lambda r=rank: (r, 3)))
+        shares.append(torch.cat(list(IndexBatchSampler(10, batch_size=2, shuffle=False))))
+    assert sorted(torch.cat(shares).tolist()) == list(range(10))
 
 
 def test_a_read_only_root_with_gz_files_is_unpacked_elsewhere_and_left_untouched(tmp_path, isolated_data_and_cache):
@@ -234,13 +244,37 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(config, sma
         # Two good epochs, then a learning rate that overflows float32 within a step.
         "+callbacks.blow_up._target_=conftest.LearningRateBlowUp", "+callbacks.blow_up.epoch=2",
     )
-    with pytest.raises(NonFiniteLossError, match="training loss became NaN or infinite .*epoch 2.*last good checkpoint is kept") as error:
+    with pytest.raises(NonFiniteLossError, match="(training loss|model's weights) became NaN or infinite .*epoch 2.*last good checkpoint is kept") as error:
         train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert str(last) in str(error.value)
     checkpoint = torch.load(last, weights_only=False)
     assert checkpoint["epoch"] == 1  # saved after the second epoch, before the blow-up
     assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
+
+
+def test_weights_that_turn_nan_in_an_epochs_last_step_are_not_checkpointed(config, small_mnist, tmp_path):
+    # One full-batch step per epoch: epoch 2's loss is computed before its step, so it is finite;
+    # the step itself sends the weights to infinity, just before the epoch's checkpoint.
+    cfg = config(
+        "model=mnist_linreg", f"data.root={small_mnist}", "data.val_size=100", "trainer.max_epochs=6",
+        "+callbacks.blow_up._target_=conftest.LearningRateBlowUp", "+callbacks.blow_up.epoch=2",
+    )
+    with pytest.raises(NonFiniteLossError, match="model's weights became NaN or infinite .*epoch 2"):
+        train(cfg)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
+
+
+def test_resuming_a_finished_run_reports_without_training(config, tmp_path):
+    train(config("model=xor", "trainer.max_epochs=1", "figures=false"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = config("model=xor", "trainer.max_epochs=1", "figures=false", f"ckpt_path={last}")
+    cfg.paths.output_dir = str(tmp_path / "again")
+    results = train(cfg)
+    assert results["steps"] == 100 and results["train/samples_per_s"] is None
+    assert results["test/acc"] == 1.0
 
 
 def test_progress_is_a_tqdm_bar_in_a_terminal_and_lines_otherwise(config, monkeypatch, capsys):
@@ -280,9 +314,8 @@ def test_a_killed_run_resumed_from_last_ckpt_ends_like_an_uninterrupted_run(tmp_
     )
     last = killed_dir / "checkpoints" / "last.ckpt"
     while not last.exists() and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the next epoch
-    os.kill(process.pid, signal.SIGKILL)
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)  # right after the first epoch's checkpoint
     process.wait()
     assert process.returncode == -signal.SIGKILL and not (killed_dir / "results.json").exists()
     epoch_at_kill = torch.load(last, weights_only=False)["epoch"]
