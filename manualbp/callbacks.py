@@ -63,7 +63,7 @@ class GradientAudit(Callback):
         with torch.enable_grad():
             outputs = functional_call(self.torch_net, parameters, (inputs,))
             theirs = torch.autograd.grad(self.torch_loss(outputs, targets), list(parameters.values()))
-        return {name: max_relative_difference(ours[name], grad) for name, grad in zip(parameters, theirs)}
+        return {name: max_relative_difference(ours[name], grad) for name, grad in zip(parameters, theirs, strict=True)}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -105,7 +105,7 @@ def _backprop(net, loss, inputs, targets):
         context = Context(_needs_grad(arguments, first_input_needs_grad=index > 0))
         output = function.forward(*arguments)
         function.setup_context(context, arguments, output)
-        tape.append((index, layer, function, context))
+        tape.append((index, function, context))
         activation = output
     function, arguments = _loss_function_and_inputs(loss, activation, targets)
     loss_context = Context(_needs_grad(arguments, first_input_needs_grad=True))
@@ -115,7 +115,7 @@ def _backprop(net, loss, inputs, targets):
     # Backward pass: δYp first, then every layer in reverse.
     grad = _as_tuple(function.backward(loss_context, torch.ones_like(loss_value)))[0]  # δYp = ∂L/∂Yp
     grads: dict[str, Tensor] = {}
-    for index, layer, function, context in reversed(tape):
+    for index, function, context in reversed(tape):
         layer_grads = _as_tuple(function.backward(context, grad))
         grad = layer_grads[0]  # δ(input) = δ(output) of the layer below
         for name, value in zip(("weight", "bias"), layer_grads[1:]):

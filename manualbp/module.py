@@ -87,7 +87,7 @@ class LitNet(L.LightningModule):
         parameters = {name: p for name, p in net.named_parameters() if p.requires_grad}
         with torch.enable_grad():
             grads = torch.autograd.grad(self.loss(net(inputs), targets), list(parameters.values()))
-        return dict(zip(parameters, grads))
+        return dict(zip(parameters, grads, strict=True))
 
     def on_fit_start(self) -> None:
         self.trained_samples = 0

@@ -228,8 +228,8 @@ def assert_matches_reference(function, reference, inputs, requires_grad=None, se
     wanted = [ours[i] for i in indices]
     grads = torch.autograd.grad(output, wanted, grad_output)
     expected_grads = torch.autograd.grad(expected, [theirs[i] for i in indices], grad_output)
-    for index, grad, expected_grad in zip(indices, grads, expected_grads):
-        torch.testing.assert_close(grad, expected_grad, **EXACT, msg=lambda m: f"input {index}: {m}")
+    for index, grad, expected_grad in zip(indices, grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, **EXACT, msg=lambda m, index=index: f"input {index}: {m}")
 
 
 def assert_gradcheck(function, inputs):
@@ -295,7 +295,7 @@ def test_jacobians_match_torch(case, transform):
     argnums = tuple(_differentiable(inputs))
     ours = transform(case.function, argnums=argnums)(*inputs)
     theirs = torch.func.jacrev(case.reference, argnums=argnums)(*inputs)
-    for jacobian, expected in zip(ours, theirs):
+    for jacobian, expected in zip(ours, theirs, strict=True):
         torch.testing.assert_close(jacobian, expected, **EXACT)
 
 
@@ -304,7 +304,7 @@ def test_jvp_of_the_mnist_layer_matches_torch():
     tangents = tuple(torch.randn_like(t) for t in (x, weight, bias))
     ours = torch.func.jvp(F.linear_relu, (x, weight, bias), tangents)
     theirs = torch.func.jvp(lambda *a: TF.relu(TF.linear(*a)), (x, weight, bias), tangents)
-    for value, expected in zip(ours, theirs):
+    for value, expected in zip(ours, theirs, strict=True):
         torch.testing.assert_close(value, expected, **EXACT)
 
 
@@ -331,12 +331,12 @@ class CountMatmuls(TorchDispatchMode):
 )
 def test_linear_backward_computes_only_what_is_needed(function, requires_grad, expected_matmuls):
     inputs = _linear_inputs(torch.Generator().manual_seed(0), "batch", away_from_kink=True)
-    inputs = [t.detach().requires_grad_(flag) for t, flag in zip(inputs, requires_grad)]
+    inputs = [t.detach().requires_grad_(flag) for t, flag in zip(inputs, requires_grad, strict=True)]
     output = function(*inputs)
     with CountMatmuls() as counter:
         output.sum().backward()
     assert counter.count == expected_matmuls
-    for tensor, flag in zip(inputs, requires_grad):
+    for tensor, flag in zip(inputs, requires_grad, strict=True):
         assert (tensor.grad is not None) == flag
 
 
@@ -443,5 +443,5 @@ def test_some_functions_agree_with_torch_bit_for_bit(name):
         assert torch.equal(output, expected)
         grad_output = torch.randn(expected.shape, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
         wanted = [t for t in inputs if t.requires_grad]
-        for ours, theirs in zip(torch.autograd.grad(output, wanted, grad_output), torch.autograd.grad(expected, wanted, grad_output)):
+        for ours, theirs in zip(torch.autograd.grad(output, wanted, grad_output), torch.autograd.grad(expected, wanted, grad_output), strict=True):
             assert torch.equal(ours, theirs)

@@ -57,7 +57,7 @@ def test_backprop_by_hand_equals_autograd_bit_for_bit_in_float64(name):
     expected = torch.autograd.grad(expected_loss, list(net.parameters()))
     assert torch.equal(loss_value, expected_loss.detach())
     assert list(grads) == [name for name, _ in net.named_parameters()]
-    for (parameter_name, grad), expected_grad in zip(grads.items(), expected):
+    for (parameter_name, grad), expected_grad in zip(grads.items(), expected, strict=True):
         assert torch.equal(grad, expected_grad), parameter_name
 
 
@@ -90,7 +90,7 @@ def test_gradient_descent_step_is_theta_minus_lr_delta_theta():
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     loss(reference(inputs), targets).backward()
     optimizer.step()
-    for ours, theirs in zip(net.parameters(), reference.parameters()):
+    for ours, theirs in zip(net.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-15)
 
 

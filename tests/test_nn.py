@@ -101,13 +101,13 @@ def test_mlp_is_the_slides_mnist_net_and_fusing_changes_no_number(fuse):
         torch.nn.Linear(256, 10),
     ).double()
     reference_params = list(reference.parameters())
-    for ours, theirs in zip(net.parameters(), reference_params):
+    for ours, theirs in zip(net.parameters(), reference_params, strict=True):
         assert torch.equal(ours, theirs)  # same init order and draws as the torch.nn net
     x, target = torch.randn(16, 784, dtype=torch.float64), torch.randint(0, 10, (16,))
     loss, grads = _loss_and_grads(net, x, target)
     expected_loss, expected_grads = _loss_and_grads(reference, x, target)
     torch.testing.assert_close(loss, expected_loss, **EXACT)
-    for grad, expected in zip(grads.values(), expected_grads.values()):
+    for grad, expected in zip(grads.values(), expected_grads.values(), strict=True):
         torch.testing.assert_close(grad, expected, **EXACT)
 
 
@@ -204,7 +204,7 @@ def test_torch_compile_fullgraph_matches_eager_with_gradients():
     compiled_loss = compiled(x, target)
     compiled_grads = torch.autograd.grad(compiled_loss, list(net.parameters()))
     torch.testing.assert_close(compiled_loss, eager_loss)
-    for grad, expected in zip(compiled_grads, eager_grads):
+    for grad, expected in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(grad, expected)
 
 
