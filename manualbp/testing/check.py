@@ -1,0 +1,152 @@
+"""``check_function``: every check on one function, against its reference, in one call."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from manualbp.testing import checks, transforms
+from manualbp.testing.compare import first_line
+from manualbp.testing.inputs import LAYOUTS, describe, name_of, prepare, usable_layouts
+from manualbp.testing.report import FAILED, PASSED, SKIPPED, CheckResult, Errors, Report
+
+# key: (line in the report, runs on every layout?, the check)
+# The order of the report: an input modified in place explains every other failure, so it comes first.
+CHECKS: dict[str, tuple[str, bool, Callable]] = {
+    "unmodified": ("inputs and grad_output left unmodified", False, transforms.unmodified),
+    "values": ("values vs reference", True, checks.values),
+    "gradients": ("gradients vs reference (every requires-grad subset)", True, checks.gradients),
+    "second_order": ("second-order gradients vs reference (double backward)", True, checks.second_order),
+    "gradcheck": ("gradcheck: backward vs finite differences", True,
+                  functools.partial(checks.run_gradcheck, "gradcheck")),
+    "forward_ad": ("gradcheck: forward-mode AD (jvp)", True, functools.partial(checks.run_gradcheck, "forward_ad")),
+    "batched_grad": ("gradcheck: batched backward (vmap over backward)", True,
+                     functools.partial(checks.run_gradcheck, "batched_grad")),
+    "batched_forward_ad": ("gradcheck: batched forward-mode AD", True,
+                           functools.partial(checks.run_gradcheck, "batched_forward_ad")),
+    "gradgradcheck": ("gradgradcheck: reverse over reverse", True,
+                      functools.partial(checks.run_gradcheck, "gradgradcheck")),
+    "fwd_over_rev": ("gradgradcheck: forward over reverse", True,
+                     functools.partial(checks.run_gradcheck, "fwd_over_rev")),
+    "vmap": ("torch.func.vmap vs the reference per sample", False, transforms.vmap),
+    "jacrev": ("torch.func.jacrev vs the reference's Jacobian", False, transforms.jacobian(torch.func.jacrev)),
+    "jacfwd": ("torch.func.jacfwd vs the reference's Jacobian", False, transforms.jacobian(torch.func.jacfwd)),
+    "compile": ("torch.compile(fullgraph=True) values and gradients", False, transforms.compiled),
+}
+
+SECOND_ORDER_HINT = (
+    "first order is right but second order is wrong: an intermediate kept on ctx instead of "
+    "save_for_backward? (double backward only sees tensors saved with ctx.save_for_backward, "
+    "and a backward built from detached tensors)"
+)
+
+
+def check_function(
+    function,
+    reference: Callable,
+    inputs,
+    *,
+    layouts: Sequence[str] = tuple(LAYOUTS),
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    seed: int = 0,
+    compile: bool = False,
+    skip: Iterable[str] = (),
+    batched_inputs: Sequence[int] | None = None,
+    raise_on_failure: bool = True,
+) -> Report:
+    """Check ``function`` against ``reference`` in every way listed below, in float64; return a
+    :class:`Report`, or raise ``AssertionError`` with the report as its message if a check fails.
+
+    function: any callable over tensors (``MyFunction.apply``, a wrapper, an autograd.Function
+        class, or an ``nn.Module``). It must return one tensor.
+    reference: the same computation written with PyTorch ops (``torch.tanh``,
+        ``torch.nn.functional.linear``, a lambda, or for a Module another Module).
+    inputs: a tuple of example arguments (tensors and others, in order), one tensor, or a callable
+        returning them (called with torch's RNG seeded with ``seed``). Floating-point tensors are
+        converted to float64; so is a Module.
+
+    Modules: a Module's parameters become extra inputs after the positional ones, named
+    ``parameter <name>``, and their gradients are checked like any input's. The reference gets the
+    same parameter values: a reference Module must have the same parameter names (its own values
+    are ignored), a plain callable is called as ``reference(*inputs, *parameters)`` in
+    ``named_parameters()`` order (``check_function(manualbp.nn.Linear(4, 3), torch.nn.functional.linear, (x,))``).
+
+    Checks (keys for ``skip``): ``values``, ``gradients`` (every non-empty subset of floating inputs
+    requiring grad), ``second_order``, ``gradcheck``, ``forward_ad``, ``batched_grad``,
+    ``batched_forward_ad``, ``gradgradcheck``, ``fwd_over_rev`` run on every layout in ``layouts``
+    (``as_given``, ``batch_size_1``, ``leading_dims``: inputs (N, …) stacked to (2, N, …),
+    ``non_contiguous``); ``unmodified``, ``vmap``, ``jacrev``, ``jacfwd`` and ``compile`` (only with
+    ``compile=True``: slow) on the inputs as given. A layout the reference rejects is skipped, and
+    so is a transform the function does not support (e.g. forward-mode AD without a ``jvp``).
+    The batched inputs are those whose first dimension equals the first tensor's (override with
+    ``batched_inputs``, a list of argument positions).
+
+    rtol, atol: how close to the reference counts as equal (|got − expected| ≤ atol + rtol·|expected|).
+        A correct float64 formula is within a few units of 1e-16; a wrong one is off by far more.
+    """
+    subject = prepare(function, reference, inputs, seed, batched_inputs)
+    tolerance = checks.Tolerance(rtol, atol, seed)
+    unknown = set(skip) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"skip: unknown checks {sorted(unknown)}; the checks are {list(CHECKS)}")
+    runs, skipped_layouts = usable_layouts(subject, layouts)
+    report = Report(f"check_function({name_of(function)} vs {name_of(reference)})")
+    report.context.append(f"inputs: {describe(subject)} (seed {seed})")
+    report.context.append("layouts: " + ", ".join(name for name, _ in runs)
+                          + (f"; skipped: {'; '.join(skipped_layouts)}" if skipped_layouts else ""))
+    for key, (title, per_layout, run) in CHECKS.items():
+        if key in skip:
+            report.results.append(CheckResult(title, SKIPPED, note="asked to (skip=...)"))
+        elif key == "compile" and not compile:
+            report.results.append(CheckResult(title, SKIPPED, note="off by default (slow): pass compile=True"))
+        else:
+            report.results.append(_run(title, run, subject, runs if per_layout else runs[:1], tolerance))
+    _add_second_order_hint(report)
+    if raise_on_failure and not report.passed:
+        raise AssertionError(str(report))
+    return report
+
+
+def _run(title: str, run: Callable, subject, runs, tolerance) -> CheckResult:
+    """One check over the given layouts, merged: failed if any layout failed (its diagnosis names
+    the layout unless it is the inputs as given), skipped if every layout was."""
+    outcomes = []
+    for layout_name, args in runs:
+        try:
+            outcome = run(subject, args, tolerance)
+        except Exception as error:  # noqa: BLE001 - a crash in one check must not hide the others
+            outcome = checks.Outcome(FAILED, None, f"{type(error).__name__}: {first_line(error)}")
+        outcomes.append((layout_name, outcome))
+    total = Errors()
+    for name, outcome in outcomes:
+        found = outcome.errors
+        if found is not None and found.abs_where and name != runs[0][0]:  # say which layout it was found in
+            found = Errors(found.max_abs, f"{found.abs_where} ({name})", found.max_rel, f"{found.rel_where} ({name})")
+        total = total.merge(found)
+    errors = total if total.abs_where else None
+    failed = [(name, outcome) for name, outcome in outcomes if outcome.status == FAILED]
+    ran = [name for name, outcome in outcomes if outcome.status != SKIPPED]
+    note = f"ran on: {', '.join(ran)}" if ran and len(ran) < len(runs) else ""
+    if failed:
+        if errors is not None and errors.max_abs == 0:  # the failure raised: the zeros are from elsewhere
+            errors = None
+        name, outcome = failed[0]
+        where = "" if name == runs[0][0] else f"({name} layout) "
+        note = f"failed on: {', '.join(name for name, _ in failed)}" if len(runs) > 1 else ""
+        return CheckResult(title, FAILED, errors, where + outcome.diagnosis, note)
+    if not ran:
+        return CheckResult(title, SKIPPED, None, note=outcomes[0][1].diagnosis if outcomes else "no layout to run on")
+    return CheckResult(title, PASSED, errors, note=note)
+
+
+def _add_second_order_hint(report: Report) -> None:
+    first_order = [report[CHECKS[key][0]] for key in ("values", "gradients", "gradcheck")]
+    second_order = [report[CHECKS[key][0]] for key in ("second_order", "gradgradcheck")]
+    first_order_right = all(not result.failed for result in first_order)
+    hint = SECOND_ORDER_HINT if first_order_right else "the first-order gradients are wrong too: fix those first"
+    for result in second_order:
+        if result.failed:
+            result.diagnosis = f"{hint}\n{result.diagnosis}"

@@ -1,0 +1,167 @@
+"""Compare a result with the reference's: the largest errors and where, and a diagnosis in words
+of what kind of mistake the difference looks like."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from manualbp.testing.report import Errors
+
+# How close "equals the reference transposed / times a constant" must be: far looser than a
+# passing check (a few ulps) and far tighter than a wrong formula.
+_DIAGNOSIS_RTOL = 1e-6
+
+
+def where(label: str, index: tuple[int, ...]) -> str:
+    """``"input 0 (x)[2, 3]"``; the label alone for a scalar."""
+    return f"{label}[{', '.join(map(str, index))}]" if index else label
+
+
+def index_of(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if len(shape) else ()
+
+
+def errors(label: str, got: Tensor, expected: Tensor, floor: float = 1e-12) -> Errors:
+    """The largest absolute and relative errors of ``got`` against ``expected`` (same shape). The
+    relative error |got − expected| / |expected| counts only where |expected| > floor·max|expected|
+    (where the reference is 0 the absolute error says it all)."""
+    got, expected = got.detach().to(torch.float64), expected.detach().to(torch.float64)
+    if got.numel() == 0:
+        return Errors()
+    difference = torch.nan_to_num((got - expected).abs(), nan=torch.inf)
+    significant = expected.abs() > floor * torch.nan_to_num(expected.abs().max())
+    relative = torch.where(significant, difference / expected.abs(), 0.0)
+    abs_flat, rel_flat = int(difference.argmax()), int(relative.argmax())
+    return Errors(
+        float(difference.flatten()[abs_flat]),
+        where(label, index_of(abs_flat, got.shape)),
+        float(relative.flatten()[rel_flat]),
+        where(label, index_of(rel_flat, got.shape)),
+    )
+
+
+def close(got: Tensor, expected: Tensor, rtol: float, atol: float) -> bool:
+    """|got − expected| ≤ atol + rtol·|expected| everywhere (NaN only where the reference has NaN)."""
+    return got.shape == expected.shape and torch.allclose(got.detach(), expected.detach(), rtol, atol, equal_nan=True)
+
+
+def _roughly(got: Tensor, expected: Tensor) -> bool:
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return got.shape == expected.shape and torch.allclose(got, expected, _DIAGNOSIS_RTOL, _DIAGNOSIS_RTOL * scale)
+
+
+def _fraction(value: float, batch_size: int | None) -> str:
+    """What a constant factor may mean, in a parenthesis (or nothing)."""
+    if batch_size and batch_size > 1:
+        if abs(value - batch_size) <= 1e-6 * batch_size:
+            return f" ({batch_size} = N, the batch size: a missing or extra 1/N? N times too large: a sum for a mean?)"
+        if abs(value * batch_size - 1) <= 1e-6:
+            return f" (1/{batch_size} = 1/N, N the batch size: a missing or extra 1/N? N times too small?)"
+    if value and abs(value) < 1 and abs(1 / value - round(1 / value)) < 1e-6:
+        return f" (= 1/{round(1 / value)})"
+    return ""
+
+
+def diagnose(
+    label: str, got: Tensor | None, expected: Tensor | None, batch_size: int | None = None, what: str = "gradient"
+) -> str:
+    """In words, what ``got`` looks like next to the reference's ``expected`` gradient.
+
+    Tries, in order: no gradient (None or zeros), wrong shape, sign flipped, transposed, a
+    constant factor (naming 1/N when it is the batch size); otherwise the ratio is not constant
+    and the largest mismatch is named.
+    """
+    if got is None:
+        return f"{label}: no gradient reached it: backward returned None for it (the reference's gradient is not zero)"
+    if expected is None:
+        return f"{label}: got a gradient where the reference has none (is it an input of the reference?)"
+    got, expected = got.detach().to(torch.float64), expected.detach().to(torch.float64)
+    if got.shape != expected.shape:
+        return wrong_shape(label, tuple(expected.shape), tuple(got.shape), what)
+    if what == "gradient" and expected.abs().max() > 0 and got.abs().max() == 0:
+        return f"{label}: no gradient reached it: backward returned zeros (the reference's gradient is not zero)"
+    if expected.abs().max() == 0:
+        return f"{label}: the reference's {what} is zero here, but got nonzero values"
+    if _roughly(got, -expected):
+        return f"{label}: the sign is flipped: the {what} is minus the reference's (a − b written as b − a?)"
+    if got.dim() >= 2 and got.shape[-1] == got.shape[-2] and _roughly(got, expected.transpose(-1, -2)):
+        return f"{label}: the {what} equals the reference's transposed (e.g. δW = XᵀδZ where torch's layout needs δZᵀX)"
+    factor = float((got * expected).sum() / (expected * expected).sum())  # least-squares got ≈ c·expected
+    if _roughly(got, factor * expected):
+        meaning = _fraction(factor, batch_size)
+        return f"{label}: off by a constant factor: the {what} is {factor:.6g} × the reference's{meaning}"
+    return _largest_mismatch(label, got, expected, what)
+
+
+def _largest_mismatch(label: str, got: Tensor, expected: Tensor, what: str) -> str:
+    flat = int((got - expected).abs().argmax())
+    index = index_of(flat, got.shape)
+    at = where(label, index)
+    message = (
+        f"{label}: the largest mismatch is at {at}: got {float(got.flatten()[flat]):.6g}, "
+        f"expected {float(expected.flatten()[flat]):.6g}"
+    )
+    nonzero = expected.abs() > 1e-12 * expected.abs().max()
+    ratio = got[nonzero] / expected[nonzero]
+    if ratio.numel() > 1:
+        message += (
+            f"; the ratio to the reference is not constant (from {float(ratio.min()):.4g} to {float(ratio.max()):.4g} "
+            "across elements)"
+        )
+        if what == "gradient":
+            message += ": a factor of the derivative missing or wrong (e.g. σ instead of σ(1 − σ))?"
+    return message
+
+
+def wrong_shape(label: str, expected: tuple[int, ...], got: tuple[int, ...], what: str = "gradient") -> str:
+    message = f"{label}: the {what} has the wrong shape: expected {expected}, got {got}"
+    if len(got) >= 2 and got == expected[:-2] + (expected[-1], expected[-2]):
+        message += " (the reference's shape transposed: e.g. XᵀδZ where torch's (out, in) layout needs δZᵀX)"
+    return message
+
+
+_INVALID_GRADIENT = re.compile(
+    r"(?P<function>\w+) returned an invalid gradient at index (?P<index>\d+) - got \[(?P<got>[\d, ]*)\] "
+    r"but expected shape compatible with \[(?P<expected>[\d, ]*)\]"
+)
+_GRADIENT_COUNT = re.compile(
+    r"(?P<function>\w+) returned an incorrect number of gradients \(expected (\d+), got (\d+)\)"
+)
+_NOT_CONNECTED = "does not require grad and does not have a grad_fn"
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(size) for size in text.split(",") if size.strip())
+
+
+def diagnose_error(error: BaseException, labels: list[str] | None = None) -> str:
+    """A backward that raised: say what autograd's message means. ``labels`` names the Function's
+    inputs when the function checked is the Function itself."""
+    message = str(error).strip()
+    if match := _INVALID_GRADIENT.search(message):
+        index = int(match["index"])
+        name = labels[index] if labels and index < len(labels) else f"its input {index}"
+        return wrong_shape(
+            f"{match['function']}'s gradient for {name}",
+            _shape(match["expected"]),
+            _shape(match["got"]),
+        )
+    if match := _GRADIENT_COUNT.search(message):
+        return (
+            f"{match['function']} returned {match[3]} gradients for {match[2]} forward inputs: backward must return "
+            "one gradient per forward input (None for non-tensor arguments)"
+        )
+    if _NOT_CONNECTED in message:
+        return (
+            "the output is not connected to the inputs by autograd (computed under no_grad, detached, "
+            "or backward's result built from tensors autograd cannot see?)"
+        )
+    return f"{type(error).__name__}: {first_line(message)}"
+
+
+def first_line(message: str, limit: int = 300) -> str:
+    line = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,0 +1,407 @@
+"""manualbp.testing, the public checker: correct Functions pass, and each kind of planted bug is
+caught and named correctly in the report. Small shapes keep it fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch.autograd import Function
+
+import manualbp
+import manualbp.functional as mf
+from manualbp.testing import check_function
+from manualbp.testing.__main__ import main as cli_main
+
+DTYPE = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: on a busy machine, waiting for the other threads costs more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, dtype=DTYPE, generator=torch.Generator().manual_seed(seed))
+
+
+def linear_inputs(out_features=3, batch=5):
+    return _randn(batch, 4, seed=0), _randn(out_features, 4, seed=1), _randn(out_features, seed=2)
+
+
+def failure(function, reference, inputs, **options) -> str:
+    """The report check_function raises for a wrong Function."""
+    with pytest.raises(AssertionError) as raised:
+        check_function(function, reference, inputs, **options)
+    return str(raised.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Correct Functions, written with torch ops only, as a user would
+# ----------------------------------------------------------------------------------------------
+
+
+class Tanh(Function):
+    """y = tanh(x); δx = (1 − y²)·δy; jvp ẏ = (1 − y²)·ẋ."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return grad_output * (1 - output * output)
+
+    @staticmethod
+    def jvp(ctx, x_tangent):
+        (output,) = ctx.saved_tensors
+        return x_tangent * (1 - output * output)
+
+
+def make_linear(grad_weight=lambda grad_rows, x_rows: grad_rows.t() @ x_rows, bias_gradient=True):
+    """A linear Function Z = X Wᵀ + b; δX = δZ W, δW = ``grad_weight(δZ, X)`` (right: δZᵀX), δb = Σ δZ."""
+
+    class Linear(Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x, weight, bias):
+            return x @ weight.t() + bias
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            x, weight, _ = inputs
+            ctx.save_for_backward(x, weight)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            x, weight = ctx.saved_tensors
+            rows = grad_output.reshape(-1, weight.shape[0])
+            grad_bias = rows.sum(0) if bias_gradient else None
+            return grad_output @ weight, grad_weight(rows, x.reshape(-1, weight.shape[1])), grad_bias
+
+    return Linear
+
+
+Linear = make_linear()
+
+
+def test_a_correct_function_passes_every_check():
+    report = check_function(Linear.apply, TF.linear, linear_inputs())
+    assert report.passed
+    text = str(report)
+    assert "FAILED" not in text and "PASSED  values vs reference" in text
+    # No jvp: forward-mode checks are skipped, with the reason, and do not fail the report.
+    assert report["gradcheck: forward-mode AD (jvp)"].status == "skipped"
+    assert "the Function has no jvp" in report["gradcheck: forward-mode AD (jvp)"].note
+    assert report["gradients vs reference (every requires-grad subset)"].passed
+    assert report["torch.func.vmap vs the reference per sample"].passed
+
+
+def test_a_function_with_a_jvp_passes_the_forward_mode_checks_too():
+    report = check_function(Tanh.apply, torch.tanh, _randn(5, 4))
+    skipped = [result.name for result in report.results if result.status == "skipped"]
+    assert skipped == ["torch.compile(fullgraph=True) values and gradients"]
+
+
+@pytest.mark.parametrize(
+    "function, reference, make_inputs",
+    [
+        (mf.linear, TF.linear, linear_inputs),
+        (mf.sigmoid, torch.sigmoid, lambda: (_randn(5, 4),)),
+        (mf.relu, TF.relu, lambda: (_randn(5, 4) + 0.2 * torch.sign(_randn(5, 4)),)),  # off the kink at 0
+        (mf.softmax_cross_entropy, TF.cross_entropy, lambda: (_randn(5, 4), torch.tensor([0, 3, 1, 1, 2]))),
+    ],
+    ids=["linear", "sigmoid", "relu", "softmax_cross_entropy"],
+)
+def test_manualbp_functions_pass(function, reference, make_inputs):
+    assert check_function(function, reference, make_inputs, rtol=1e-13, atol=1e-15).passed
+
+
+def test_a_module_is_checked_with_its_parameters_as_inputs():
+    x = _randn(5, 4)
+    report = check_function(manualbp.Linear(4, 3), torch.nn.Linear(4, 3), (x,))
+    assert "parameter weight" in str(report) and "parameter bias" in str(report)
+    # A plain reference gets the same parameters after the inputs: F.linear(x, weight, bias).
+    assert check_function(manualbp.Linear(4, 3), TF.linear, (x,)).passed
+
+
+def test_inputs_are_converted_to_float64_and_may_be_made_by_a_callable():
+    report = check_function(Tanh.apply, torch.tanh, lambda: (torch.randn(3, 2, dtype=torch.float32),), seed=3)
+    assert "input 0 (x) (3, 2) float64 (seed 3)" in str(report)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planted bugs, each named correctly in the report
+# ----------------------------------------------------------------------------------------------
+
+
+# δW = XᵀδZ: the slides' formula for W stored (in, out), applied to torch's (out, in) weight.
+LinearTransposedGradWeight = make_linear(grad_weight=lambda grad_rows, x_rows: x_rows.t() @ grad_rows)
+
+
+def test_a_transposed_weight_gradient_is_named():
+    report = failure(LinearTransposedGradWeight.apply, TF.linear, linear_inputs(out_features=4))  # square W
+    assert "input 1 (weight): the gradient equals the reference's transposed" in report
+
+
+def test_a_gradient_of_the_wrong_shape_is_named_with_both_shapes():
+    report = failure(LinearTransposedGradWeight.apply, TF.linear, linear_inputs(out_features=3))
+    assert "gradient for input 1 (weight): the gradient has the wrong shape: expected (3, 4), got (4, 3)" in report
+    assert "transposed" in report
+
+
+LinearWithoutBiasGradient = make_linear(bias_gradient=False)
+
+
+def test_a_none_gradient_is_named():
+    report = failure(LinearWithoutBiasGradient.apply, TF.linear, linear_inputs())
+    assert "input 2 (bias): no gradient reached it: backward returned None" in report
+
+
+def make_mean_squared_error(grad_pred=lambda pred, target: (pred - target) / pred.shape[0]):
+    """L = (1/N) Σ ½‖p − t‖²; δp = ``grad_pred(p, t)``·g (right: (p − t)/N), δt = −δp."""
+
+    class MeanSquaredError(Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(pred, target):
+            return mean_squared_error(pred, target)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            pred, target = ctx.saved_tensors
+            gradient = grad_pred(pred, target) * grad_output
+            return gradient, -gradient
+
+    return MeanSquaredError
+
+
+def mean_squared_error(pred, target):
+    return 0.5 * ((pred - target) ** 2).sum() / pred.shape[0]
+
+
+MeanSquaredError = make_mean_squared_error()
+MeanSquaredErrorWithoutOneOverN = make_mean_squared_error(lambda pred, target: pred - target)
+MeanSquaredErrorWithFlippedSign = make_mean_squared_error(lambda pred, target: (target - pred) / pred.shape[0])
+
+
+def test_a_missing_one_over_n_is_named():
+    assert check_function(MeanSquaredError.apply, mean_squared_error, (_randn(5, 3), _randn(5, 3, seed=1))).passed
+    report = failure(MeanSquaredErrorWithoutOneOverN.apply, mean_squared_error, (_randn(5, 3), _randn(5, 3, seed=1)))
+    assert "off by a constant factor: the gradient is 5 × the reference's" in report
+    assert "a missing or extra 1/N?" in report
+
+
+def test_a_flipped_sign_is_named():
+    report = failure(MeanSquaredErrorWithFlippedSign.apply, mean_squared_error, (_randn(5, 3), _randn(5, 3, seed=1)))
+    assert "input 0 (pred): the sign is flipped" in report
+    assert "input 1 (target): the sign is flipped" in report
+
+
+class SigmoidMissingOneMinusSigma(Function):
+    """δa = σ·δz: the (1 − σ) of σ' = σ(1 − σ) forgotten."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a):
+        return torch.sigmoid(a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return output * grad_output
+
+
+def test_a_missing_derivative_factor_is_named_with_where_the_mismatch_is_largest():
+    report = failure(SigmoidMissingOneMinusSigma.apply, torch.sigmoid, _randn(5, 4))
+    assert "input 0 (a): the largest mismatch is at input 0 (a)[" in report
+    assert "the ratio to the reference is not constant" in report
+    assert "a factor of the derivative missing or wrong" in report
+
+
+class SigmoidWithOutputOnCtx(Function):
+    """Right first derivative, but σ is kept as a detached ctx attribute, not save_for_backward:
+    double backward misses the σ'' term."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a):
+        return torch.sigmoid(a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.output = output.detach()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return ctx.output * (1 - ctx.output) * grad_output
+
+
+def test_an_intermediate_smuggled_through_ctx_is_named_by_the_second_order_checks():
+    with pytest.raises(AssertionError) as raised:
+        check_function(SigmoidWithOutputOnCtx.apply, torch.sigmoid, _randn(5, 4))
+    report = str(raised.value)
+    assert "PASSED  gradients vs reference" in report and "PASSED  gradcheck: backward vs finite differences" in report
+    assert "FAILED  gradgradcheck: reverse over reverse" in report
+    hint = "first order is right but second order is wrong: an intermediate kept on ctx instead of save_for_backward?"
+    assert hint in report
+
+
+class ReLUInPlace(Function):
+    """Right values and gradient, but the forward clamps its input in place."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.clamp_(min=0).clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return grad_output * (output > 0)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap over clamp_
+def test_an_input_modified_in_place_is_named():
+    report = failure(ReLUInPlace.apply, TF.relu, _randn(5, 4))
+    assert "FAILED  inputs and grad_output left unmodified" in report.splitlines()[3]  # the first failure listed
+    assert "input 0 (x) was modified in place by the forward" in report
+
+
+class TanhScalingGradOutputInPlace(Tanh):
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return grad_output.mul_(1 - output * output)
+
+
+def test_a_grad_output_modified_in_place_is_named():
+    report = failure(TanhScalingGradOutputInPlace.apply, torch.tanh, _randn(5, 4))
+    assert "grad_output was modified in place by the backward" in report
+
+
+def test_the_report_is_readable():
+    report = failure(MeanSquaredErrorWithoutOneOverN.apply, mean_squared_error, (_randn(5, 3), _randn(5, 3, seed=1)))
+    first = report.splitlines()[0]
+    assert first.startswith("check_function(MeanSquaredError.apply vs mean_squared_error): FAILED (")
+    assert "inputs: input 0 (pred) (5, 3) float64, input 1 (target) (5, 3) float64 (seed 0)" in report
+    assert "largest abs error" in report and "largest rel error" in report and "at input 0 (pred)[" in report
+    assert "-> " in report  # diagnoses are set apart
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line and the import boundary
+# ----------------------------------------------------------------------------------------------
+
+STUDENT_MODULE = '''
+import torch
+
+class Tanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        return grad_output * (1 - y {op} y)
+
+tanh = Tanh.apply
+'''
+
+
+def _cli(tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "manualbp.testing", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": f"{tmp_path}:{manualbp.__path__[0]}/..", "PATH": "", "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_the_command_line_passes_and_fails_with_the_exit_code(tmp_path):
+    (tmp_path / "good_tanh.py").write_text(STUDENT_MODULE.format(op="*"))
+    (tmp_path / "bad_tanh.py").write_text(STUDENT_MODULE.format(op="+"))
+    good = _cli(tmp_path, "good_tanh:tanh", "--reference", "torch.tanh", "--shape", "3,2")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "check_function(Tanh.apply vs torch.tanh): passed" in good.stdout
+    bad = _cli(tmp_path, "bad_tanh:Tanh", "--reference", "torch.tanh", "--shape", "3,2", "--seed", "1")
+    assert bad.returncode == 1
+    assert "FAILED  gradients vs reference" in bad.stdout and "(seed 1)" in bad.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no_such_module:f", "--reference", "torch.tanh", "--shape", "3"], "cannot import module 'no_such_module'"),
+        (["torch:no_such_name", "--reference", "torch.tanh", "--shape", "3"], "module 'torch' has no 'no_such_name'"),
+        (["torch.tanh", "--reference", "torch.tanh", "--shape", "3"], "expected MODULE:NAME"),
+        (["torch:tanh", "--reference", "torch.no_such", "--shape", "3"], "'torch' has no 'no_such'"),
+        (["torch:tanh", "--reference", "torch.tanh", "--shape", "3,x"], "bad shape '3,x'"),
+        (["torch:tanh", "--reference", "torch.tanh", "--shape", "0"], "bad shape '0'"),
+    ],
+)
+def test_the_command_line_says_what_is_wrong_with_its_arguments(args, message, capsys):
+    with pytest.raises(SystemExit) if "--shape" in args and "bad shape" in message else _no_exit():
+        code = cli_main(args)
+        assert code == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_manualbp_testing_imports_no_trainer_dependencies():
+    code = textwrap.dedent(
+        """
+        import sys
+        import manualbp.testing
+        heavy = [name for name in ("lightning", "pytorch_lightning", "hydra", "torchvision", "matplotlib")
+                 if name in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": f"{manualbp.__path__[0]}/..", "PATH": ""})
+    assert result.returncode == 0, result.stderr
