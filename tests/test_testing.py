@@ -275,6 +275,21 @@ def test_an_intermediate_smuggled_through_ctx_is_named_by_the_second_order_check
     assert hint in report
 
 
+class TanhWithWrongJvp(Tanh):
+    """Right backward; the jvp forgets the derivative: ẏ = ẋ."""
+
+    @staticmethod
+    def jvp(ctx, x_tangent):
+        return x_tangent.clone()
+
+
+def test_a_wrong_jvp_is_named_by_the_forward_mode_checks():
+    report = failure(TanhWithWrongJvp.apply, torch.tanh, _randn(5, 4))
+    assert "PASSED  gradients vs reference" in report
+    assert "FAILED  gradcheck: forward-mode AD (jvp)" in report and "FAILED  torch.func.jacfwd" in report
+    assert "backward is right but forward mode is wrong: check the jvp" in report
+
+
 class ReLUInPlace(Function):
     """Right values and gradient, but the forward clamps its input in place."""
 
@@ -405,3 +420,9 @@ def test_manualbp_testing_imports_no_trainer_dependencies():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": f"{manualbp.__path__[0]}/..", "PATH": ""})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_torch_compile_is_checked_when_asked():
+    report = check_function(mf.linear, TF.linear, linear_inputs(), compile=True, layouts=("as_given",))
+    assert report["torch.compile(fullgraph=True) values and gradients"].passed

@@ -9,7 +9,7 @@ import torch
 
 from manualbp.testing import checks, transforms
 from manualbp.testing.compare import first_line
-from manualbp.testing.inputs import LAYOUTS, describe, name_of, prepare, usable_layouts
+from manualbp.testing.inputs import LAYOUTS, describe, fresh, name_of, prepare, usable_layouts
 from manualbp.testing.report import FAILED, PASSED, SKIPPED, CheckResult, Errors, Report
 
 # key: (line in the report, runs on every layout?, the check)
@@ -97,17 +97,38 @@ def check_function(
     report.context.append(f"inputs: {describe(subject)} (seed {seed})")
     report.context.append("layouts: " + ", ".join(name for name, _ in runs)
                           + (f"; skipped: {'; '.join(skipped_layouts)}" if skipped_layouts else ""))
+    rejected = _rejected_layouts(subject, runs)
+    if rejected:
+        report.context.append(
+            f"the function raises on: {', '.join(rejected)} (reported by the values check only; if it is not "
+            "meant to accept that layout, leave it out of layouts=)"
+        )
+    accepted = [(name, args) for name, args in runs if name not in rejected] or runs
     for key, (title, per_layout, run) in CHECKS.items():
+        layouts_to_run = (runs if key == "values" else accepted) if per_layout else runs[:1]
         if key in skip:
             report.results.append(CheckResult(title, SKIPPED, note="asked to (skip=...)"))
         elif key == "compile" and not compile:
             report.results.append(CheckResult(title, SKIPPED, note="off by default (slow): pass compile=True"))
         else:
-            report.results.append(_run(title, run, subject, runs if per_layout else runs[:1], tolerance))
+            report.results.append(_run(title, run, subject, layouts_to_run, tolerance))
     _add_second_order_hint(report)
+    _add_forward_mode_hint(report)
     if raise_on_failure and not report.passed:
         raise AssertionError(str(report))
     return report
+
+
+def _rejected_layouts(subject, runs) -> list[str]:
+    """The layouts (other than the inputs as given) on which the function raises: one failure,
+    reported once, rather than by every check."""
+    rejected = []
+    for name, args in runs[1:]:
+        try:
+            subject.function(*fresh(args))
+        except Exception:  # noqa: BLE001 - the values check reports what it was
+            rejected.append(name)
+    return rejected
 
 
 def _run(title: str, run: Callable, subject, runs, tolerance) -> CheckResult:
@@ -140,6 +161,18 @@ def _run(title: str, run: Callable, subject, runs, tolerance) -> CheckResult:
     if not ran:
         return CheckResult(title, SKIPPED, None, note=outcomes[0][1].diagnosis if outcomes else "no layout to run on")
     return CheckResult(title, PASSED, errors, note=note)
+
+
+FORWARD_MODE_HINT = "backward is right but forward mode is wrong: check the jvp"
+
+
+def _add_forward_mode_hint(report: Report) -> None:
+    if report[CHECKS["gradients"][0]].failed or report[CHECKS["gradcheck"][0]].failed:
+        return
+    for key in ("forward_ad", "batched_forward_ad", "fwd_over_rev", "jacfwd"):
+        result = report[CHECKS[key][0]]
+        if result.failed:
+            result.diagnosis = f"{FORWARD_MODE_HINT}\n{result.diagnosis}"
 
 
 def _add_second_order_hint(report: Report) -> None:

@@ -131,6 +131,8 @@ def compiled(subject: Subject, args: tuple, tolerance: Tolerance) -> Outcome:
         got = backward_of(function, args, floating, grad_output)[1] if floating else []
     except Exception as error:  # noqa: BLE001
         message = f"{type(error).__name__}: {first_line(error, 240)}"
+        if "custom jvp" in message:
+            message += " (Dynamo refuses a Function that defines jvp: compile a copy without it)"
         return Outcome(FAILED, None, f"torch.compile(fullgraph=True) failed: {message}")
     expected = backward_of(subject.reference, args, floating, grad_output)[1] if floating else []
     pairs = [("output", output, expected_output)]
