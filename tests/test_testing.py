@@ -142,6 +142,12 @@ def test_a_module_is_checked_with_its_parameters_as_inputs():
     assert check_function(manualbp.Linear(4, 3), TF.linear, (x,)).passed
 
 
+def test_non_tensor_arguments_are_passed_through():
+    report = check_function(lambda x, scale: Tanh.apply(x) * scale, lambda x, scale: torch.tanh(x) * scale,
+                            (_randn(5, 4), 2.0))
+    assert "input 1 (scale) = 2.0" in str(report)
+
+
 def test_inputs_are_converted_to_float64_and_may_be_made_by_a_callable():
     report = check_function(Tanh.apply, torch.tanh, lambda: (torch.randn(3, 2, dtype=torch.float32),), seed=3)
     assert "input 0 (x) (3, 2) float64 (seed 3)" in str(report)
