@@ -148,6 +148,11 @@ def test_non_tensor_arguments_are_passed_through():
     assert "input 1 (scale) = 2.0" in str(report)
 
 
+def test_inputs_the_reference_rejects_are_an_error_not_a_pass():
+    with pytest.raises(ValueError, match="the reference rejects it"):
+        check_function(Linear.apply, TF.linear, (_randn(5, 4), _randn(3, 2), _randn(3)), layouts=("as_given",))
+
+
 def test_inputs_are_converted_to_float64_and_may_be_made_by_a_callable():
     report = check_function(Tanh.apply, torch.tanh, lambda: (torch.randn(3, 2, dtype=torch.float32),), seed=3)
     assert "input 0 (x) (3, 2) float64 (seed 3)" in str(report)

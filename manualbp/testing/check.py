@@ -93,6 +93,8 @@ def check_function(
     if unknown:
         raise ValueError(f"skip: unknown checks {sorted(unknown)}; the checks are {list(CHECKS)}")
     runs, skipped_layouts = usable_layouts(subject, layouts)
+    if not runs:
+        raise ValueError(f"no layout to check on: {'; '.join(skipped_layouts)}; give inputs the reference accepts")
     report = Report(f"check_function({name_of(function)} vs {name_of(reference)})")
     report.context.append(f"inputs: {describe(subject)} (seed {seed})")
     report.context.append("layouts: " + ", ".join(name for name, _ in runs)
