@@ -105,7 +105,7 @@ def plot_misclassified(
     figure, axes_grid = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
     for axes in axes_grid.flat:
         axes.axis("off")
-    for axes, index in zip(axes_grid.flat, wrong.tolist(), strict=False):  # more axes than images:
+    for axes, index in zip(axes_grid.flat, wrong.tolist(), strict=False):  # more axes than images
         axes.imshow(images[index].cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
         axes.set_title(f"pred {predictions[index].item()} / true {targets[index].item()}", fontsize=8)
     total = int((predictions != targets).sum())
@@ -121,7 +121,7 @@ def plot_first_layer_weights(weight: Tensor, image_shape: tuple[int, int], path:
     figure, axes_grid = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
     for axes in axes_grid.flat:
         axes.axis("off")
-    for axes, row in zip(axes_grid.flat, rows_of_weights, strict=False):  # more axes than rows:
+    for axes, row in zip(axes_grid.flat, rows_of_weights, strict=False):  # more axes than rows
         scale = row.abs().max().item() or 1.0
         axes.imshow(row.reshape(image_shape).numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
     figure.suptitle(f"first layer: {len(rows_of_weights)} of {len(weight)} units' weights (red +, blue −)")
