@@ -1,43 +1,26 @@
-"""Benchmarks: manualbp against PyTorch's built-in layers, measured side by side in one run.
-
-    python -m manualbp.bench                 # one training step, manualbp vs torch.nn, 4 batch sizes
-    python -m manualbp.bench --json          # the same as one JSON object
-    python -m manualbp.bench --e2e           # one epoch of python train.py model=mnist vs the
-                                             # typical Lightning + torchvision DataLoader pipeline
-    python -m manualbp.bench --time-to-98    # training time to 98% test accuracy (full MNIST)
-    python -m manualbp.bench --xor-seeds 100 # the default XOR config over seeds 0..99
-    python -m manualbp.bench --approx        # universal approximation: error against hidden width
-    python -m manualbp.bench --softmax-losses curves.png  # softmax + cross-entropy vs + L2 loss
-
-This machine (and most) is shared and noisy: every figure here is a ratio or a median of
-interleaved rounds (A B A B ...), never an absolute time compared across runs.
-"""
+"""Speed: one training step of manualbp against the same net of torch.nn built-ins, one epoch end
+to end against the typical Lightning + DataLoader pipeline, and the training time to 98 % test
+accuracy on full MNIST."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
-import io
-import json
-import logging
-import os
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
+from manualbp.bench.common import full_mnist_root, quiet_train
 from manualbp.reference import to_torch
+from manualbp.training.config import build, compose_config
+from manualbp.training.data.idx import idx_bytes
+from manualbp.training.data.mnist import MNISTDataModule
+from manualbp.training.data.mnist_files import DATA_ENV, find_unpacked_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "conf"
 BATCH_SIZES = (64, 128, 512, 1024)
 
 
@@ -47,11 +30,10 @@ BATCH_SIZES = (64, 128, 512, 1024)
 
 
 def default_mnist_model():
-    """(net, loss, optimizer factory) exactly as conf/model/mnist.yaml builds them."""
-    from manualbp.training import build, build_loss
-
-    model = OmegaConf.load(CONFIG_DIR / "model" / "mnist.yaml").model
-    return build(model.net), build_loss(model.loss), build(model.optimizer)
+    """(net, loss, optimizer factory) exactly as ``python train.py model=mnist`` builds them."""
+    with tempfile.TemporaryDirectory() as scratch:
+        module = build(compose_config(["model=mnist"], Path(scratch)).model)
+    return module.net, module.loss, module.optimizer_factory
 
 
 def step_function(net, loss, make_optimizer, inputs, targets):
@@ -163,7 +145,8 @@ def print_steps(report: dict) -> None:
     print(f"One training step of {report['model']}, optimizer {report['optimizer']}")
     print(f"torch {report['torch']}, {report['threads']} threads, median of {report['rounds']} interleaved rounds")
     print(f"sgemm peak on this machine: {report['sgemm_gflops']:.0f} GFLOP/s\n")
-    print("| batch | manualbp µs | torch.nn µs | manualbp / torch.nn | saved bytes manualbp | saved bytes torch.nn | manualbp GFLOP/s (% of sgemm) |")
+    print("| batch | manualbp µs | torch.nn µs | manualbp / torch.nn | saved bytes manualbp | saved bytes torch.nn "
+          "| manualbp GFLOP/s (% of sgemm) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for batch, row in report["steps"].items():
         share = 100 * row["manual_gflops"] / report["sgemm_gflops"]
@@ -174,47 +157,10 @@ def print_steps(report: dict) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------
-# End to end: python train.py model=mnist against the typical pipeline
-# ----------------------------------------------------------------------------------------------
-
-
-def compose(overrides: list[str], output_dir: Path):
-    """The config ``python train.py <overrides>`` runs, writing into ``output_dir``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = cfg.paths.log_dir = str(output_dir)
-    return cfg
-
-
-def _quiet_train(overrides: list[str], output_dir: Path) -> dict:
-    from manualbp.training import train
-
-    cfg = compose(
-        overrides + ["figures=false", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
-                     "trainer.enable_model_summary=false"],
-        output_dir,
-    )
-    with contextlib.redirect_stdout(io.StringIO()):
-        return train(cfg)
-
-
 def mnist_root(scratch: Path) -> tuple[Path, str]:
     """(root, description): full MNIST from $MANUALBP_DATA, else random images of MNIST's sizes."""
-    from manualbp.data import MNISTDataModule, find_unpacked_root
-
-    if os.environ.get("MANUALBP_DATA"):
-        root = Path(os.environ["MANUALBP_DATA"]).expanduser()
+    root = full_mnist_root()
+    if root is not None:
         data = MNISTDataModule(root=str(root), download=False)
         data.prepare_data()
         files_root = find_unpacked_root(data.dataset_class, root, data.cache_dir)
@@ -226,15 +172,14 @@ def mnist_root(scratch: Path) -> tuple[Path, str]:
     for prefix, count in (("train", 60000), ("t10k", 10000)):
         images = generator.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
         labels = generator.integers(0, 10, size=count, dtype=np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + np.array([count, 28, 28], ">u4").tobytes() + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + np.array([count], ">u4").tobytes() + labels.tobytes())
-    return scratch, "random images of MNIST's sizes ($MANUALBP_DATA has no MNIST: speed only, no accuracy)"
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    return scratch, f"random images of MNIST's sizes (${DATA_ENV} has no MNIST: speed only, no accuracy)"
 
 
 def typical_pipeline_samples_per_s(root: Path, batch_size: int, num_workers: int) -> float:
     """One epoch of the usual way: torch.nn MLP, F.cross_entropy, torchvision MNIST with
     ToTensor + Normalize, a shuffling DataLoader with worker processes, Lightning's Trainer."""
-    import lightning as L
     import torchvision
     from torch.utils.data import DataLoader
 
@@ -281,8 +226,8 @@ def bench_e2e(num_workers: int = 2) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         root, data = mnist_root(scratch / "data")
-        manual = _quiet_train(["model=mnist", "trainer.max_epochs=1", f"data.root={root}"], scratch / "run")
-        batch_size = OmegaConf.load(CONFIG_DIR / "data" / "mnist.yaml").batch_size
+        manual = quiet_train(["model=mnist", "trainer.max_epochs=1", f"data.root={root}"], scratch / "run")
+        batch_size = compose_config(["model=mnist"], scratch / "run").data.batch_size
         typical = typical_pipeline_samples_per_s(root, batch_size, num_workers)
     return {
         "data": data,
@@ -290,9 +235,11 @@ def bench_e2e(num_workers: int = 2) -> dict:
         "manualbp_samples_per_s": manual["train/samples_per_s"],
         "typical_samples_per_s": typical,
         "ratio": manual["train/samples_per_s"] / typical,
-        "typical_pipeline": f"torch.nn MLP + torchvision MNIST(ToTensor, Normalize) + DataLoader(shuffle, num_workers={num_workers}) + Lightning",
+        "typical_pipeline": (
+            f"torch.nn MLP + torchvision MNIST(ToTensor, Normalize) + DataLoader(shuffle, num_workers={num_workers})"
+            " + Lightning"
+        ),
     }
-
 
 # ----------------------------------------------------------------------------------------------
 # Time to 98% test accuracy
@@ -323,200 +270,12 @@ class TestAccuracyClock(L.Callback):
 def bench_time_to_98() -> dict:
     """Train the default MNIST config (full MNIST from $MANUALBP_DATA) and report when the test
     accuracy first reaches 98%."""
-    if not os.environ.get("MANUALBP_DATA"):
-        raise SystemExit("--time-to-98 needs full MNIST: set MANUALBP_DATA to a folder whose MNIST/raw has it")
+    if full_mnist_root() is None:
+        raise SystemExit(f"--time-to-98 needs full MNIST: set {DATA_ENV} to a folder whose MNIST/raw has it")
     clock = TestAccuracyClock()
     with tempfile.TemporaryDirectory() as scratch:
-        from manualbp import training
-
-        cfg = compose(["model=mnist", "figures=false", "callbacks.progress_bar=null",
-                       "+trainer.enable_progress_bar=false"], Path(scratch))
-        with contextlib.redirect_stdout(io.StringIO()):
-            results = training.train(cfg, extra_callbacks=[clock])
+        results = quiet_train(["model=mnist"], Path(scratch), extra_callbacks=[clock])
     reached = next((epoch for epoch in clock.epochs if epoch["test/acc"] >= 0.98), None)
     return {"data": results["data"], "epochs": clock.epochs, "reached_98": reached,
             "final_test_acc": results["test/acc"], "train/samples_per_s": results["train/samples_per_s"]}
 
-
-# ----------------------------------------------------------------------------------------------
-# Softmax with cross-entropy or with the L2 loss
-# ----------------------------------------------------------------------------------------------
-
-
-def bench_softmax_losses(out: Path, overrides: list[str] = ()) -> dict:
-    """The default MNIST config trained twice from the same seed, once with softmax
-    cross-entropy and once with softmax + L2 (Euclidean) loss; learning curves to ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from manualbp.figures import read_metrics_csv
-
-    runs = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for loss in ("softmax_cross_entropy", "softmax_euclidean"):
-            run_dir = Path(scratch) / loss
-            results = _quiet_train(["model=mnist", f"model.loss={loss}", *overrides], run_dir)
-            metrics = read_metrics_csv(run_dir / "metrics.csv")
-            runs[loss] = {"results": results, "val/acc": metrics["val/acc"], "train/loss": metrics["train/loss_step"]}
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
-    for loss, run in runs.items():
-        steps, values = zip(*run["train/loss"])
-        loss_axes.plot(steps, values, label=loss, linewidth=1)
-        steps, values = zip(*run["val/acc"])
-        accuracy_axes.plot(steps, values, marker="o", label=f"{loss} (test {run['results']['test/acc']:.4f})")
-    loss_axes.set_yscale("log")
-    loss_axes.set_title("training loss (each its own scale)")
-    accuracy_axes.set_title("validation accuracy")
-    for axes in (loss_axes, accuracy_axes):
-        axes.set_xlabel("training step")
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return {
-        "figure": str(out),
-        "data": runs["softmax_cross_entropy"]["results"]["data"],
-        **{loss: {"test/acc": run["results"]["test/acc"],
-                  "val/acc_per_epoch": [round(v, 4) for _, v in run["val/acc"]]} for loss, run in runs.items()},
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Universal approximation: error against hidden width
-# ----------------------------------------------------------------------------------------------
-
-
-def bench_approx(functions=("sin", "abs", "step"), widths=(1, 2, 4, 8, 16, 32), seeds=(0, 1)) -> dict:
-    """The default approx config (python train.py model=approx) per function, width and seed:
-    RMSE and max |net − f| on the evaluation grid."""
-    table = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for function in functions:
-            for width in widths:
-                runs = [
-                    _quiet_train(["model=approx", f"data.function={function}", f"model.width={width}", f"seed={seed}"],
-                                 Path(scratch) / f"{function}-{width}-{seed}")
-                    for seed in seeds
-                ]
-                table[f"{function}/{width}"] = {
-                    "rmse_median": statistics.median(run["approx/rmse"] for run in runs),
-                    "rmse_best": min(run["approx/rmse"] for run in runs),
-                    "max_abs_err_median": statistics.median(run["approx/max_abs_err"] for run in runs),
-                }
-    return {"seeds": list(seeds), "table": table}
-
-
-def print_approx(report: dict) -> None:
-    functions = list(dict.fromkeys(key.split("/")[0] for key in report["table"]))
-    widths = list(dict.fromkeys(int(key.split("/")[1]) for key in report["table"]))
-    print(f"RMSE of the fit on [-6, 6] (median over seeds {report['seeds']}; best in brackets)\n")
-    print("| hidden width | " + " | ".join(functions) + " |")
-    print("|---:|" + "---:|" * len(functions))
-    for width in widths:
-        cells = [report["table"][f"{function}/{width}"] for function in functions]
-        print(f"| {width} | " + " | ".join(f"{c['rmse_median']:.4f} ({c['rmse_best']:.4f})" for c in cells) + " |")
-
-
-# ----------------------------------------------------------------------------------------------
-# XOR over seeds
-# ----------------------------------------------------------------------------------------------
-
-
-def bench_xor_seeds(count: int) -> dict:
-    """The default XOR config for seeds 0..count-1: how many get all four points right."""
-    per_seed = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(count):
-            results = _quiet_train(["model=xor", f"seed={seed}"], Path(scratch) / str(seed))
-            # test/loss = ½ Σ (yp − y)² over the 4 points, so every |yp − y| ≤ sqrt(2·loss).
-            per_seed.append({"seed": seed, "test/acc": results["test/acc"], "test/loss": results["test/loss"],
-                             "fit_time_s": results["fit_time_s"]})
-    solved = sum(run["test/acc"] == 1.0 for run in per_seed)
-    worst = max(per_seed, key=lambda run: run["test/loss"])
-    return {
-        "seeds": count,
-        "all_four_right": solved,
-        "worst_seed": worst["seed"],
-        "worst_max_abs_error": float(np.sqrt(2 * worst["test/loss"])),
-        "median_fit_time_s": statistics.median(run["fit_time_s"] for run in per_seed),
-        "runs": per_seed,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m manualbp.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per batch size (>= 5)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
-    parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
-    parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
-    parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
-    parser.add_argument("--time-to-98", action="store_true", help="training time to 98%% test accuracy (full MNIST)")
-    parser.add_argument("--softmax-losses", type=Path, metavar="PNG",
-                        help="train MNIST with softmax cross-entropy and with softmax + L2, plot both")
-    parser.add_argument("overrides", nargs="*", help="config overrides for --softmax-losses runs, "
-                        "e.g. model.optimizer._target_=torch.optim.SGD")
-    args = parser.parse_args(argv)
-    if args.rounds < 5:
-        parser.error("--rounds must be at least 5")
-    logging.getLogger("lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("manualbp").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-    if args.xor_seeds:
-        report = bench_xor_seeds(args.xor_seeds)
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            print(f"default XOR config, seeds 0..{report['seeds'] - 1}: all four points right for "
-                  f"{report['all_four_right']} of {report['seeds']}; worst seed {report['worst_seed']} "
-                  f"has max |Yp - Y| <= {report['worst_max_abs_error']:.3f}; median fit "
-                  f"{report['median_fit_time_s']:.2f} s")
-        return
-    if args.approx:
-        report = bench_approx()
-        print(json.dumps(report, indent=2)) if args.json else print_approx(report)
-        return
-    if args.softmax_losses:
-        report = bench_softmax_losses(args.softmax_losses, args.overrides)
-        print(json.dumps(report, indent=2))
-        return
-    if args.time_to_98:
-        report = bench_time_to_98()
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            for epoch in report["epochs"]:
-                print(f"epoch {epoch['epoch']:2d}  {epoch['train_time_s']:6.1f} s  test/acc {epoch['test/acc']:.4f}")
-            reached = report["reached_98"]
-            print("98% test accuracy " + (f"after epoch {reached['epoch']}, {reached['train_time_s']:.1f} s of training" if reached else "not reached"))
-        return
-    if args.e2e:
-        report = bench_e2e()
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            print(f"one epoch of MNIST training, batch {report['batch_size']}, data: {report['data']}")
-            print(f"  python train.py model=mnist : {report['manualbp_samples_per_s']:,.0f} samples/s")
-            print(f"  typical pipeline            : {report['typical_samples_per_s']:,.0f} samples/s ({report['typical_pipeline']})")
-            print(f"  ratio                       : {report['ratio']:.2f}x")
-        return
-    report = bench_steps(args.batch_sizes, args.rounds)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_steps(report)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
