@@ -81,6 +81,7 @@ def test_a_wrong_formula_changes_the_manual_gradients(monkeypatch):
     assert not torch.equal(right["0.weight"], wrong["0.weight"])  # below it: caught
 
 
+@pytest.mark.filterwarnings("ignore:.*isinstance.treespec, LeafSpec.*")  # Lightning's, with this torch
 def test_the_manual_engine_with_sgd_steps_theta_minus_lr_delta_theta(tmp_path):
     # README: engine=manual with model.optimizer._target_=torch.optim.SGD is the slide's update.
     torch.manual_seed(0)
