@@ -7,16 +7,14 @@ The model is one manualbp Linear layer, Yp = X W + b, with one-hot targets Y and
 trained by full-batch gradient descent (``python train.py model=mnist_linreg``). Training gets
 δW from the Linear layer's backward (XᵀδZ with δZ = Yp − Y) plus the optimizer's weight decay
 γW; this module holds the slide's closed form of the same gradient, and the exact minimiser from
-the normal equations, to check both against.
+the normal equations, to check both against (``manualbp.training.callbacks.RidgeClosedForm``
+reports both after a run).
 """
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch import Tensor
-
-from manualbp.module import class_indices
 
 
 def ridge_gradient(inputs: Tensor, targets: Tensor, weight: Tensor, bias: Tensor, gamma: float):
@@ -40,37 +38,3 @@ def ridge_solution(inputs: Tensor, targets: Tensor, gamma: float) -> tuple[Tenso
     penalty[-1] = 0  # the bias is not penalised
     solution = torch.linalg.solve(augmented.T @ augmented + torch.diag(penalty), augmented.T @ y)
     return solution[:-1], solution[-1]
-
-
-class RidgeClosedForm(L.Callback):
-    """At the end of training, solves the normal equations on the training split and reports
-    (results.json) the closed-form solution's test accuracy and how close gradient descent got:
-    ‖W_gd − W*‖ / ‖W*‖ and the training loss of both."""
-
-    def __init__(self, gamma: float) -> None:
-        self.gamma = gamma
-        self.results: dict = {}
-
-    @torch.no_grad()
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        data = trainer.datamodule
-        inputs, targets = data.splits["train"]
-        weight, bias = ridge_solution(inputs, targets, self.gamma)
-        layer = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Linear))
-        trained_weight = layer.weight.detach().double().T.cpu()
-        test_inputs, test_targets = data.splits["test"]
-        predictions = (test_inputs.double() @ weight + bias).argmax(1)
-
-        def loss(w, b):
-            residual = inputs.double() @ w + b - targets.double()
-            return 0.5 * residual.pow(2).sum().item() + 0.5 * self.gamma * w.pow(2).sum().item()
-
-        self.results = {
-            "closed_form/test_acc": (predictions == class_indices(test_targets)).double().mean().item(),
-            "closed_form/weight_rel_distance": ((trained_weight - weight).norm() / weight.norm()).item(),
-            "closed_form/train_loss": loss(weight, bias),
-            "gradient_descent/train_loss": loss(trained_weight, layer.bias.detach().double().cpu()),
-        }
-
-    def report(self, module: L.LightningModule) -> dict:
-        return self.results

@@ -9,7 +9,7 @@ import sys
 import torch
 
 import manualbp
-from manualbp import bench
+from manualbp.bench import speed
 from manualbp.reference import to_torch
 
 
@@ -29,10 +29,10 @@ def test_step_bench_json_has_the_relied_on_keys():
 
 def test_manualbp_saves_no_more_for_backward_than_torch():
     torch.manual_seed(0)
-    net, loss, _ = bench.default_mnist_model()
+    net, loss, _ = speed.default_mnist_model()
     inputs, targets = torch.randn(32, 784), torch.randint(0, 10, (32,))
-    ours = bench.saved_activation_bytes(net, loss, inputs, targets)
-    theirs = bench.saved_activation_bytes(to_torch(net), to_torch(loss), inputs, targets)
+    ours = speed.saved_activation_bytes(net, loss, inputs, targets)
+    theirs = speed.saved_activation_bytes(to_torch(net), to_torch(loss), inputs, targets)
     # the input batch, the two hidden activations and the logits in float32, the int64 labels
     assert ours == 4 * 32 * (784 + 512 + 256 + 10) + 8 * 32
     assert ours <= theirs
@@ -43,4 +43,4 @@ def test_flop_count_is_forward_plus_both_backward_matmuls():
     per_sample = 2 * (784 * 512 + 512 * 256 + 256 * 10)  # forward
     per_sample += 2 * (784 * 512 + 512 * 256 + 256 * 10)  # δW of every layer
     per_sample += 2 * (512 * 256 + 256 * 10)  # δX of every layer but the first
-    assert bench.flops_per_step(net, 3) == 3 * per_sample
+    assert speed.flops_per_step(net, 3) == 3 * per_sample

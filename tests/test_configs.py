@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, run_train_py
+from helpers import CONFIG_DIR, run_train_py
 from omegaconf import OmegaConf
 
 from manualbp.errors import ConfigError
-from manualbp.training import build, build_loss, check_config, train
+from manualbp.training import train
+from manualbp.training.config import build, check_config
+from manualbp.training.module import LitNet
 
 MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
 TRAINERS = sorted(path.stem for path in (CONFIG_DIR / "trainer").glob("*.yaml"))
@@ -18,18 +20,26 @@ TRAINERS = sorted(path.stem for path in (CONFIG_DIR / "trainer").glob("*.yaml"))
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_every_model_and_trainer_config_composes_and_instantiates(config, model, trainer):
     cfg = config(f"model={model}", f"trainer={trainer}")
-    OmegaConf.resolve(cfg.model)
-    net = build(cfg.model.net)
-    assert isinstance(build_loss(cfg.model.loss), torch.nn.Module)
-    assert isinstance(build(cfg.model.optimizer)(net.parameters()), torch.optim.Optimizer)
+    module = build(cfg.model)  # the LightningModule with its net, loss, optimizer and scheduler
+    assert isinstance(module, LitNet) and module.name == model
+    assert isinstance(module.loss, torch.nn.Module)
+    assert isinstance(module.optimizer_factory(module.net.parameters()), torch.optim.Optimizer)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     for callback in cfg.callbacks.values():
         assert build(callback) is not None
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_has_an_experiment_and_passes_the_engine_on(config, model):
+    assert (CONFIG_DIR / "experiment" / f"{model}.yaml").is_file()
+    assert build(config(f"model={model}", "engine=manual").model).engine == "manual"
+
+
 def test_each_model_selects_its_own_data(config):
-    assert config("model=mnist").data._target_ == "manualbp.data.MNISTDataModule"
-    assert config("model=xor").data._target_ == "manualbp.data.XORDataModule"
+    assert config("model=mnist").data._target_ == "manualbp.training.data.MNISTDataModule"
+    assert config("model=xor").data._target_ == "manualbp.training.data.XORDataModule"
+    assert config("model=approx").data._target_ == "manualbp.training.data.FunctionDataModule"
+    assert config("model=mnist_linreg").data.one_hot is True
     assert config().model.name == "mnist"  # python train.py alone trains MNIST
 
 
@@ -54,6 +64,12 @@ def test_relied_on_overrides(config, tmp_path):
     assert cfg.data.root == str(tmp_path) and cfg.data.dataset == "FashionMNIST"
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
     assert config("ckpt_path=/some/last.ckpt").ckpt_path == "/some/last.ckpt"
+    assert config("model=mnist").trainer.max_epochs == 12  # the experiment's epochs ...
+    assert config("model=mnist", "trainer.max_epochs=6").trainer.max_epochs == 6  # ... the command line wins
+    approx = config("model=approx", "data.function=abs", "model.width=32")
+    assert approx.data.function == "abs" and list(build(approx.model).net[0].weight.shape) == [32, 1]
+    softmax_l2 = build(config("model=mnist", "model.loss=softmax_euclidean").model)
+    assert type(softmax_l2.loss).__name__ == "SoftmaxEuclideanLoss"
 
 
 def test_debug_config_is_a_one_batch_smoke_run(config):
@@ -87,6 +103,8 @@ def test_an_unknown_dataset_fails_fast(config):
 def test_a_net_that_does_not_fit_the_data_fails_fast(config, small_mnist):
     with pytest.raises(ConfigError, match="first layer takes 100 inputs but the data has 784"):
         train(config("model=mnist", f"data.root={small_mnist}", "model.net.sizes=[100,10]"))
+    with pytest.raises(ConfigError, match="last layer has 2 outputs but the data needs 1; set the last"):
+        train(config("model=xor", "model.net.sizes=[2,8,2]"))
 
 
 def test_the_command_line_reports_bad_overrides_without_a_stack_trace(tmp_path):

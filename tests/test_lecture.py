@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 
+import lightning as L
 import pytest
 import torch
 
@@ -14,9 +15,10 @@ from manualbp import manual
 from manualbp import nn as mnn
 from manualbp.demos import chain_rule, gradient_descent
 from manualbp.errors import ConfigError
-from manualbp.module import LitNet
 from manualbp.regression import ridge_gradient, ridge_solution
-from manualbp.training import build_loss, check_config, train
+from manualbp.training import train
+from manualbp.training.data import XORDataModule
+from manualbp.training.module import LitNet, resolve_loss
 
 # ----------------------------------------------------------------------------------------------
 # 1. The explicit backprop loop
@@ -79,19 +81,22 @@ def test_a_wrong_formula_changes_the_manual_gradients(monkeypatch):
     assert not torch.equal(right["0.weight"], wrong["0.weight"])  # below it: caught
 
 
-def test_gradient_descent_step_is_theta_minus_lr_delta_theta():
+@pytest.mark.filterwarnings("ignore:.*isinstance.treespec, LeafSpec.*")  # Lightning's, with this torch
+def test_the_manual_engine_with_sgd_steps_theta_minus_lr_delta_theta(tmp_path):
+    # README: engine=manual with model.optimizer._target_=torch.optim.SGD is the slide's update.
     torch.manual_seed(0)
-    net, loss = mnn.MLP([20, 16, 5]).double(), mnn.SoftmaxCrossEntropyLoss()
-    reference = manualbp.MLP([20, 16, 5]).double()
-    reference.load_state_dict(net.state_dict())
-    inputs, targets = _batch("indices", torch.Generator().manual_seed(0))
-    _, grads = manual.backprop(net, loss, inputs, targets)
-    manual.gradient_descent_step(net, grads, lr=0.1)
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
-    loss(reference(inputs), targets).backward()
-    optimizer.step()
-    for ours, theirs in zip(net.parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-15)
+    net = mnn.MLP([2, 8, 1], activation="sigmoid", output_activation="sigmoid")
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    loss = mnn.EuclideanLoss()
+    data = XORDataModule(steps_per_epoch=1)
+    _, grads = manual.backprop(net, loss, data.inputs, data.targets)  # δθ by hand
+    module = LitNet(net, loss, functools.partial(torch.optim.SGD, lr=0.5), engine="manual")
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 1
+    for name, parameter in net.named_parameters():
+        torch.testing.assert_close(parameter.detach(), before[name] - 0.5 * grads[name], rtol=0, atol=1e-7)  # θ − lr·δθ
 
 
 def test_the_manual_engine_rejects_layers_it_does_not_know():
@@ -121,8 +126,8 @@ def test_the_manual_engine_refuses_several_processes(config, devices):
 
 
 def test_an_unknown_engine_fails_fast(config):
-    with pytest.raises(ConfigError, match="engine=backprop is not known"):
-        check_config(config("model=xor", "engine=backprop"))
+    with pytest.raises(ConfigError, match="engine=backprop is not known; choose one of autograd, manual"):
+        train(config("model=xor", "engine=backprop"))
 
 
 def test_backprop_by_hand_under_autocast_runs_in_the_parameters_dtype():
@@ -160,7 +165,7 @@ def _linreg_module(features, outputs, gamma, lr):
     with torch.no_grad():
         net[0].bias.normal_()  # a nonzero bias, so its term in ∇W is exercised
     optimizer = functools.partial(torch.optim.SGD, lr=lr)
-    return LitNet(net, mnn.EuclideanLoss(), optimizer, task="regression", ridge=gamma)
+    return LitNet(net, mnn.EuclideanLoss(), optimizer, ridge=gamma)
 
 
 def test_the_gradient_training_uses_is_the_slides_closed_form():
@@ -194,7 +199,7 @@ def test_gradient_descent_approaches_the_closed_form_ridge_solution():
         losses.append(loss.item() + gamma / 2 * module.net[0].weight.detach().pow(2).sum().item())
         loss.backward()
         optimizer.step()
-    assert all(later <= earlier * (1 + 1e-12) for earlier, later in zip(losses, losses[1:]))  # descent
+    assert all(later <= earlier * (1 + 1e-12) for earlier, later in zip(losses, losses[1:], strict=False))  # descent
     distance = (module.net[0].weight.detach().T - best_weight).norm() / best_weight.norm()
     assert distance < 1e-8
     torch.testing.assert_close(module.net[0].bias.detach(), best_bias, rtol=1e-8, atol=1e-8)
@@ -241,7 +246,8 @@ def test_an_unknown_target_function_fails_fast(config):
 def test_the_slides_gradient_of_f_equals_autograd():
     points = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
     for point in points:
-        torch.testing.assert_close(gradient_descent.grad_f(point), gradient_descent.autograd_grad_f(point), rtol=1e-12, atol=1e-12)
+        expected = gradient_descent.autograd_grad_f(point)
+        torch.testing.assert_close(gradient_descent.grad_f(point), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_gradient_descent_zig_zags_into_the_minimum(tmp_path, capsys):
@@ -290,10 +296,10 @@ def test_chain_rule_demo_numbers(capsys):
 
 
 def test_losses_by_name():
-    assert isinstance(build_loss("softmax_euclidean"), mnn.SoftmaxEuclideanLoss)
-    assert isinstance(build_loss("softmax_cross_entropy"), mnn.SoftmaxCrossEntropyLoss)
+    assert isinstance(resolve_loss("softmax_euclidean"), mnn.SoftmaxEuclideanLoss)
+    assert isinstance(resolve_loss("softmax_cross_entropy"), mnn.SoftmaxCrossEntropyLoss)
     with pytest.raises(ConfigError, match="model.loss=hinge is not known"):
-        build_loss("hinge")
+        resolve_loss("hinge")
 
 
 def test_mnist_trains_with_softmax_and_the_l2_loss(config, small_mnist):

@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import FULL_MNIST_ROOT, PROJECT_ROOT, run_train_py, write_mnist_files
+from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, run_train_py, write_mnist_files
 
 import manualbp.functional
-from manualbp.callbacks import LineProgressBar, progress_bar
-from manualbp.data import IndexBatchSampler, MNISTDataModule
 from manualbp.errors import DataError, GradientMismatchError, NonFiniteLossError
 from manualbp.training import train
+from manualbp.training.callbacks import LineProgressBar, progress_bar
+from manualbp.training.data import MNISTDataModule
+from manualbp.training.data.batches import IndexBatchSampler
+from manualbp.training.data.mnist_files import DATA_ENV
 
 RESULT_KEYS = {"test/acc", "test/loss", "val/acc", "fit_time_s", "train_time_s", "train/samples_per_s"}
 
@@ -84,7 +86,7 @@ def test_other_mnist_family_datasets_use_the_same_pipeline(config, tmp_path, dat
 @pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
 @pytest.mark.slow
 def test_default_mnist_config_reaches_98_percent_on_full_mnist(config, monkeypatch):
-    monkeypatch.setenv("MANUALBP_DATA", FULL_MNIST_ROOT)
+    monkeypatch.setenv(DATA_ENV, FULL_MNIST_ROOT)
     results = train(config("model=mnist"))
     assert "torchvision.datasets.MNIST" in results["data"]
     assert results["test/acc"] >= 0.98, results
@@ -242,9 +244,10 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(config, sma
         "model=mnist", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=100",
         "trainer.max_epochs=6", "model.scheduler=null", "callbacks.nonfinite_loss.check_every_n_steps=1",
         # Two good epochs, then a learning rate that overflows float32 within a step.
-        "+callbacks.blow_up._target_=conftest.LearningRateBlowUp", "+callbacks.blow_up.epoch=2",
+        "+callbacks.blow_up._target_=helpers.LearningRateBlowUp", "+callbacks.blow_up.epoch=2",
     )
-    with pytest.raises(NonFiniteLossError, match="(training loss|model's weights) became NaN or infinite .*epoch 2.*last good checkpoint is kept") as error:
+    message = "(training loss|model's weights) became NaN or infinite .*epoch 2.*last good checkpoint is kept"
+    with pytest.raises(NonFiniteLossError, match=message) as error:
         train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert str(last) in str(error.value)
@@ -258,7 +261,7 @@ def test_weights_that_turn_nan_in_an_epochs_last_step_are_not_checkpointed(confi
     # the step itself sends the weights to infinity, just before the epoch's checkpoint.
     cfg = config(
         "model=mnist_linreg", f"data.root={small_mnist}", "data.val_size=100", "trainer.max_epochs=6",
-        "+callbacks.blow_up._target_=conftest.LearningRateBlowUp", "+callbacks.blow_up.epoch=2",
+        "+callbacks.blow_up._target_=helpers.LearningRateBlowUp", "+callbacks.blow_up.epoch=2",
     )
     with pytest.raises(NonFiniteLossError, match="model's weights became NaN or infinite .*epoch 2"):
         train(cfg)

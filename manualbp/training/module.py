@@ -1,6 +1,9 @@
 """One LightningModule for every task: a manualbp net, its manualbp loss, an optimizer, and
 torchmetrics accuracy per stage. Lightning runs the loop (the lecture's "Iterate: load data,
-forward pass, compute loss, backward pass, adjust parameters, diagnostics")."""
+forward pass, compute loss, backward pass, adjust parameters, diagnostics").
+
+``conf/model/*.yaml`` build it (``_target_: manualbp.training.module.LitNet``) with its nested
+net, loss, optimizer and scheduler; its task and number of classes come from the data."""
 
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import Accuracy
 
+from manualbp.errors import ConfigError
 from manualbp.manual import backprop
+from manualbp.nn import LOSSES
+from manualbp.training.data.base import LectureDataModule
 
-TASKS = ("multiclass", "binary", "regression")
 ENGINES = ("autograd", "manual")
 
 
@@ -26,12 +31,24 @@ def class_indices(targets: Tensor) -> Tensor:
     return targets.argmax(dim=1) if one_hot else targets.long()
 
 
+def resolve_loss(loss: torch.nn.Module | str) -> torch.nn.Module:
+    """A loss module as it is, or a new one from its name in ``manualbp.nn.LOSSES``
+    (``python train.py model.loss=softmax_euclidean``)."""
+    if not isinstance(loss, str):
+        return loss
+    if loss not in LOSSES:
+        raise ConfigError(f"model.loss={loss} is not known; choose one of {', '.join(LOSSES)}")
+    return LOSSES[loss]()
+
+
 class LitNet(L.LightningModule):
     """Trains ``net`` on ``loss`` with ``optimizer`` (a partial taking the parameters).
 
-    net: inputs (N, D) -> outputs: (N, C) logits for ``task="multiclass"`` (targets (N,) class
-    indices or (N, C) one-hot rows), (N, 1) probabilities for ``"binary"`` (targets (N, 1) in
-    {0, 1}), or any values for ``"regression"`` (no accuracy).
+    net: inputs (N, D) -> outputs: (N, C) logits for a ``multiclass`` task (targets (N,) class
+    indices or (N, C) one-hot rows), (N, 1) probabilities for ``binary`` (targets (N, 1) in
+    {0, 1}), or any values for ``regression`` (no accuracy). The task and the number of classes
+    are the data's (``LectureDataModule.task``, ``num_classes``), read in ``setup``. ``loss``: a
+    module, or its name in ``manualbp.nn.LOSSES``.
 
     ``engine="autograd"``: Lightning calls ``loss.backward()``, and autograd runs manualbp's
     hand-written backward. ``engine="manual"``: the explicit backprop loop of
@@ -39,7 +56,10 @@ class LitNet(L.LightningModule):
     (Lightning's manual optimization). ``ridge`` (γ ≥ 0) adds γW to the gradient of every weight
     matrix -- the ridge term of ½‖XW + b − Y‖² + γ/2‖W‖² -- as the optimizer's weight decay,
     biases excluded. ``scheduler``: an optional partial taking the optimizer; a ``total_steps``
-    argument (OneCycleLR) is filled in; it steps every batch.
+    argument (OneCycleLR) is filled in; it steps every batch. ``name``: the model's name, for
+    results.json. ``settings``: further keys of the model's config that its parts refer to
+    (``width`` in conf/model/approx.yaml: ``python train.py model=approx model.width=32``);
+    kept as ``self.settings``, not used.
 
     Logs ``train/loss`` (epoch mean), ``train/loss_step``, ``val/loss``, ``test/loss`` and, for
     classification, ``val/acc`` and ``test/acc``.
@@ -48,32 +68,41 @@ class LitNet(L.LightningModule):
     def __init__(
         self,
         net: torch.nn.Module,
-        loss: torch.nn.Module,
+        loss: torch.nn.Module | str,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        task: str = "multiclass",
-        num_classes: int = 10,
         engine: str = "autograd",
         ridge: float = 0.0,
+        name: str = "net",
+        **settings,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        self.net, self.loss = net, loss
+            raise ConfigError(f"engine={engine} is not known; choose one of {', '.join(ENGINES)}")
+        self.net, self.loss = net, resolve_loss(loss)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.task, self.engine, self.ridge = task, engine, ridge
+        self.engine, self.ridge, self.name, self.settings = engine, ridge, name, settings
         self.automatic_optimization = engine == "autograd"
-        if task == "regression":
-            self.val_acc = self.test_acc = None
-        else:
-            accuracy = {"task": "binary"} if task == "binary" else {
-                "task": "multiclass", "num_classes": num_classes, "average": "micro"
-            }
-            self.val_acc, self.test_acc = Accuracy(**accuracy), Accuracy(**accuracy)
+        self.val_acc: Accuracy | None = None  # made in setup, once the task is known
+        self.test_acc: Accuracy | None = None
         self.trained_samples = 0  # over this process's fit, for train/samples_per_s
         self.train_time_s = 0.0  # stays 0 if the fit has no training left (resumed at the end)
+
+    def setup(self, stage: str) -> None:
+        """Accuracy per stage for the data's task (none for regression)."""
+        data = self.trainer.datamodule
+        if not isinstance(data, LectureDataModule):
+            raise ConfigError(
+                "LitNet takes its task from a LectureDataModule (manualbp.training.data); pass "
+                "one as trainer.fit(module, datamodule=...)"
+            )
+        if data.task == "regression" or self.val_acc is not None:
+            return
+        if data.task == "binary":
+            accuracy = {"task": "binary"}
+        else:
+            accuracy = {"task": "multiclass", "num_classes": data.num_classes, "average": "micro"}
+        self.val_acc, self.test_acc = Accuracy(**accuracy), Accuracy(**accuracy)
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.net(inputs)
@@ -120,6 +149,8 @@ class LitNet(L.LightningModule):
         whose metrics Lightning writes, not every step."""
         self._epoch_loss_sum += loss.detach() * batch_size
         self._epoch_samples += batch_size
+        # Lightning has no public "are this step's metrics written?": ask its logger connector,
+        # so that the step logs exactly when Lightning writes (every log_every_n_steps).
         if getattr(self.trainer._logger_connector, "should_update_logs", True):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
 
@@ -134,7 +165,7 @@ class LitNet(L.LightningModule):
         for name, parameter in self.net.named_parameters():
             parameter.grad = grads.get(name)
         optimizer = self.optimizers()
-        optimizer.step()  # plain SGD: θ ← θ − lr·δθ
+        optimizer.step()  # the configured optimizer with δθ; torch.optim.SGD: θ ← θ − lr·δθ
         optimizer.zero_grad(set_to_none=True)
         if self.scheduler_factory is not None:
             self.lr_schedulers().step()

@@ -48,7 +48,7 @@ def plot_learning_curves(metrics: dict[str, list[tuple[float, float]]], out_dir:
             continue
         figure, axes = plt.subplots(figsize=(6, 4))
         for key in present:
-            steps, values = zip(*metrics[key])
+            steps, values = zip(*metrics[key], strict=True)
             style = {"alpha": 0.4, "linewidth": 0.8} if key.endswith("_step") else {"marker": "o"}
             axes.plot(steps, values, label=key, **style)
         axes.set_xlabel("training step")
@@ -73,7 +73,7 @@ def plot_decision_boundary(net: torch.nn.Module, inputs: Tensor, targets: Tensor
     image = axes.contourf(x1, x2, outputs, levels=20, cmap="coolwarm", vmin=0, vmax=1)
     axes.contour(x1, x2, outputs, levels=[0.5], colors="black", linewidths=1.5)
     figure.colorbar(image, ax=axes, label="net output")
-    for point, target in zip(inputs.cpu().tolist(), targets.cpu().flatten().tolist()):
+    for point, target in zip(inputs.cpu().tolist(), targets.cpu().flatten().tolist(), strict=True):
         axes.scatter(*point, s=160, c="white" if target > 0.5 else "black", edgecolors="gray")
         axes.annotate(f"y={int(target)}", (point[0] + 0.06, point[1] + 0.06))
     axes.set_xlabel("x1")
@@ -105,7 +105,7 @@ def plot_misclassified(
     figure, axes_grid = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
     for axes in axes_grid.flat:
         axes.axis("off")
-    for axes, index in zip(axes_grid.flat, wrong.tolist()):
+    for axes, index in zip(axes_grid.flat, wrong.tolist(), strict=False):  # more axes than images
         axes.imshow(images[index].cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
         axes.set_title(f"pred {predictions[index].item()} / true {targets[index].item()}", fontsize=8)
     total = int((predictions != targets).sum())
@@ -121,7 +121,7 @@ def plot_first_layer_weights(weight: Tensor, image_shape: tuple[int, int], path:
     figure, axes_grid = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
     for axes in axes_grid.flat:
         axes.axis("off")
-    for axes, row in zip(axes_grid.flat, rows_of_weights):
+    for axes, row in zip(axes_grid.flat, rows_of_weights, strict=False):  # more axes than rows
         scale = row.abs().max().item() or 1.0
         axes.imshow(row.reshape(image_shape).numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
     figure.suptitle(f"first layer: {len(rows_of_weights)} of {len(weight)} units' weights (red +, blue −)")

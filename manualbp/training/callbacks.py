@@ -1,4 +1,7 @@
-"""Lightning callbacks: the live gradient audit, the NaN stop, and progress for logs."""
+"""Lightning callbacks: the live gradient audit, the NaN stop, progress for logs, and the ridge
+regression's closed form.
+
+A callback with a ``report(module) -> dict`` method adds those entries to results.json."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from torch.func import functional_call
 
 from manualbp.errors import GradientMismatchError, NonFiniteLossError
 from manualbp.reference import to_torch
+from manualbp.regression import ridge_solution
+from manualbp.training.module import class_indices
 
 
 def max_relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -82,6 +87,9 @@ class GradientAudit(Callback):
                 f"PyTorch on this batch: the run is stopped. All parameters: "
                 + ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
             )
+
+    def report(self, module: L.LightningModule) -> dict:
+        return {"audit/max_rel_err": max((err for _, err in self.history), default=None)}
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> str | None:
@@ -201,3 +209,38 @@ def progress_bar(every_s: float = 10.0) -> ProgressBar:
     if sys.stdout.isatty() and sys.stderr.isatty():
         return TQDMProgressBar()
     return LineProgressBar(every_s)
+
+
+class RidgeClosedForm(Callback):
+    """At the end of training, solves the normal equations on the training split
+    (``manualbp.regression.ridge_solution``) and reports (results.json) the closed-form
+    solution's test accuracy and how close gradient descent got: ‖W_gd − W*‖ / ‖W*‖ and the
+    training loss of both. For ``python train.py model=mnist_linreg``."""
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma = gamma
+        self.results: dict = {}
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        data = trainer.datamodule
+        inputs, targets = data.splits["train"]
+        weight, bias = ridge_solution(inputs, targets, self.gamma)
+        layer = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Linear))
+        trained_weight = layer.weight.detach().double().T.cpu()
+        test_inputs, test_targets = data.splits["test"]
+        predictions = (test_inputs.double() @ weight + bias).argmax(1)
+
+        def loss(w, b):
+            residual = inputs.double() @ w + b - targets.double()
+            return 0.5 * residual.pow(2).sum().item() + 0.5 * self.gamma * w.pow(2).sum().item()
+
+        self.results = {
+            "closed_form/test_acc": (predictions == class_indices(test_targets)).double().mean().item(),
+            "closed_form/weight_rel_distance": ((trained_weight - weight).norm() / weight.norm()).item(),
+            "closed_form/train_loss": loss(weight, bias),
+            "gradient_descent/train_loss": loss(trained_weight, layer.bias.detach().double().cpu()),
+        }
+
+    def report(self, module: L.LightningModule) -> dict:
+        return self.results

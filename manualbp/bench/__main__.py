@@ -1,0 +1,88 @@
+"""The command line: python -m manualbp.bench [--json] [--e2e] [--time-to-98] [--xor-seeds N]
+[--approx] [--softmax-losses PNG [overrides ...]] (see manualbp/bench/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import manualbp.bench
+from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
+from manualbp.bench.speed import BATCH_SIZES, bench_e2e, bench_steps, bench_time_to_98, print_steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m manualbp.bench", description=manualbp.bench.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per batch size (>= 5)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
+    parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
+    parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
+    parser.add_argument("--time-to-98", action="store_true", help="training time to 98%% test accuracy (full MNIST)")
+    parser.add_argument("--softmax-losses", type=Path, metavar="PNG",
+                        help="train MNIST with softmax cross-entropy and with softmax + L2, plot both")
+    parser.add_argument("overrides", nargs="*", help="config overrides for --softmax-losses runs, "
+                        "e.g. model.optimizer._target_=torch.optim.SGD")
+    args = parser.parse_args(argv)
+    if args.rounds < 5:
+        parser.error("--rounds must be at least 5")
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("manualbp").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+    if args.xor_seeds:
+        report = bench_xor_seeds(args.xor_seeds)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"default XOR config, seeds 0..{report['seeds'] - 1}: all four points right for "
+                  f"{report['all_four_right']} of {report['seeds']}; worst seed {report['worst_seed']} "
+                  f"has max |Yp - Y| <= {report['worst_max_abs_error']:.3f}; median fit "
+                  f"{report['median_fit_time_s']:.2f} s")
+        return
+    if args.approx:
+        report = bench_approx()
+        print(json.dumps(report, indent=2)) if args.json else print_approx(report)
+        return
+    if args.softmax_losses:
+        report = bench_softmax_losses(args.softmax_losses, args.overrides)
+        print(json.dumps(report, indent=2))
+        return
+    if args.time_to_98:
+        report = bench_time_to_98()
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            for epoch in report["epochs"]:
+                print(f"epoch {epoch['epoch']:2d}  {epoch['train_time_s']:6.1f} s  test/acc {epoch['test/acc']:.4f}")
+            reached = report["reached_98"]
+            when = f"after epoch {reached['epoch']}, {reached['train_time_s']:.1f} s of training" if reached else ""
+            print("98% test accuracy " + (when or "not reached"))
+        return
+    if args.e2e:
+        report = bench_e2e()
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"one epoch of MNIST training, batch {report['batch_size']}, data: {report['data']}")
+            print(f"  python train.py model=mnist : {report['manualbp_samples_per_s']:,.0f} samples/s")
+            print(f"  typical pipeline            : {report['typical_samples_per_s']:,.0f} samples/s "
+                  f"({report['typical_pipeline']})")
+            print(f"  ratio                       : {report['ratio']:.2f}x")
+        return
+    report = bench_steps(args.batch_sizes, args.rounds)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_steps(report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

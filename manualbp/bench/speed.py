@@ -1,0 +1,281 @@
+"""Speed: one training step of manualbp against the same net of torch.nn built-ins, one epoch end
+to end against the typical Lightning + DataLoader pipeline, and the training time to 98 % test
+accuracy on full MNIST."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from manualbp.bench.common import full_mnist_root, quiet_train
+from manualbp.reference import to_torch
+from manualbp.training.config import build, compose_config
+from manualbp.training.data.idx import idx_bytes
+from manualbp.training.data.mnist import MNISTDataModule
+from manualbp.training.data.mnist_files import DATA_ENV, find_unpacked_root
+
+BATCH_SIZES = (64, 128, 512, 1024)
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step
+# ----------------------------------------------------------------------------------------------
+
+
+def default_mnist_model():
+    """(net, loss, optimizer factory) exactly as ``python train.py model=mnist`` builds them."""
+    with tempfile.TemporaryDirectory() as scratch:
+        module = build(compose_config(["model=mnist"], Path(scratch)).model)
+    return module.net, module.loss, module.optimizer_factory
+
+
+def step_function(net, loss, make_optimizer, inputs, targets):
+    """One training step: zero the gradients, forward, loss, backward, optimizer step."""
+    optimizer = make_optimizer(net.parameters())
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss(net(inputs), targets).backward()
+        optimizer.step()
+
+    return step
+
+
+def saved_activation_bytes(net, loss, inputs, targets) -> int:
+    """Bytes that autograd keeps for backward in one forward pass: every tensor handed to
+    ``saved_tensors_hooks``, each storage counted once, parameters (kept anyway) excluded."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss(net(inputs), targets)
+    return sum(storages.values())
+
+
+def flops_per_step(net, batch_size: int) -> int:
+    """Matmul FLOPs of one step: forward X Wᵀ, backward δW = δZᵀX for every layer and
+    δX = δZ W for every layer but the first (the data needs no gradient)."""
+    sizes = [m.in_features * m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    return 2 * batch_size * (2 * sum(sizes) + sum(sizes[1:]))
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The best of a few float32 size x size matmuls, in GFLOP/s: this machine's practical peak."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b, 1) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(function, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        function()
+    return (time.perf_counter() - started) / count
+
+
+def interleaved_medians(functions: dict, rounds: int, round_seconds: float = 0.25) -> dict[str, float]:
+    """Median seconds per call of each function over ``rounds`` interleaved rounds (A B A B ...),
+    after a warm-up; each round runs a function for about ``round_seconds``."""
+    for function in functions.values():  # warm-up, and a calibration of calls per round
+        _seconds(function, 3)
+    counts = {name: max(3, int(round_seconds / _seconds(f, 3))) for name, f in functions.items()}
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            times[name].append(_seconds(function, counts[name]))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 7, seed: int = 0) -> dict:
+    """manualbp's default MNIST model against the same net of torch.nn built-ins, same weights."""
+    torch.manual_seed(seed)
+    manual_net, manual_loss, make_optimizer = default_mnist_model()
+    native_net, native_loss = to_torch(manual_net), to_torch(manual_loss)
+    peak = sgemm_gflops()
+    steps = {}
+    for batch_size in batch_sizes:
+        inputs = torch.randn(batch_size, 784)
+        targets = torch.randint(0, 10, (batch_size,))
+        # Each side trains its own copy: equal weights at the start, comparable steps after.
+        manual = copy.deepcopy(manual_net)
+        native = copy.deepcopy(native_net)
+        medians = interleaved_medians(
+            {
+                "manual": step_function(manual, manual_loss, make_optimizer, inputs, targets),
+                "native": step_function(native, native_loss, make_optimizer, inputs, targets),
+            },
+            rounds,
+        )
+        flops = flops_per_step(manual_net, batch_size)
+        steps[str(batch_size)] = {
+            "manual_us": medians["manual"] * 1e6,
+            "native_us": medians["native"] * 1e6,
+            "ratio": medians["manual"] / medians["native"],
+            "manual_saved_bytes": saved_activation_bytes(manual, manual_loss, inputs, targets),
+            "native_saved_bytes": saved_activation_bytes(native, native_loss, inputs, targets),
+            "manual_gflops": flops / medians["manual"] / 1e9,
+            "native_gflops": flops / medians["native"] / 1e9,
+        }
+    return {
+        "steps": steps,
+        "sgemm_gflops": peak,
+        "rounds": rounds,
+        "model": "conf/model/mnist.yaml: MLP 784-512-256-10 (ReLU), softmax cross-entropy",
+        "optimizer": type(make_optimizer([torch.nn.Parameter(torch.zeros(1))])).__name__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def print_steps(report: dict) -> None:
+    print(f"One training step of {report['model']}, optimizer {report['optimizer']}")
+    print(f"torch {report['torch']}, {report['threads']} threads, median of {report['rounds']} interleaved rounds")
+    print(f"sgemm peak on this machine: {report['sgemm_gflops']:.0f} GFLOP/s\n")
+    print("| batch | manualbp µs | torch.nn µs | manualbp / torch.nn | saved bytes manualbp | saved bytes torch.nn "
+          "| manualbp GFLOP/s (% of sgemm) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for batch, row in report["steps"].items():
+        share = 100 * row["manual_gflops"] / report["sgemm_gflops"]
+        print(
+            f"| {batch} | {row['manual_us']:,.0f} | {row['native_us']:,.0f} | {row['ratio']:.3f} | "
+            f"{row['manual_saved_bytes']:,} | {row['native_saved_bytes']:,} | "
+            f"{row['manual_gflops']:.0f} ({share:.0f}%) |"
+        )
+
+
+def mnist_root(scratch: Path) -> tuple[Path, str]:
+    """(root, description): full MNIST from $MANUALBP_DATA, else random images of MNIST's sizes."""
+    root = full_mnist_root()
+    if root is not None:
+        data = MNISTDataModule(root=str(root), download=False)
+        data.prepare_data()
+        files_root = find_unpacked_root(data.dataset_class, root, data.cache_dir)
+        if files_root is not None:
+            return files_root, f"full MNIST from {root}"
+    raw = scratch / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(0)
+    for prefix, count in (("train", 60000), ("t10k", 10000)):
+        images = generator.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        labels = generator.integers(0, 10, size=count, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    return scratch, f"random images of MNIST's sizes (${DATA_ENV} has no MNIST: speed only, no accuracy)"
+
+
+def typical_pipeline_samples_per_s(root: Path, batch_size: int, num_workers: int) -> float:
+    """One epoch of the usual way: torch.nn MLP, F.cross_entropy, torchvision MNIST with
+    ToTensor + Normalize, a shuffling DataLoader with worker processes, Lightning's Trainer."""
+    import torchvision
+    from torch.utils.data import DataLoader
+
+    _, _, make_optimizer = default_mnist_model()
+
+    class TypicalMNISTModule(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10),
+            )
+
+        def training_step(self, batch, batch_idx):
+            images, labels = batch
+            loss = torch.nn.functional.cross_entropy(self.net(images), labels)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return make_optimizer(self.parameters())
+
+    transform = torchvision.transforms.Compose(
+        [torchvision.transforms.ToTensor(), torchvision.transforms.Normalize((0.1307,), (0.3081,))]
+    )
+    dataset = torchvision.datasets.MNIST(str(root), train=True, transform=transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                        persistent_workers=num_workers > 0)
+    class TrainingLoopClock(L.Callback):  # the same window as manualbp's train/samples_per_s
+        def on_train_start(self, trainer, pl_module):
+            self.started = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module):
+            self.seconds = time.perf_counter() - self.started
+
+    clock = TrainingLoopClock()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[clock],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(TypicalMNISTModule(), loader)
+    return len(dataset) / clock.seconds
+
+
+def bench_e2e(num_workers: int = 2) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        root, data = mnist_root(scratch / "data")
+        manual = quiet_train(["model=mnist", "trainer.max_epochs=1", f"data.root={root}"], scratch / "run")
+        batch_size = compose_config(["model=mnist"], scratch / "run").data.batch_size
+        typical = typical_pipeline_samples_per_s(root, batch_size, num_workers)
+    return {
+        "data": data,
+        "batch_size": batch_size,
+        "manualbp_samples_per_s": manual["train/samples_per_s"],
+        "typical_samples_per_s": typical,
+        "ratio": manual["train/samples_per_s"] / typical,
+        "typical_pipeline": (
+            f"torch.nn MLP + torchvision MNIST(ToTensor, Normalize) + DataLoader(shuffle, num_workers={num_workers})"
+            " + Lightning"
+        ),
+    }
+
+# ----------------------------------------------------------------------------------------------
+# Time to 98% test accuracy
+# ----------------------------------------------------------------------------------------------
+
+
+class TestAccuracyClock(L.Callback):
+    """After every training epoch, the test accuracy of the current weights and the training
+    time so far (wall time since the training loop started, minus the time spent here)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._started, self._excluded = time.perf_counter(), 0.0
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        measuring = time.perf_counter()
+        inputs, targets = trainer.datamodule.splits["test"]
+        predictions = torch.cat([pl_module.net(chunk).argmax(1) for chunk in inputs.split(5000)])
+        accuracy = (predictions == targets).float().mean().item()
+        self.epochs.append({"epoch": trainer.current_epoch + 1, "test/acc": accuracy,
+                            "train_time_s": measuring - self._started - self._excluded})
+        self._excluded += time.perf_counter() - measuring
+
+
+def bench_time_to_98() -> dict:
+    """Train the default MNIST config (full MNIST from $MANUALBP_DATA) and report when the test
+    accuracy first reaches 98%."""
+    if full_mnist_root() is None:
+        raise SystemExit(f"--time-to-98 needs full MNIST: set {DATA_ENV} to a folder whose MNIST/raw has it")
+    clock = TestAccuracyClock()
+    with tempfile.TemporaryDirectory() as scratch:
+        results = quiet_train(["model=mnist"], Path(scratch), extra_callbacks=[clock])
+    reached = next((epoch for epoch in clock.epochs if epoch["test/acc"] >= 0.98), None)
+    return {"data": results["data"], "epochs": clock.epochs, "reached_98": reached,
+            "final_test_acc": results["test/acc"], "train/samples_per_s": results["train/samples_per_s"]}
+

@@ -1,0 +1,15 @@
+"""The Lightning/Hydra application that trains the lecture's nets (``python train.py``).
+
+It uses the library (``manualbp``, ``manualbp.nn``, ``manualbp.manual``) as any user would:
+
+* ``pipeline.train(cfg)``: build everything from a composed config, fit, test, report.
+* ``config``: where the configs are, composing one as ``train.py`` would, ``build``, checks.
+* ``module.LitNet``: the LightningModule (net, loss, optimizer, scheduler, engine).
+* ``data``: one LightningDataModule per dataset, sharing one small interface.
+* ``callbacks``: the live gradient audit, the NaN stop, progress lines, the ridge closed form.
+* ``figures``: learning curves and the tasks' pictures.
+"""
+
+from manualbp.training.pipeline import train
+
+__all__ = ["train"]

@@ -1,0 +1,63 @@
+"""The configs in ``conf/`` and what turns them into objects: composing one as ``python train.py``
+does (for tests and benchmarks), ``build`` (Hydra's ``instantiate``), and the checks that fail fast
+before anything loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from manualbp.errors import ConfigError, ManualbpError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "conf"  # train.py's config_path
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config ``python train.py <overrides>`` runs, writing into ``output_dir`` (and with
+    Hydra's own config set, so that ``${hydra:...}`` resolves as in a real run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = str(output_dir)
+    return cfg
+
+
+def build(config, **kwargs):
+    """``hydra.utils.instantiate``, re-raising manualbp's own errors as they are (Hydra wraps
+    exceptions raised by a ``_target_`` in InstantiationException)."""
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ManualbpError):
+            raise error.__cause__ from None
+        raise
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast, before loading anything, on values that cannot work. (Values that a class
+    checks itself -- the engine, the loss's name, the data's settings -- are checked there.)"""
+    lr = OmegaConf.select(cfg, "model.optimizer.lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"model.optimizer.lr must be a positive number, got {lr!r}")
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if max_epochs is not None and max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be at least 1, got {max_epochs}")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not a file; to resume, give a checkpoint such as "
+            f"outputs/<model>/runs/<time>/checkpoints/last.ckpt"
+        )

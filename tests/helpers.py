@@ -1,0 +1,93 @@
+"""Helpers the tests share (``from helpers import ...``; fixtures live in conftest.py): composing
+configs, small MNIST-format data written by the tests themselves, and running train.py as a user
+would."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+from manualbp.training.config import CONFIG_DIR, PROJECT_ROOT, compose_config
+from manualbp.training.data.idx import idx_bytes
+from manualbp.training.data.mnist_files import DATA_ENV
+
+__all__ = [
+    "CONFIG_DIR", "PROJECT_ROOT", "FULL_MNIST_ROOT", "compose_config", "synthetic_digits",
+    "write_mnist_files", "run_train_py", "LearningRateBlowUp",
+]
+
+# Read at import, before conftest's autouse fixture hides it: where full MNIST is, if anywhere.
+FULL_MNIST_ROOT = os.environ.get(DATA_ENV)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small MNIST-format data
+# ----------------------------------------------------------------------------------------------
+
+IDX_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 images of 10 learnable classes: each class a fixed random stroke pattern, plus
+    noise and a random shift. Not MNIST, but written and read exactly as MNIST is."""
+    prototypes = np.random.default_rng(1234).random((10, 28, 28)) > 0.8
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    rng.shuffle(labels)
+    images = np.zeros((count, 28, 28))
+    for index, label in enumerate(labels):
+        shifted = np.roll(prototypes[label], tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
+        images[index] = 200 * shifted + rng.integers(0, 60, size=(28, 28))
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_mnist_files(root: Path, dataset: str = "MNIST", train_count: int = 600,
+                      test_count: int = 200, gz: bool = False) -> Path:
+    """Write the four IDX files of a small MNIST-format dataset into root/<dataset>/raw."""
+    raw = root / dataset / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for train, count in ((True, train_count), (False, test_count)):
+        images, labels = synthetic_digits(count, seed=int(train))
+        for name, array in zip(IDX_FILES[train], (images, labels), strict=True):
+            data = idx_bytes(array)
+            if gz:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (raw / name).write_bytes(data)
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------
+# Running train.py as a user would
+# ----------------------------------------------------------------------------------------------
+
+
+def run_train_py(*overrides: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    """``python train.py <overrides>`` in a subprocess; returns the CompletedProcess."""
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+class LearningRateBlowUp(Callback):
+    """Sets every learning rate to 1e38 at the start of ``epoch``: float32 weights overflow, the
+    loss turns NaN (for tests of the NaN stop, used as a config ``_target_``)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = 1e38
