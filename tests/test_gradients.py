@@ -119,6 +119,7 @@ CASES = [
         F.relu,
         lambda g, layout: (_randn(_shape(layout, 4), g, layout, away_from_zero=True),),
     ),
+    Case("tanh", mbf.tanh, torch.tanh, lambda g, layout: (_randn(_shape(layout, 4), g, layout),)),
     Case(
         "elu",
         mbf.elu,

@@ -1,4 +1,4 @@
-"""Activations, elementwise: sigmoid, ReLU, ELU. Any input shape; the output has the same shape.
+"""Activations, elementwise: sigmoid, ReLU, ELU, tanh. Any input shape; the output has the same shape.
 
 For an elementwise layer the Jacobian is diagonal, so the backward formula (δX = f'(X)·δZ) also
 pushes a tangent forward (Ẋ ↦ f'(X)·Ẋ): each Function's ``jvp`` calls the same ``<layer>_backward``.
@@ -18,6 +18,8 @@ __all__ = [
     "relu_backward",
     "elu_forward",
     "elu_backward",
+    "tanh_forward",
+    "tanh_backward",
     "SigmoidFunction",
     "sigmoid",
     "Sigmoid",
@@ -27,6 +29,9 @@ __all__ = [
     "ELUFunction",
     "elu",
     "ELU",
+    "TanhFunction",
+    "tanh",
+    "Tanh",
 ]
 
 
@@ -70,6 +75,16 @@ def elu_forward(input: Tensor, alpha: float = 1.0) -> Tensor:
 def elu_backward(grad_output: Tensor, input: Tensor, output: Tensor, alpha: float = 1.0) -> Tensor:
     """δX = δZ·(1 if X > 0 else Z + α): for X ≤ 0, d/dx α(eˣ − 1) = αeˣ = Z + α; same shape."""
     return torch.where(input > 0, grad_output, grad_output * (output + alpha))  # δX = δZ·(1 | Z+α)
+
+
+def tanh_forward(input: Tensor) -> Tensor:
+    """tanh x = (eˣ − e⁻ˣ)/(eˣ + e⁻ˣ), elementwise; any shape."""
+    return torch.tanh(input)  # Y = tanh X
+
+
+def tanh_backward(grad_output: Tensor, output: Tensor) -> Tensor:
+    """δX = (1 − Y²)·δZ, from the saved output Y = tanh X; same shape."""
+    return (1 - output * output) * grad_output  # δX = (1 − y²)·δZ
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,3 +222,42 @@ class ELU(torch.nn.ELU, Activation, torch_twin=torch.nn.ELU, name="elu"):
 
     def function_and_arguments(self, input: Tensor):
         return ELUFunction, (input, float(self.alpha))
+
+
+class TanhFunction(LayerFunction):
+    """tanh x with backward (1 − y²)·δZ from the saved output."""
+
+    @staticmethod
+    def forward(input):
+        return tanh_forward(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return tanh_backward(grad_output, output)
+
+    @staticmethod
+    def jvp(ctx, input_tangent):
+        (output,) = ctx.saved_tensors
+        return tanh_backward(input_tangent, output)
+
+
+def tanh(input: Tensor) -> Tensor:
+    """tanh x elementwise, like ``torch.tanh``; any shape, floating point."""
+    check_floating("tanh", "input", input)
+    return apply(TanhFunction, input)
+
+
+class Tanh(torch.nn.Tanh, Activation, torch_twin=torch.nn.Tanh, name="tanh"):
+    """tanh x elementwise with backward (1 − y²)·δZ; any shape. A drop-in for ``torch.nn.Tanh``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return tanh(input)
+
+    def function_and_arguments(self, input: Tensor):
+        return TanhFunction, (input,)
