@@ -62,10 +62,10 @@ def test_euclidean_loss_refuses_to_broadcast():
         mbf.euclidean_loss(pred, torch.randn(4, 1), reduction="none")
 
 
-def test_activations_reject_integer_input():
-    for function in (mbf.sigmoid, mbf.relu, mbf.elu):
-        with pytest.raises(TypeError, match="floating-point input"):
-            function(torch.arange(3))
+@pytest.mark.parametrize("name", sorted(mnn.ACTIVATIONS))
+def test_activations_reject_integer_input(name):
+    with pytest.raises(TypeError, match=f"{name}: expected a floating-point input, got dtype torch.int64"):
+        mnn.ACTIVATIONS[name]()(torch.arange(3))  # every activation, through its public function
 
 
 def test_sigmoid_of_extreme_values_is_finite_with_finite_gradient():
