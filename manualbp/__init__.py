@@ -1,7 +1,8 @@
 """manualbp: the lecture's backpropagation formulas as drop-in PyTorch layers.
 
-``manualbp.functional`` holds the formulas and the autograd Functions built on them,
-``manualbp.nn`` the Modules; ``convert`` swaps them into an existing torch model.
+Each layer is defined in one place, in ``manualbp.layers`` (its formulas first). ``manualbp.functional``
+gathers the public functions, formula pairs and autograd Functions, ``manualbp.nn`` the Modules;
+``convert`` swaps them into an existing torch model.
 """
 
 from manualbp import functional

@@ -11,7 +11,8 @@ The lecture's algorithm, step by step:
 Each layer runs its own Function's ``forward``, ``setup_context`` (what to keep) and ``backward``
 -- the very code autograd calls -- on a plain context object, under ``torch.no_grad()``. So the
 gradients here are those of the autograd path bit for bit, and there is one implementation of
-each formula (``manualbp.functional``).
+each formula (in ``manualbp.layers``). Which Function a layer runs, and with which arguments,
+the layer itself declares (``function_and_arguments``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp import functional as F
-from manualbp import nn as mnn
 from manualbp.errors import ConfigError
+from manualbp.layers.base import TORCH_TWINS, Loss
 
 
 class Context:
@@ -39,35 +39,24 @@ class Context:
         pass  # forward-mode AD is not part of backprop
 
 
-def _function_and_inputs(module: torch.nn.Module, inputs: Tensor):
-    """The autograd Function a manualbp module applies, and its inputs (tensors and settings)."""
-    kind = type(module)
-    if kind in (mnn.Linear, mnn.LinearReLU):
-        F._check_linear_arguments(inputs, module.weight, module.bias)  # the layers' own checks
-        function = F.LinearFunction if kind is mnn.Linear else F.LinearReLUFunction
-        return function, (inputs, module.weight, module.bias)
-    if kind is mnn.ReLU:
-        return F.ReLUFunction, (inputs,)
-    if kind is mnn.Sigmoid:
-        return F.SigmoidFunction, (inputs,)
-    if kind is mnn.ELU:
-        return F.ELUFunction, (inputs, float(module.alpha))
-    raise ConfigError(
-        f"the manual engine runs manualbp layers only (Linear, LinearReLU, ReLU, Sigmoid, ELU), "
-        f"got {kind.__name__}; build the net from manualbp.nn or use engine=autograd"
-    )
+def _layer_function_and_arguments(layer: torch.nn.Module, input: Tensor):
+    """The autograd Function a manualbp layer applies to ``input``, and its checked arguments
+    (tensors and settings), as the layer declares them."""
+    kind = type(layer)
+    if kind not in TORCH_TWINS or issubclass(kind, Loss):
+        layer_names = ", ".join(declared.__name__ for declared in TORCH_TWINS if not issubclass(declared, Loss))
+        raise ConfigError(
+            f"the manual engine runs manualbp layers only ({layer_names}), got {kind.__name__}; "
+            f"build the net from manualbp.nn or use engine=autograd"
+        )
+    return layer.function_and_arguments(input)
 
 
-def _loss_function_and_inputs(loss: torch.nn.Module, outputs: Tensor, targets: Tensor):
+def _loss_function_and_arguments(loss: torch.nn.Module, outputs: Tensor, targets: Tensor):
     kind = type(loss)
-    if kind in (mnn.SoftmaxCrossEntropyLoss, mnn.SoftmaxEuclideanLoss):
-        targets = F._check_class_targets(kind.__name__, outputs, targets)  # the losses' own checks
-        function = F.SoftmaxCrossEntropyFunction if kind is mnn.SoftmaxCrossEntropyLoss else F.SoftmaxEuclideanFunction
-        return function, (outputs, targets)
-    if kind is mnn.EuclideanLoss:
-        targets = F._check_euclidean_arguments(outputs, targets, loss.reduction)
-        return F.EuclideanLossFunction, (outputs, targets, loss.reduction)
-    raise ConfigError(f"the manual engine runs manualbp losses only, got {kind.__name__}")
+    if kind not in TORCH_TWINS or not issubclass(kind, Loss):
+        raise ConfigError(f"the manual engine runs manualbp losses only, got {kind.__name__}")
+    return loss.function_and_arguments(outputs, targets)
 
 
 def _needs_grad(arguments, first_input_needs_grad: bool) -> tuple[bool, ...]:
@@ -101,13 +90,13 @@ def _backprop(net, loss, inputs, targets):
     tape = []
     activation = inputs
     for index, layer in enumerate(layers):
-        function, arguments = _function_and_inputs(layer, activation)
+        function, arguments = _layer_function_and_arguments(layer, activation)
         context = Context(_needs_grad(arguments, first_input_needs_grad=index > 0))
         output = function.forward(*arguments)
         function.setup_context(context, arguments, output)
         tape.append((index, function, context))
         activation = output
-    function, arguments = _loss_function_and_inputs(loss, activation, targets)
+    function, arguments = _loss_function_and_arguments(loss, activation, targets)
     loss_context = Context(_needs_grad(arguments, first_input_needs_grad=True))
     loss_value = function.forward(*arguments)
     function.setup_context(loss_context, arguments, loss_value)
@@ -118,7 +107,7 @@ def _backprop(net, loss, inputs, targets):
     for index, function, context in reversed(tape):
         layer_grads = _as_tuple(function.backward(context, grad))
         grad = layer_grads[0]  # δ(input) = δ(output) of the layer below
-        for name, value in zip(("weight", "bias"), layer_grads[1:]):
+        for name, value in zip(("weight", "bias"), layer_grads[1:], strict=False):
             if isinstance(value, Tensor):
                 grads[f"{index}.{name}"] = value
     return loss_value, {name: grads[name] for name, _ in net.named_parameters() if name in grads}
@@ -126,7 +115,13 @@ def _backprop(net, loss, inputs, targets):
 
 @torch.no_grad()
 def gradient_descent_step(net: torch.nn.Module, grads: dict[str, Tensor], lr: float) -> None:
-    """θ ← θ − lr·δθ for every parameter of ``net`` that has a gradient in ``grads``."""
+    """The lecture's update, θ ← θ − lr·δθ, for every parameter of ``net`` that has a gradient in
+    ``grads`` (as :func:`backprop` returns them: δθ keyed like ``net.named_parameters()``).
+
+    One step of the loop by hand: ``loss, grads = backprop(net, loss_fn, X, Y)``, then
+    ``gradient_descent_step(net, grads, lr)``. (The trainer's manual engine hands the same δθ to
+    its optimizer instead.)
+    """
     for name, parameter in net.named_parameters():
         if name in grads:
             parameter.sub_(lr * grads[name])  # θ ← θ − lr·δθ

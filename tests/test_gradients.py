@@ -11,17 +11,18 @@ fail.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
-import torch.nn.functional as TF
+import torch.nn.functional as F
 from torch.autograd import Function, gradcheck, gradgradcheck
 from torch.autograd.gradcheck import GradcheckError
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode  # torch-private: no public dispatch-mode API
 
-import manualbp.functional as F
+import manualbp.functional as mbf
+from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
 
 DTYPE = torch.float64
 # "Exact" in float64: a few units in the last place (eps = 2.2e-16), the spread of two correct
@@ -62,7 +63,7 @@ def _linear_inputs(generator, layout, with_bias=True, away_from_kink=False):
         x = _randn(_shape(layout, 4), generator, layout)
         weight = torch.randn(3, 4, generator=generator, dtype=DTYPE)
         bias = torch.randn(3, generator=generator, dtype=DTYPE)
-        preactivation = TF.linear(x, weight, bias)
+        preactivation = F.linear(x, weight, bias)
         if not away_from_kink or preactivation.abs().min() > 0.05:
             return (x, weight, bias) if with_bias else (x, weight)
 
@@ -88,20 +89,6 @@ def _pred_and_target(generator, layout):
     return _randn(shape, generator, layout), _randn(shape, generator, layout)
 
 
-def _euclidean_reference(reduction):
-    def reference(pred, target):
-        loss = 0.5 * ((pred - target) ** 2).sum()
-        return loss / pred.shape[0] if reduction == "mean" else loss
-
-    return reference
-
-
-def _softmax_euclidean_reference(logits, target):
-    if not target.is_floating_point():
-        target = TF.one_hot(target, logits.shape[1]).to(logits.dtype)
-    return 0.5 * ((torch.softmax(logits, dim=1) - target) ** 2).sum() / logits.shape[0]
-
-
 @dataclass
 class Case:
     name: str
@@ -112,78 +99,79 @@ class Case:
 
 
 CASES = [
-    Case("linear", F.linear, TF.linear, _linear_inputs),
+    Case("linear", mbf.linear, F.linear, _linear_inputs),
     Case(
         "linear_no_bias",
+        lambda x, w: mbf.linear(x, w),
         lambda x, w: F.linear(x, w),
-        lambda x, w: TF.linear(x, w),
         lambda g, layout: _linear_inputs(g, layout, with_bias=False),
     ),
     Case(
         "linear_relu",
-        F.linear_relu,
-        lambda x, w, b: TF.relu(TF.linear(x, w, b)),
+        mbf.linear_relu,
+        lambda x, w, b: F.relu(F.linear(x, w, b)),
         lambda g, layout: _linear_inputs(g, layout, away_from_kink=True),
     ),
-    Case("sigmoid", F.sigmoid, torch.sigmoid, lambda g, layout: (_randn(_shape(layout, 4), g, layout),)),
+    Case("sigmoid", mbf.sigmoid, torch.sigmoid, lambda g, layout: (_randn(_shape(layout, 4), g, layout),)),
     Case(
         "relu",
+        mbf.relu,
         F.relu,
-        TF.relu,
         lambda g, layout: (_randn(_shape(layout, 4), g, layout, away_from_zero=True),),
     ),
+    Case("tanh", mbf.tanh, torch.tanh, lambda g, layout: (_randn(_shape(layout, 4), g, layout),)),
     Case(
         "elu",
+        mbf.elu,
         F.elu,
-        TF.elu,
         lambda g, layout: (_randn(_shape(layout, 4), g, layout, away_from_zero=True),),
     ),
     Case(
         "elu_alpha_0.5",
+        lambda x: mbf.elu(x, alpha=0.5),
         lambda x: F.elu(x, alpha=0.5),
-        lambda x: TF.elu(x, alpha=0.5),
         lambda g, layout: (_randn(_shape(layout, 4), g, layout, away_from_zero=True),),
     ),
     Case(
         "softmax_cross_entropy_indices",
-        F.softmax_cross_entropy,
-        TF.cross_entropy,
+        mbf.softmax_cross_entropy,
+        F.cross_entropy,
         _logits_and_indices,
         layouts=("batch", "batch_size_1", "non_contiguous"),
     ),
     Case(
         "softmax_cross_entropy_probabilities",
-        F.softmax_cross_entropy,
-        TF.cross_entropy,
+        mbf.softmax_cross_entropy,
+        F.cross_entropy,
         _logits_and_probabilities,
         layouts=("batch", "batch_size_1", "non_contiguous"),
     ),
     Case(
         "softmax_cross_entropy_unnormalised_targets",
-        F.softmax_cross_entropy,
-        TF.cross_entropy,
+        mbf.softmax_cross_entropy,
+        F.cross_entropy,
         _logits_and_unnormalised_targets,
         layouts=("batch", "batch_size_1", "non_contiguous"),
     ),
     Case(
         "softmax_euclidean_indices",
-        F.softmax_euclidean_loss,
-        _softmax_euclidean_reference,
+        mbf.softmax_euclidean_loss,
+        TorchSoftmaxEuclideanLoss(),
         _logits_and_indices,
         layouts=("batch", "batch_size_1", "non_contiguous"),
     ),
     Case(
         "softmax_euclidean_probabilities",
-        F.softmax_euclidean_loss,
-        _softmax_euclidean_reference,
+        mbf.softmax_euclidean_loss,
+        TorchSoftmaxEuclideanLoss(),
         _logits_and_probabilities,
         layouts=("batch", "batch_size_1", "non_contiguous"),
     ),
-    Case("euclidean_loss_sum", F.euclidean_loss, _euclidean_reference("sum"), _pred_and_target),
+    Case("euclidean_loss_sum", mbf.euclidean_loss, TorchEuclideanLoss("sum"), _pred_and_target),
     Case(
         "euclidean_loss_mean",
-        lambda p, t: F.euclidean_loss(p, t, reduction="mean"),
-        _euclidean_reference("mean"),
+        lambda p, t: mbf.euclidean_loss(p, t, reduction="mean"),
+        TorchEuclideanLoss("mean"),
         _pred_and_target,
     ),
 ]
@@ -282,7 +270,7 @@ def test_gradgradcheck(case, layout):
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_vmap_matches_a_loop(case):
     samples = [make_inputs(case, "batch", seed) for seed in range(3)]
-    stacked = [torch.stack(column) for column in zip(*samples)]
+    stacked = [torch.stack(column) for column in zip(*samples, strict=True)]
     batched = torch.func.vmap(case.function)(*stacked)
     looped = torch.stack([case.reference(*sample) for sample in samples])
     torch.testing.assert_close(batched, looped, **EXACT)
@@ -302,8 +290,8 @@ def test_jacobians_match_torch(case, transform):
 def test_jvp_of_the_mnist_layer_matches_torch():
     x, weight, bias = _linear_inputs(torch.Generator().manual_seed(3), "batch", away_from_kink=True)
     tangents = tuple(torch.randn_like(t) for t in (x, weight, bias))
-    ours = torch.func.jvp(F.linear_relu, (x, weight, bias), tangents)
-    theirs = torch.func.jvp(lambda *a: TF.relu(TF.linear(*a)), (x, weight, bias), tangents)
+    ours = torch.func.jvp(mbf.linear_relu, (x, weight, bias), tangents)
+    theirs = torch.func.jvp(lambda *a: F.relu(F.linear(*a)), (x, weight, bias), tangents)
     for value, expected in zip(ours, theirs, strict=True):
         torch.testing.assert_close(value, expected, **EXACT)
 
@@ -324,7 +312,7 @@ class CountMatmuls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("function", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+@pytest.mark.parametrize("function", [mbf.linear, mbf.linear_relu], ids=["linear", "linear_relu"])
 @pytest.mark.parametrize(
     "requires_grad, expected_matmuls",
     [((True, True, True), 2), ((False, True, True), 1), ((True, False, False), 1), ((False, False, True), 0)],
@@ -343,10 +331,10 @@ def test_linear_backward_computes_only_what_is_needed(function, requires_grad, e
 def test_linear_keeps_its_input_only_when_the_weight_needs_a_gradient():
     x = torch.randn(8, 4, dtype=DTYPE, requires_grad=True)
     frozen = torch.randn(3, 4, dtype=DTYPE)
-    output = F.linear(x, frozen)
+    output = mbf.linear(x, frozen)
     assert output.grad_fn.saved_tensors[0] is None  # δX = δZ W needs W, not X
     trained = frozen.clone().requires_grad_()
-    assert F.linear(x, trained).grad_fn.saved_tensors[0] is not None
+    assert mbf.linear(x, trained).grad_fn.saved_tensors[0] is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +349,7 @@ class SigmoidMissingOneMinusSigma(Function):
 
     @staticmethod
     def forward(input):
-        return F.sigmoid_forward(input)
+        return mbf.sigmoid_forward(input)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -376,7 +364,7 @@ class SigmoidMissingOneMinusSigma(Function):
     @staticmethod
     def jvp(ctx, input_tangent):
         (output,) = ctx.saved_tensors
-        return F.sigmoid_backward(input_tangent, output)
+        return mbf.sigmoid_backward(input_tangent, output)
 
 
 class SigmoidWithDetachedOutput(SigmoidMissingOneMinusSigma):
@@ -390,16 +378,16 @@ class SigmoidWithDetachedOutput(SigmoidMissingOneMinusSigma):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return F.sigmoid_backward(grad_output, ctx.output)
+        return mbf.sigmoid_backward(grad_output, ctx.output)
 
 
 class SigmoidWithWrongJvp(Function):
     """Right backward, wrong forward-mode derivative (σ·ȧ)."""
 
     generate_vmap_rule = True
-    forward = staticmethod(F.SigmoidFunction.forward)
-    setup_context = staticmethod(F.SigmoidFunction.setup_context)
-    backward = staticmethod(F.SigmoidFunction.backward)
+    forward = staticmethod(mbf.SigmoidFunction.forward)
+    setup_context = staticmethod(mbf.SigmoidFunction.setup_context)
+    backward = staticmethod(mbf.SigmoidFunction.backward)
 
     @staticmethod
     def jvp(ctx, input_tangent):
@@ -443,5 +431,7 @@ def test_some_functions_agree_with_torch_bit_for_bit(name):
         assert torch.equal(output, expected)
         grad_output = torch.randn(expected.shape, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
         wanted = [t for t in inputs if t.requires_grad]
-        for ours, theirs in zip(torch.autograd.grad(output, wanted, grad_output), torch.autograd.grad(expected, wanted, grad_output), strict=True):
-            assert torch.equal(ours, theirs)
+        ours = torch.autograd.grad(output, wanted, grad_output)
+        theirs = torch.autograd.grad(expected, wanted, grad_output)
+        for our_grad, their_grad in zip(ours, theirs, strict=True):
+            assert torch.equal(our_grad, their_grad)

@@ -10,11 +10,11 @@ import lightning as L
 import pytest
 import torch
 
-import manualbp
 from manualbp import manual
 from manualbp import nn as mnn
 from manualbp.demos import chain_rule, gradient_descent
 from manualbp.errors import ConfigError
+from manualbp.layers import activations
 from manualbp.regression import ridge_gradient, ridge_solution
 from manualbp.training import train
 from manualbp.training.data import XORDataModule
@@ -75,7 +75,7 @@ def test_a_wrong_formula_changes_the_manual_gradients(monkeypatch):
     net, loss = mnn.MLP([20, 16, 5], fuse=False).double(), mnn.SoftmaxCrossEntropyLoss()
     inputs, targets = _batch("indices", torch.Generator().manual_seed(0))
     right = manual.backprop(net, loss, inputs, targets)[1]
-    monkeypatch.setattr(manualbp.functional, "relu_backward", lambda grad, output: grad)  # forgot 1[x>0]
+    monkeypatch.setattr(activations, "relu_backward", lambda grad, output: grad)  # forgot 1[x>0]
     wrong = manual.backprop(net, loss, inputs, targets)[1]
     assert torch.equal(right["2.weight"], wrong["2.weight"])  # above the ReLU: unchanged
     assert not torch.equal(right["0.weight"], wrong["0.weight"])  # below it: caught

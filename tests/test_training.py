@@ -17,8 +17,8 @@ import torch
 import torchvision
 from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, run_train_py, write_mnist_files
 
-import manualbp.functional
 from manualbp.errors import DataError, GradientMismatchError, NonFiniteLossError
+from manualbp.layers import activations
 from manualbp.training import train
 from manualbp.training.callbacks import LineProgressBar, progress_bar
 from manualbp.training.data import MNISTDataModule
@@ -234,7 +234,7 @@ def test_the_gradient_audit_stops_a_run_whose_backward_is_wrong(config, monkeypa
     def sigmoid_backward_missing_one_minus_sigma(grad_output, output):
         return output * grad_output
 
-    monkeypatch.setattr(manualbp.functional, "sigmoid_backward", sigmoid_backward_missing_one_minus_sigma)
+    monkeypatch.setattr(activations, "sigmoid_backward", sigmoid_backward_missing_one_minus_sigma)
     with pytest.raises(GradientMismatchError, match="at step 0, manualbp's gradient of .* differs from PyTorch's"):
         train(config("model=xor"))
 

@@ -17,7 +17,7 @@ import argparse
 import torch
 from torch import Tensor
 
-from manualbp import functional as F
+import manualbp.functional as mbf
 
 Rows = list[tuple[str, Tensor, Tensor]]  # (name, by hand, by autograd)
 
@@ -93,18 +93,18 @@ def scalar_net(x=1.5, y=0.5, w1=0.8, b1=-0.2, w2=1.3, b2=0.1) -> Rows:
     X, Y, W1, B1, W2, B2 = (torch.tensor([[v]], dtype=torch.float64) for v in (x, y, w1, b1, w2, b2))
 
     # Forward pass, by the formulas: Z1 = X W1, Z2 = Z1 + b1, Z3 = σ(Z2), Z4 = Z3 W2, Yp = Z4 + b2.
-    Z2 = F.linear_forward(X, W1, B1.flatten())  # Z1 + b1 with Z1 = X W1
-    Z3 = F.sigmoid_forward(Z2)
-    Yp = F.linear_forward(Z3, W2, B2.flatten())  # Z4 + b2 with Z4 = Z3 W2
+    Z2 = mbf.linear_forward(X, W1, B1.flatten())  # Z1 + b1 with Z1 = X W1
+    Z3 = mbf.sigmoid_forward(Z2)
+    Yp = mbf.linear_forward(Z3, W2, B2.flatten())  # Z4 + b2 with Z4 = Z3 W2
 
     # Backward pass, by the formulas.
     one = torch.ones((), dtype=torch.float64)
-    dYp = F.euclidean_loss_backward(one, Yp, Y)  # δYp = yp − y
+    dYp = mbf.euclidean_loss_backward(one, Yp, Y)  # δYp = yp − y
     dZ4 = dYp  # Yp = Z4 + b2
-    dZ3, dW2, db2 = F.linear_backward(dZ4, Z3, W2)  # δZ3 = W2 δZ4, δW2 = Z3 δZ4, δb2 = δYp
-    dZ2 = F.sigmoid_backward(dZ3, Z3)  # δZ2 = σ'(Z2) δZ3
+    dZ3, dW2, db2 = mbf.linear_backward(dZ4, Z3, W2)  # δZ3 = W2 δZ4, δW2 = Z3 δZ4, δb2 = δYp
+    dZ2 = mbf.sigmoid_backward(dZ3, Z3)  # δZ2 = σ'(Z2) δZ3
     dZ1 = dZ2  # Z2 = Z1 + b1
-    _, dW1, db1 = F.linear_backward(dZ1, X, W1)  # δW1 = X δZ1, δb1 = δZ2
+    _, dW1, db1 = mbf.linear_backward(dZ1, X, W1)  # δW1 = X δZ1, δb1 = δZ2
 
     # The same net through autograd, every intermediate kept.
     w1_, b1_, w2_, b2_ = (t.clone().requires_grad_(True) for t in (W1, B1, W2, B2))

@@ -94,7 +94,10 @@ def plot(descent: Descent, step: float, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> Descent:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", type=float, nargs=2, default=[0.7, 0.25], metavar=("X", "Y"))
-    parser.add_argument("--step", type=float, default=0.235, help="the step length α (near 0.25, the largest stable one here, the path zig-zags)")
+    parser.add_argument(
+        "--step", type=float, default=0.235,
+        help="the step length α (near 0.25, the largest stable one here, the path zig-zags)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-6, help="stop when ‖∇f‖ is below it")
     parser.add_argument("--max-iterations", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("gradient_descent.png"), help="the plot")

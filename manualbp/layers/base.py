@@ -1,0 +1,198 @@
+"""What every manualbp layer shares, written once, so that a layer file declares only its layer.
+
+A layer file (``linear.py``, ``activations.py``, ``losses.py``) gives, for each layer:
+
+* its Function, ``class TanhFunction(LayerFunction)``, in the style of PyTorch's docs (forward,
+  setup_context, backward, jvp). :class:`LayerFunction` derives from it, once, the copies that
+  :func:`apply` picks between (see there).
+* its public function, ``tanh(input)``: argument checks, then ``apply(TanhFunction, input)``
+  (with ``autocast_to=`` where PyTorch's own op changes dtype under autocast).
+* its Module, whose class statement declares what the rest of the package needs to know::
+
+      class Tanh(torch.nn.Tanh, Activation, torch_twin=torch.nn.Tanh, name="tanh")
+
+  ``torch_twin`` is the torch.nn Module (or one made of torch built-ins) that computes the same
+  thing with PyTorch's own autograd. :class:`Layer` registers the class, and from that registry:
+  ``manualbp.convert`` replaces exact ``torch_twin`` instances by the class (losses excepted),
+  ``manualbp.reference.to_torch`` does the inverse (the gradient audit, the benchmark), the explicit
+  engine ``manualbp.manual.backprop`` runs exactly the registered classes through their
+  ``function_and_arguments``, ``manualbp.nn.MLP`` takes any registered ``Activation`` by ``name``
+  and the configs any registered ``Loss`` by ``name``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+# ----------------------------------------------------------------------------------------------
+# The Function: eager and compile copies, autocast
+# ----------------------------------------------------------------------------------------------
+
+
+class LayerFunction(Function):
+    """Base of manualbp's Functions: written in the separate forward / setup_context style that
+    ``torch.func`` needs, with two copies of each made from the same methods for the cases where
+    that style costs or breaks:
+
+    * plain eager autograd (training): for setup_context-style Functions, every ``apply`` binds its
+      arguments with ``inspect.signature`` (torch.autograd.function._bind_default_args), about
+      45 µs per layer per step on a 2-core CPU, more than a whole small layer. The eager copy
+      enters through the classic ``forward(ctx, *args)``, which runs the same forward and
+      setup_context.
+    * torch.compile: Dynamo refuses any Function that defines ``jvp`` ("Unsupported custom jvp"),
+      and forward-mode AD does not run inside a compiled graph, so the compile copy has none.
+    """
+
+    generate_vmap_rule = True  # forward and backward are plain torch ops: torch.func derives vmap
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        eager_copy, compile_copy = _eager_entry(cls), _without_jvp(cls)
+
+        def copy_for_this_call() -> type[Function]:
+            if torch.compiler.is_compiling():
+                return compile_copy
+            if _functorch_transforms_active():
+                return cls  # vmap, grad, jacrev, jvp of torch.func need the setup_context style
+            return eager_copy
+
+        # A staticmethod, because torch.compile can call one on a Function class but cannot read
+        # any other custom attribute of it (nor use the class as a dict key).
+        cls.copy_for_this_call = staticmethod(copy_for_this_call)
+
+
+def _eager_entry(function: type[Function]) -> type[Function]:
+    """``function`` entered through the classic ``forward(ctx, *args)``: same forward,
+    setup_context, backward and jvp, without the per-call signature binding."""
+
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    methods = {"forward": forward, "backward": function.backward, "jvp": function.jvp}
+    return type(function.__name__, (Function,), {name: staticmethod(m) for name, m in methods.items()})
+
+
+def _without_jvp(function: type[Function]) -> type[Function]:
+    """``function`` minus its ``jvp``, for torch.compile."""
+    methods = {name: staticmethod(getattr(function, name)) for name in ("forward", "setup_context", "backward")}
+    return type(function.__name__, (Function,), methods | {"generate_vmap_rule": True})
+
+
+def _functorch_transforms_active() -> bool:
+    # torch-private: torch.func has no public "am I inside vmap/grad/jacrev/jvp?".
+    return torch._C._are_functorch_transforms_active()
+
+
+def is_traced(tensor: Tensor) -> bool:
+    """True under torch.compile or a torch.func transform, where a tensor's values can't be read."""
+    if torch.compiler.is_compiling():
+        return True
+    # torch-private: no public API tells a torch.func-wrapped tensor from a plain one.
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(is_wrapped and is_wrapped(tensor))
+
+
+def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
+    """Apply ``function`` to ``args`` the way PyTorch runs its own op, through the copy that fits.
+
+    ``torch.amp.custom_fwd`` does not work with the separate ``setup_context`` style
+    (pytorch/pytorch#132388), so the cast happens here, outside the Function: under autocast,
+    floating-point tensors are cast to the autocast dtype (``autocast_to="lower"``, as PyTorch does
+    for matmuls) or to float32 (``"float32"``, as for losses), and the Function then runs
+    with autocast off, so forward and backward see one dtype. The casts are ordinary autograd ops,
+    so gradients reach float32 parameters in float32. As in PyTorch, float64 tensors are left as
+    they are. Outside autocast this is just ``function.apply(*args)``.
+    """
+    chosen = function.copy_for_this_call()
+    device_type = args[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return chosen.apply(*args)
+    if autocast_to is not None:
+        dtype = torch.get_autocast_dtype(device_type) if autocast_to == "lower" else torch.float32
+        args = tuple(arg.to(dtype) if _autocast_eligible(arg) else arg for arg in args)
+    with torch.autocast(device_type, enabled=False):
+        return chosen.apply(*args)
+
+
+def _autocast_eligible(arg) -> bool:
+    """Autocast casts float32, float16 and bfloat16 tensors, never float64 (as PyTorch does)."""
+    return isinstance(arg, Tensor) and arg.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_floating(name: str, argument: str, tensor: Tensor) -> None:
+    """The argument checks every layer shares: ``tensor`` must be floating point."""
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{name}: expected a floating-point {argument}, got dtype {tensor.dtype}; "
+            f"convert it first, e.g. {argument}.float()"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The Module: what convert, to_torch, the explicit engine, MLP and the configs read
+# ----------------------------------------------------------------------------------------------
+
+# Filled by the layers' own class statements (Layer.__init_subclass__), never by hand.
+TORCH_TWINS: dict[type, type[torch.nn.Module]] = {}  # manualbp Module class -> its torch twin class
+CONVERTIBLE: dict[type[torch.nn.Module], type] = {}  # torch twin class -> the manualbp layer convert makes
+ACTIVATIONS: dict[str, type] = {}  # MLP's activation names: "relu", "sigmoid", ...
+LOSSES: dict[str, type] = {}  # the configs' loss names: model.loss=softmax_euclidean
+
+
+class Layer:
+    """Mixin of every manualbp Module, after its torch.nn base:
+    ``class Linear(torch.nn.Linear, Layer, torch_twin=torch.nn.Linear)``.
+
+    Declaring ``torch_twin`` registers the class (exactly that class: a subclass that declares no
+    twin of its own is not registered, so it is left alone by convert, to_torch and the engine).
+    The defaults below fit a layer without parameters or settings; override them otherwise.
+    """
+
+    torch_twin: type[torch.nn.Module]
+
+    def __init_subclass__(cls, torch_twin: type[torch.nn.Module] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if torch_twin is None:
+            return
+        cls.torch_twin = torch_twin
+        TORCH_TWINS[cls] = torch_twin
+        if not issubclass(cls, Loss):  # a model's losses are not converted: convert() swaps layers
+            CONVERTIBLE[torch_twin] = cls
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Module) -> torch.nn.Module:
+        """The manualbp layer that replaces ``module`` (a ``torch_twin``) in ``convert``."""
+        return cls()
+
+    def to_torch(self) -> torch.nn.Module:
+        """This layer's torch twin, for ``to_torch`` (same settings, same Parameter objects)."""
+        return self.torch_twin()
+
+    def function_and_arguments(self, *inputs: Tensor) -> tuple[type[LayerFunction], tuple]:
+        """The Function this Module applies to ``inputs`` and its arguments (checked tensors and
+        settings), for the explicit engine, which runs the Function's own forward and backward."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how the manual engine runs it")
+
+
+class Activation(Layer):
+    """A Layer that ``MLP`` puts after a Linear, by its ``name`` (``activation="tanh"``)."""
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            ACTIVATIONS[name] = cls
+
+
+class Loss(Layer):
+    """A Layer that ends a net: ``forward(output, target)``, chosen in configs by its ``name``."""
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            LOSSES[name] = cls

@@ -1,0 +1,119 @@
+"""One place per layer: what convert, to_torch, the manual engine and MLP know of a layer comes
+from its own declaration, so every declared layer -- including one added later -- is checked
+here with no test to write for it. And the library imports nothing of the trainer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import manualbp
+from manualbp import manual
+from manualbp import nn as mnn
+from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS, Loss
+from manualbp.reference import to_torch
+
+EXACT = {"rtol": 1e-13, "atol": 1e-15}
+LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss)]
+LOSS_CLASSES = [layer for layer in TORCH_TWINS if issubclass(layer, Loss)]
+FEATURES = 4
+
+
+def _example(layer_class):
+    """An instance of a declared layer, in float64, mapping FEATURES features to FEATURES."""
+    torch.manual_seed(0)
+    if issubclass(layer_class, torch.nn.Linear):
+        return layer_class(FEATURES, FEATURES).double()
+    return layer_class().double()
+
+
+def _batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(6, FEATURES, generator=generator, dtype=torch.float64)
+    targets = torch.softmax(torch.randn(6, 3, generator=generator, dtype=torch.float64), dim=1)
+    return inputs, targets  # probability targets: every loss here takes them
+
+
+def test_the_registry_holds_every_layer_of_the_package():
+    assert {mnn.Linear, mnn.LinearReLU, mnn.Sigmoid, mnn.ReLU, mnn.ELU} <= set(LAYERS)
+    assert set(LOSS_CLASSES) >= {mnn.SoftmaxCrossEntropyLoss, mnn.SoftmaxEuclideanLoss, mnn.EuclideanLoss}
+    assert list(mnn.LOSSES) == ["softmax_cross_entropy", "softmax_euclidean", "euclidean"]
+    assert mnn.LOSSES is LOSSES and {"relu", "sigmoid", "elu"} <= set(ACTIVATIONS)
+    assert CONVERTIBLE[torch.nn.Linear] is mnn.Linear and torch.nn.CrossEntropyLoss not in CONVERTIBLE
+
+
+@pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
+def test_to_torch_and_convert_are_inverse_and_share_parameters(layer_class):
+    layer = _example(layer_class)
+    twin = to_torch(torch.nn.Sequential(layer))[0]
+    assert type(twin) is layer_class.torch_twin
+    back = manualbp.convert(torch.nn.Sequential(twin))[0]
+    assert type(back) is layer_class
+    for ours, theirs in zip(layer.state_dict().values(), back.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
+    assert repr(back) == repr(layer)
+    inputs, _ = _batch()
+    torch.testing.assert_close(layer(inputs), twin(inputs), **EXACT)
+
+
+@pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
+def test_the_manual_engine_runs_every_layer_like_autograd(layer_class):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(mnn.Linear(FEATURES, FEATURES), _example(layer_class), mnn.Linear(FEATURES, 3)).double()
+    loss = mnn.SoftmaxCrossEntropyLoss()
+    inputs, targets = _batch()
+    loss_value, grads = manual.backprop(net, loss, inputs, targets)
+    expected = loss(net(inputs), targets)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+    assert torch.equal(loss_value, expected.detach())
+    assert list(grads) == [name for name, _ in net.named_parameters()]
+    for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
+        assert torch.equal(grad, expected_grad)  # the same Function code: bit for bit
+
+
+@pytest.mark.parametrize("loss_class", LOSS_CLASSES, ids=lambda loss: loss.__name__)
+def test_every_loss_runs_in_the_manual_engine_and_matches_its_torch_twin(loss_class):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(mnn.Linear(FEATURES, 3)).double()
+    loss = loss_class()
+    inputs, targets = _batch()
+    loss_value, grads = manual.backprop(net, loss, inputs, targets)
+    expected = to_torch(loss)(net(inputs), targets)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+    torch.testing.assert_close(loss_value, expected.detach(), **EXACT)
+    for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, **EXACT)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_mlp_takes_every_declared_activation_by_name(name):
+    net = mnn.MLP([FEATURES, 5, 2], activation=name, output_activation=name, fuse=False)
+    assert [type(layer) for layer in net] == [mnn.Linear, ACTIVATIONS[name], mnn.Linear, ACTIVATIONS[name]]
+
+
+def test_a_subclass_without_a_twin_of_its_own_is_left_alone():
+    class Scaled(mnn.Linear):
+        def forward(self, input):
+            return 2 * super().forward(input)
+
+    assert Scaled not in TORCH_TWINS
+    net = torch.nn.Sequential(Scaled(FEATURES, 3))
+    assert type(to_torch(net)[0]) is Scaled
+    inputs, targets = _batch()
+    with pytest.raises(manualbp.errors.ConfigError, match="manual engine runs manualbp layers only .* got Scaled"):
+        manual.backprop(net, mnn.SoftmaxCrossEntropyLoss(), inputs.float(), targets.float())
+
+
+def test_the_library_imports_no_trainer_dependency():
+    # A fresh interpreter: this test process has imported Lightning and friends already.
+    code = (
+        "import sys\n"
+        "import manualbp, manualbp.functional, manualbp.nn, manualbp.manual, manualbp.reference\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf', 'torchvision', 'matplotlib')\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & set(heavy)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
