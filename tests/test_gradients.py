@@ -39,8 +39,9 @@ DTYPE = torch.float64
 # summation orders. A wrong formula is off by orders of magnitude more.
 EXACT = {"rtol": 1e-13, "atol": 1e-15}
 BIT_FOR_BIT = {"rtol": 0, "atol": 0}
-# Bit for bit holds for values and first-order gradients (every requires-grad subset, every layout)
-# and the Jacobians; these checks take other paths than torch's op, or compare with finite differences.
+# Bit for bit holds for values, first-order gradients (every requires-grad subset, every layout) and
+# Jacobians. Not checked at rtol=0: double backward and vmap (they take other paths than torch's op),
+# gradcheck (against finite differences) and inputs left unmodified (no tolerance involved).
 NOT_BIT_FOR_BIT = (
     "second_order", "vmap", "gradcheck", "forward_ad", "batched_grad", "batched_forward_ad", "gradgradcheck",
     "batched_gradgrad", "fwd_over_rev", "unmodified",
