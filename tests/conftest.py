@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import compose_config, write_mnist_files
 
 from manualbp.training.data.mnist_files import DATA_ENV
@@ -37,3 +38,13 @@ def small_mnist(tmp_path) -> Path:
     root = tmp_path / "data"
     write_mnist_files(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tests on tiny tensors: on a busy machine, waiting for the
+    other threads costs more than the work (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,6 +28,8 @@ CHECKS: dict[str, tuple[str, bool, Callable]] = {
                            functools.partial(checks.run_gradcheck, "batched_forward_ad")),
     "gradgradcheck": ("gradgradcheck: reverse over reverse", True,
                       functools.partial(checks.run_gradcheck, "gradgradcheck")),
+    "batched_gradgrad": ("gradgradcheck: batched double backward (vmap over double backward)", True,
+                         functools.partial(checks.run_gradcheck, "batched_gradgrad")),
     "fwd_over_rev": ("gradgradcheck: forward over reverse", True,
                      functools.partial(checks.run_gradcheck, "fwd_over_rev")),
     "vmap": ("torch.func.vmap vs the reference per sample", False, transforms.vmap),
@@ -76,9 +78,9 @@ def check_function(
 
     Checks (keys for ``skip``): ``values``, ``gradients`` (every non-empty subset of floating inputs
     requiring grad), ``second_order``, ``gradcheck``, ``forward_ad``, ``batched_grad``,
-    ``batched_forward_ad``, ``gradgradcheck``, ``fwd_over_rev`` run on every layout in ``layouts``
-    (``as_given``, ``batch_size_1``, ``leading_dims``: inputs (N, …) stacked to (2, N, …),
-    ``non_contiguous``); ``unmodified``, ``vmap``, ``jacrev``, ``jacfwd`` and ``compile`` (only with
+    ``batched_forward_ad``, ``gradgradcheck``, ``batched_gradgrad``, ``fwd_over_rev`` run on every
+    layout in ``layouts`` (``as_given``, ``batch_size_1``, ``leading_dims``: inputs (N, …) stacked
+    to (2, N, …), ``non_contiguous``); ``unmodified``, ``vmap``, ``jacrev``, ``jacfwd`` and ``compile`` (only with
     ``compile=True``: slow) on the inputs as given. A layout the reference rejects is skipped, and
     so is a transform the function does not support (e.g. forward-mode AD without a ``jvp``).
     The batched inputs are those whose first dimension equals the first tensor's (override with
@@ -179,7 +181,7 @@ def _add_forward_mode_hint(report: Report) -> None:
 
 def _add_second_order_hint(report: Report) -> None:
     first_order = [report[CHECKS[key][0]] for key in ("values", "gradients", "gradcheck")]
-    second_order = [report[CHECKS[key][0]] for key in ("second_order", "gradgradcheck")]
+    second_order = [report[CHECKS[key][0]] for key in ("second_order", "gradgradcheck", "batched_gradgrad")]
     first_order_right = all(not result.failed for result in first_order)
     hint = SECOND_ORDER_HINT if first_order_right else "the first-order gradients are wrong too: fix those first"
     for result in second_order:

@@ -201,6 +201,7 @@ GRADCHECKS = {
          "check_undefined_grad": False},
     ),
     "gradgradcheck": (gradgradcheck, {}),
+    "batched_gradgrad": (gradgradcheck, {"check_batched_grad": True}),
     "fwd_over_rev": (
         gradgradcheck, {"check_fwd_over_rev": True, "check_rev_over_rev": False, "check_undefined_grad": False}
     ),
