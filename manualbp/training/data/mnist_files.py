@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +98,14 @@ def locked(lock_path: Path):
         yield
 
 
+def _fresh_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty folder ``parent/<prefix><random>`` (with the umask's permissions, unlike
+    ``tempfile.mkdtemp``'s 0700: it is renamed into place, or emptied into a shared root)."""
+    folder = parent / f"{prefix}{uuid.uuid4().hex}"
+    folder.mkdir()
+    return folder
+
+
 def _content_key(sources: dict[str, Path]) -> str:
     """A name for the unpacked copy of ``sources`` that changes when any of them does: the
     size and sha256 of each (a replaced file is noticed whatever its mtime)."""
@@ -145,7 +153,7 @@ def locate_files(cls, root: Path, cache_dir: Path) -> DatasetFiles | None:
             for leftover in unpacked_dir.glob(f".{key}-*"):  # of a run killed while unpacking
                 shutil.rmtree(leftover, ignore_errors=True)
             log.info("unpacking %s into %s", root / cls.__name__ / "raw", target)
-            building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=unpacked_dir))
+            building = _fresh_folder(unpacked_dir, f".{key}-")
             try:
                 (building / cls.__name__ / "raw").mkdir(parents=True)
                 for name, source in sources.items():
@@ -183,7 +191,7 @@ def download(cls, root: Path, timeout_s: float) -> str | None:
                 return None  # another run has downloaded them meanwhile
             for leftover in dataset_dir.glob(".download-*"):  # of a run killed while downloading
                 shutil.rmtree(leftover, ignore_errors=True)
-            scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=dataset_dir))
+            scratch = _fresh_folder(dataset_dir, ".download-")
             try:
                 with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
                     cls(str(scratch), train=True, download=True)
