@@ -211,6 +211,17 @@ def test_a_bad_idx_inside_a_gz_names_the_gz_and_a_good_copy_with_an_older_mtime_
     assert len(data.splits["train"][1]) == 80 and len(data.splits["test"][1]) == 50
 
 
+def test_a_gz_with_corrupt_compressed_data_is_named(tmp_path):
+    root = tmp_path / "data"
+    raw = write_mnist_files(root, train_count=100, test_count=50, gz=True)
+    packed = raw / "train-images-idx3-ubyte.gz"
+    data = bytearray(packed.read_bytes())
+    data[30:80] = bytes(50)  # a gzip header, then deflate data that zlib rejects
+    packed.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=re.escape(f"{packed} is not a readable gzip file")):
+        MNISTDataModule(root=str(root)).prepare_data()
+
+
 def test_bad_labels_inside_a_gz_name_the_gz(tmp_path):
     root = tmp_path / "data"
     raw = write_mnist_files(root, train_count=100, test_count=50, gz=True)

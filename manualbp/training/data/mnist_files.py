@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def mnist_family_class(name: str) -> type[torchvision.datasets.MNIST]:
             f"28x28 IDX files; use {', '.join(MNIST_LAYOUT_DATASETS[:-1])} or {MNIST_LAYOUT_DATASETS[-1]}"
         )
     return getattr(torchvision.datasets, name)
+
+
 def raw_file_names(cls: type[torchvision.datasets.MNIST]) -> list[str]:
     """The dataset's four IDX file names, unpacked (``train-images-idx3-ubyte``, ...)."""
     return [os.path.basename(url).removesuffix(".gz") for url, _ in cls.resources]
@@ -107,27 +110,31 @@ def _fresh_folder(parent: Path, prefix: str) -> Path:
 
 
 def _content_key(sources: dict[str, Path]) -> str:
-    """A name for the unpacked copy of ``sources`` that changes when any of them does: the
-    size and sha256 of each (a replaced file is noticed whatever its mtime)."""
+    """A name for the unpacked copy of ``sources`` that changes when any of them does: built
+    from the size and sha256 of each (a replaced file is noticed whatever its mtime)."""
     digest = hashlib.sha256()
     for name, source in sources.items():
-        digest.update(f"{name} {source.name} {source.stat().st_size}\n".encode())
+        file_digest = hashlib.sha256()
         with open(source, "rb") as file:
             while chunk := file.read(1 << 20):
-                digest.update(chunk)
+                file_digest.update(chunk)
+        digest.update(f"{name} {source.name} {source.stat().st_size} {file_digest.hexdigest()}\n".encode())
     return digest.hexdigest()[:20]
 
 
 def _write_unpacked(source: Path, destination: Path) -> None:
-    """``source`` (a ``.gz`` or an unpacked file) unpacked into ``destination``."""
+    """``source`` (a ``.gz``, or an unpacked file: copied) unpacked into ``destination``."""
+    packed = source.suffix == ".gz"
     try:
-        with (gzip.open if source.suffix == ".gz" else open)(source, "rb") as reader, open(destination, "wb") as sink:
+        with (gzip.open if packed else open)(source, "rb") as reader, open(destination, "wb") as sink:
             shutil.copyfileobj(reader, sink)
-    except (OSError, EOFError) as error:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # the .gz is broken
         raise DataError(
             f"{source} is not a readable gzip file ({error}); replace it with a good copy, "
             f"or delete it to download again"
         ) from None
+    except OSError as error:  # unreadable source, full disk, ...
+        raise DataError(f"cannot unpack {source} into {destination}: {error}") from None
 
 
 def locate_files(cls, root: Path, cache_dir: Path) -> DatasetFiles | None:
