@@ -116,9 +116,11 @@ def test_training_batches_are_split_evenly_between_ddp_processes(monkeypatch, sh
         monkeypatch.setattr(IndexBatchSampler, "_rank_and_world_size", staticmethod(lambda r=rank: (r, 3)))
         sampler = IndexBatchSampler(10, batch_size=2, shuffle=shuffle, equal_shares=True)
         shares.append(torch.cat(list(sampler)))
-        assert len(sampler) == 2  # 10 // 3 = 3 samples each -> 2 batches on every process
-    assert all(len(share) == 3 for share in shares)
-    assert len(set(torch.cat(shares).tolist())) == 9  # disjoint
+        assert len(sampler) == 2  # padded to 12: 4 samples each -> 2 batches on every process
+    assert all(len(share) == 4 for share in shares)
+    every = torch.cat(shares).tolist()
+    assert sorted(set(every)) == list(range(10))  # every sample trained on
+    assert len(every) - len(set(every)) == 2  # and only the padding twice
 
 
 def test_evaluation_batches_cover_every_sample_under_ddp(monkeypatch):

