@@ -18,6 +18,7 @@ import pytest
 import torch
 from helpers import PROJECT_ROOT, run_train_py
 
+from manualbp.errors import ConfigError
 from manualbp.training import train
 from manualbp.training.checkpoints import (
     AtomicCheckpointIO,
@@ -262,3 +263,23 @@ def test_a_checkpoint_of_another_model_is_refused(config, xor_checkpoint, small_
                "model=mnist's are 512x784, 256x512, 10x256")
     with pytest.raises(CheckpointError, match=message):
         train(config("model=mnist", f"data.root={small_mnist}", f"ckpt_path={xor_checkpoint}"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Extending a finished run
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_finished_run_without_a_schedule_can_be_extended(config, xor_checkpoint):
+    results = train(config("model=xor", "trainer.max_epochs=2", "figures=false", f"ckpt_path={xor_checkpoint}"))
+    assert results["steps"] == 200 and results["epochs"] == 2 and results["test/acc"] == 1.0
+
+
+def test_extending_a_one_cycle_run_is_refused_in_one_line(config, small_mnist, tmp_path):
+    common = ["model=mnist", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=100", "figures=false"]
+    train(config(*common, "trainer.max_epochs=1", "callbacks.gradient_audit=null"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    message = (r"the checkpoint \(epoch 0, step 5\) follows a OneCycleLR schedule of 5 steps, and "
+               r"trainer.max_epochs=2 needs one of 10: .* Resume the run with trainer.max_epochs=1, or train a new run")
+    with pytest.raises(ConfigError, match=message):
+        train(config(*common, "trainer.max_epochs=2", f"ckpt_path={last}"))
