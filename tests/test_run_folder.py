@@ -11,12 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import PROJECT_ROOT, run_train_py
+from helpers import PROJECT_ROOT, run_train_py, write_mnist_files
 
 from manualbp.errors import ConfigError
 from manualbp.training import train
@@ -130,8 +131,8 @@ def test_a_kill_during_a_save_on_another_filesystem_leaves_a_whole_last_ckpt(tmp
                 continue
             if first is None:
                 first = (stat.st_size, stat.st_mtime_ns)
-            elif (stat.st_size, stat.st_mtime_ns) != first or any(folder.glob(".*.partial")):
-                process.kill()
+            elif (stat.st_size, stat.st_mtime_ns) != first or any(folder.glob(".*.partial")) or any(temp.iterdir()):
+                process.kill()  # a save has begun: a temporary file here or in $TMPDIR, or last.ckpt changing
         process.communicate()
         assert process.returncode == -signal.SIGKILL, "the run ended before the second save"
         assert read_checkpoint(last)["epoch"] in (0, 1)  # whole and verified, old or new
@@ -283,3 +284,80 @@ def test_extending_a_one_cycle_run_is_refused_in_one_line(config, small_mnist, t
                r"trainer.max_epochs=2 needs one of 10: .* Resume the run with trainer.max_epochs=1, or train a new run")
     with pytest.raises(ConfigError, match=message):
         train(config(*common, "trainer.max_epochs=2", f"ckpt_path={last}"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad checkpoints and folders on the command line: one line each, no traceback
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_folder():
+    """A folder that an unprivileged user can enter (pytest's tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="manualbp-test-"))
+    folder.chmod(0o777)
+    yield folder
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o777)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_train_py_unprivileged(*overrides: str, cwd: Path):
+    """``python train.py`` as a user to whom permissions apply: root reads and writes through
+    them, so as root the run is started as nobody (setpriv)."""
+    env = {"HOME": str(cwd), "XDG_CACHE_HOME": str(cwd / "cache"), "MPLCONFIGDIR": str(cwd / "mpl")}
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    return subprocess.run(
+        [*prefix, sys.executable, str(PROJECT_ROOT / "train.py"), *overrides], cwd=cwd,
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_an_impossible_run_folder_is_one_line(tmp_path):
+    result = run_train_py("model=xor", "hydra.run.dir=/dev/null/run", cwd=tmp_path)
+    assert result.returncode == 1 and error_lines(result.stderr) == [
+        "error: hydra.run.dir=/dev/null/run cannot hold the run's files: Not a directory; give a folder you can "
+        "write to (hydra.run.dir=PATH), or run train.py from one (outputs go to ./outputs)"
+    ], result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_one_line(shared_folder):
+    read_only = shared_folder / "read-only"
+    read_only.mkdir(mode=0o555)
+    read_only.chmod(0o555)
+    result = run_train_py_unprivileged("model=xor", f"hydra.run.dir={read_only}/run", cwd=shared_folder)
+    assert result.returncode == 1 and error_lines(result.stderr) == [
+        f"error: hydra.run.dir={read_only}/run cannot hold the run's files: Permission denied; give a folder "
+        "you can write to (hydra.run.dir=PATH), or run train.py from one (outputs go to ./outputs)"
+    ], result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_an_unreadable_data_folder_is_one_line_naming_it(shared_folder):
+    raw = write_mnist_files(shared_folder / "data")
+    raw.chmod(0o000)
+    result = run_train_py_unprivileged(
+        "model=mnist", f"data.root={shared_folder}/data", f"hydra.run.dir={shared_folder}/run", cwd=shared_folder,
+    )
+    lines = error_lines(result.stderr)
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: ") and str(raw) in lines[0] and "Permission denied" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_on_the_command_line_is_one_line(tmp_path, xor_checkpoint):
+    xor_checkpoint.write_bytes(b"")
+    checksum_path(xor_checkpoint).unlink()
+    result = run_train_py("model=xor", f"ckpt_path={xor_checkpoint}", f"hydra.run.dir={tmp_path}/again", cwd=tmp_path)
+    assert result.returncode == 1 and error_lines(result.stderr) == [
+        f"error: checkpoint {xor_checkpoint} is empty (0 bytes): the save that wrote it was cut off; use another "
+        f"checkpoint of the run ({next(xor_checkpoint.parent.glob('best-*.ckpt')).name} in {xor_checkpoint.parent}) "
+        "or start again without ckpt_path"
+    ], result.stderr[-3000:]
