@@ -21,11 +21,17 @@ def main(cfg: DictConfig) -> float:
     # before torch and Lightning take seconds to load.
     from manualbp.errors import ManualbpError
     from manualbp.training import train
+    from manualbp.training.console import use_hydra_logging
 
+    use_hydra_logging()
     try:
         results = train(cfg)
     except (ManualbpError, InstantiationException) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(getattr(error, "exit_code", 1))  # 128 + the signal's number for a stopped run
+    except OSError as error:  # a file or folder the run needs: named, without a stack trace
+        print(f"error: cannot use {error.filename or 'a file'}: {error.strerror or error}; check that it exists "
+              f"and that you may read it (data) or write it (run folder)", file=sys.stderr)
         sys.exit(1)
     return results["test/acc"]
 

@@ -83,6 +83,10 @@ def test_debug_config_is_a_one_batch_smoke_run(config):
         ("model.optimizer.lr=0", "model.optimizer.lr must be a positive number"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be at least 1"),
         ("ckpt_path=/no/such/last.ckpt", "ckpt_path=/no/such/last.ckpt is not a file"),
+        ("seed=abc", "seed must be a whole number, got 'abc'; e.g. seed=3"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs must be a whole number, got 'abc'"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs must be a whole number, got 2.5"),
+        ("data.steps_per_epoch=many", "data.steps_per_epoch must be a whole number"),
     ],
 )
 def test_bad_values_fail_before_anything_is_loaded(config, override, message):
@@ -112,6 +116,11 @@ def test_the_command_line_reports_bad_overrides_without_a_stack_trace(tmp_path):
     assert result.returncode == 1
     assert "error: model.optimizer.lr must be a positive number, got -1" in result.stderr
     assert "Traceback" not in result.stderr
+    for override in ("seed=abc", "trainer.max_epochs=abc"):
+        typed = run_train_py("model=xor", override, f"hydra.run.dir={tmp_path}/typed", cwd=tmp_path)
+        assert typed.returncode == 1 and typed.stderr.strip().splitlines() == [
+            f"error: {override.split('=')[0]} must be a whole number, got 'abc'; e.g. {override.split('=')[0]}=3"
+        ], typed.stderr
     unknown = run_train_py("model=resnet", cwd=tmp_path)
     assert unknown.returncode != 0
     assert "Could not find 'model/resnet'" in unknown.stderr and "xor" in unknown.stderr

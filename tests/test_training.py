@@ -282,18 +282,24 @@ def test_resuming_a_finished_run_reports_without_training(config, tmp_path):
     assert results["test/acc"] == 1.0
 
 
-def test_progress_is_a_tqdm_bar_in_a_terminal_and_lines_otherwise(config, monkeypatch, capsys):
+def test_progress_is_a_rich_or_tqdm_bar_in_a_terminal_and_lines_otherwise(config, monkeypatch, capsys):
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from manualbp.training import callbacks
+
     assert isinstance(progress_bar(), LineProgressBar)  # pytest captures: not a terminal
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
+    assert isinstance(progress_bar(), RichProgressBar)  # rich is one of manualbp's dependencies
+    monkeypatch.setattr(callbacks, "rich_installed", lambda: False)
     assert isinstance(progress_bar(), TQDMProgressBar)
     monkeypatch.undo()
     train(config("model=xor", "trainer.max_epochs=2", "callbacks.progress_bar.every_s=0"))
     lines = capsys.readouterr().out.splitlines()
     epoch_lines = [line for line in lines if "done in" in line]
     assert len(epoch_lines) == 2 and "val/acc" in epoch_lines[0]
+    epoch_losses = [float(line.split("train/loss ")[1].split()[0]) for line in epoch_lines]
+    assert epoch_losses[0] > epoch_losses[1]  # each epoch's line shows its own train/loss, not the one before
     step_lines = [line for line in lines if line.startswith("epoch 1/2  step")]
     assert 50 <= len(step_lines) <= 100 and "samples/s" in step_lines[0]
 

@@ -7,6 +7,8 @@ It uses the library (``manualbp``, ``manualbp.nn``, ``manualbp.manual``) as any 
 * ``module.LitNet``: the LightningModule (net, loss, optimizer, scheduler, engine).
 * ``data``: one LightningDataModule per dataset, sharing one small interface.
 * ``callbacks``: the live gradient audit, the NaN stop, progress lines, the ridge closed form.
+* ``checkpoints``, ``history``, ``interrupts``, ``console``: a run folder that survives kills,
+  resumes, full disks and damaged checkpoints; a console that says each thing once.
 * ``figures``: learning curves and the tasks' pictures.
 """
 

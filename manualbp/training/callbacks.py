@@ -6,12 +6,13 @@ A callback with a ``report(module) -> dict`` method adds those entries to result
 from __future__ import annotations
 
 import copy
+import importlib.util
 import sys
 import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, TQDMProgressBar
 from torch.func import functional_call
 
 from manualbp.errors import GradientMismatchError, NonFiniteLossError
@@ -151,7 +152,11 @@ class StopOnNonFiniteLoss(Callback):
 
 class LineProgressBar(ProgressBar):
     """Progress as plain lines for logs and pipes: one every ``every_s`` seconds during training,
-    one per epoch with the epoch's metrics. (A terminal gets Lightning's TQDM bar instead.)"""
+    one per epoch with the epoch's metrics. (A terminal gets Lightning's Rich or TQDM bar instead.)
+
+    An epoch's line is printed once its own train/loss is known: Lightning logs what
+    ``on_train_epoch_end`` computes after the callbacks' hook, so the line comes at the next
+    epoch's start, or at the end of training."""
 
     def __init__(self, every_s: float = 10.0) -> None:
         super().__init__()
@@ -177,8 +182,10 @@ class LineProgressBar(ProgressBar):
         return "  ".join(f"{key} {float(metrics[key]):.4f}" for key in keys if key in metrics)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._print_finished_epoch(trainer)
         self._epoch_started = self._last_line = time.perf_counter()
         self._epoch_samples = 0
+        self._finished_epoch: tuple[int, float] | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._epoch_samples += len(batch[0])
@@ -194,20 +201,31 @@ class LineProgressBar(ProgressBar):
         )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        seconds = time.perf_counter() - self._epoch_started
+        self._finished_epoch = (trainer.current_epoch, time.perf_counter() - self._epoch_started)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._print_finished_epoch(trainer)
+
+    def _print_finished_epoch(self, trainer: L.Trainer) -> None:
+        if getattr(self, "_finished_epoch", None) is None:
+            return
+        epoch, seconds = self._finished_epoch
+        self._finished_epoch = None
         self._print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done in {seconds:.1f} s  "
+            f"epoch {epoch + 1}/{trainer.max_epochs} done in {seconds:.1f} s  "
             + self._metrics(trainer, ["train/loss", "val/loss", "val/acc"])
         )
 
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._print("test  " + self._metrics(trainer, ["test/loss", "test/acc"]))
+
+def rich_installed() -> bool:
+    return importlib.util.find_spec("rich") is not None
 
 
 def progress_bar(every_s: float = 10.0) -> ProgressBar:
-    """Lightning's TQDM bar in a terminal; ``LineProgressBar`` when output goes to a file/pipe."""
+    """In a terminal, Lightning's RichProgressBar (TQDMProgressBar without ``rich``); when output
+    goes to a file or a pipe, ``LineProgressBar``."""
     if sys.stdout.isatty() and sys.stderr.isatty():
-        return TQDMProgressBar()
+        return RichProgressBar() if rich_installed() else TQDMProgressBar()
     return LineProgressBar(every_s)
 
 

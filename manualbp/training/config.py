@@ -46,9 +46,21 @@ def build(config, **kwargs):
         raise
 
 
+# Keys that must hold whole numbers (a command-line override such as seed=abc is a string).
+INTEGER_KEYS = (
+    "seed", "trainer.max_epochs", "trainer.min_epochs", "trainer.log_every_n_steps",
+    "trainer.check_val_every_n_epoch", "trainer.num_sanity_val_steps", "data.batch_size",
+    "data.eval_batch_size", "data.val_size", "data.split_seed", "data.steps_per_epoch",
+)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail fast, before loading anything, on values that cannot work. (Values that a class
     checks itself -- the engine, the loss's name, the data's settings -- are checked there.)"""
+    for key in INTEGER_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}; e.g. {key}=3")
     lr = OmegaConf.select(cfg, "model.optimizer.lr")
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"model.optimizer.lr must be a positive number, got {lr!r}")

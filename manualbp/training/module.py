@@ -202,4 +202,27 @@ class LitNet(L.LightningModule):
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters and "total_steps" not in bound:
             arguments["total_steps"] = self.trainer.estimated_stepping_batches
         scheduler = self.scheduler_factory(optimizer=optimizer, **arguments)
+        self._check_schedule_fits_checkpoint(scheduler)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Remember the resumed schedule's length (called before ``configure_optimizers``)."""
+        schedulers = checkpoint.get("lr_schedulers") or [{}]
+        self._resumed_total_steps = schedulers[0].get("total_steps")
+        self._resumed_epoch, self._resumed_step = checkpoint.get("epoch"), checkpoint.get("global_step")
+
+    def _check_schedule_fits_checkpoint(self, scheduler) -> None:
+        """A fixed-length schedule (OneCycleLR) cannot be stretched once it has run: resuming
+        with another number of epochs -- extending a finished run -- is refused in one line."""
+        resumed = getattr(self, "_resumed_total_steps", None)
+        total = getattr(scheduler, "total_steps", None)
+        if resumed is None or total is None or resumed == total:
+            return
+        epochs = self.trainer.max_epochs
+        own = f"trainer.max_epochs={resumed * epochs // total}" if resumed * epochs % total == 0 else "its epochs"
+        raise ConfigError(
+            f"the checkpoint (epoch {self._resumed_epoch}, step {self._resumed_step}) follows a "
+            f"{type(scheduler).__name__} schedule of {resumed} steps, and trainer.max_epochs={epochs} needs one "
+            f"of {total}: a one-cycle schedule cannot be stretched once it has run. Resume the run with {own}, "
+            f"or train a new run for {epochs} epochs (without ckpt_path)"
+        )

@@ -23,8 +23,11 @@ from omegaconf import DictConfig
 from manualbp.errors import ConfigError
 from manualbp.training import figures
 from manualbp.training.callbacks import last_checkpoint_path
+from manualbp.training.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from manualbp.training.config import build, check_config
 from manualbp.training.data.base import LectureDataModule
+from manualbp.training.history import ResumableCSVLogger
+from manualbp.training.interrupts import interrupted, stop_on_signals
 from manualbp.training.module import LitNet
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,22 @@ def check_engine_fits_trainer(module: LitNet, trainer: L.Trainer) -> None:
         )
 
 
+def check_checkpoint_fits_net(checkpoint: dict, net: torch.nn.Module, name: str, path: str) -> None:
+    """The checkpoint's weights have the names and shapes of ``net``'s (same model, same sizes)."""
+    saved = checkpoint["state_dict"].items()
+    theirs = {key.removeprefix("net."): tuple(value.shape) for key, value in saved if key.startswith("net.")}
+    ours = {key: tuple(value.shape) for key, value in net.state_dict().items()}
+    if theirs != ours:
+        def shapes(weights: dict) -> str:
+            return ", ".join("x".join(map(str, shape)) for key, shape in weights.items() if key.endswith("weight"))
+
+        raise CheckpointError(
+            f"ckpt_path={path} is a checkpoint of another model: its weights are {shapes(theirs) or 'none'}, "
+            f"model={name}'s are {shapes(ours)}; give a checkpoint of a model={name} run with the same "
+            f"model.net settings, or the model= it was trained with"
+        )
+
+
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     """Fit the configured net, test the best checkpoint, write results.json and figures.
 
@@ -65,7 +84,6 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     # Batches are gathered from tensors in memory: no worker processes needed. The run folder
     # already holds Hydra's files when the logger and checkpoints arrive.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # small data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -74,21 +92,61 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     datamodule: LectureDataModule = build(cfg.data)
     module: LitNet = build(cfg.model)
     check_net_fits_data(module.net, datamodule)
+    ckpt_path = cfg.get("ckpt_path")
+    # Read and verified (checksum, model) before anything is written in the run folder.
+    resumed = read_checkpoint(ckpt_path, weights_only=False) if ckpt_path else None
+    if resumed is not None:
+        check_checkpoint_fits_net(resumed, module.net, module.name, ckpt_path)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        if resumed is not None and isinstance(logger, ResumableCSVLogger):
+            logger.continue_from(resumed["epoch"], resumed["global_step"])
+    trainer: L.Trainer = build(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     check_engine_fits_trainer(module, trainer)
 
-    log.info("fitting %s on %s for %s epochs", module.name, type(datamodule).__name__, trainer.max_epochs)
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    fit_time_s = time.perf_counter() - started
-    checkpoint = trainer.checkpoint_callback
-    best = (checkpoint.best_model_path if checkpoint else "") or None
-    last = last_checkpoint_path(trainer)  # read now: testing a checkpoint restores callback state
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    if resumed is not None:  # the folder is the run's own: its checkpoints are expected there
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    if trainer.is_global_zero:
+        resuming = f", resuming epoch {resumed['epoch'] + 2} from {ckpt_path}" if resumed is not None else ""
+        log.info(
+            "training %s (engine %s) for %s epochs%s; outputs in %s",
+            module.name, module.engine, trainer.max_epochs, resuming, output_dir,
+        )
+    with stop_on_signals() as signals:
+        stage, last = "training", ckpt_path
+        try:
+            started = time.perf_counter()
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            fit_time_s = time.perf_counter() - started
+            last = last_checkpoint_path(trainer)  # read now: testing a checkpoint restores callback state
+            if signals.signum is None:
+                stage = "testing"
+                checkpoint = trainer.checkpoint_callback
+                best = (checkpoint.best_model_path if checkpoint else "") or None
+                tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+                validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+                stage = "reporting"
+                results = report(
+                    cfg, module, datamodule, trainer, callbacks, loggers, output_dir,
+                    tested=tested, validated=validated, best=best, last=last, fit_time_s=fit_time_s,
+                )
+        except (KeyboardInterrupt, SystemExit):
+            if signals.signum is None:
+                raise
+        if signals.signum is not None:
+            last = last_checkpoint_path(trainer) or last
+            raise interrupted(signals.signum, stage, last, output_dir) from None
+    return results
 
+
+def report(
+    cfg: DictConfig, module: LitNet, datamodule: LectureDataModule, trainer: L.Trainer, callbacks, loggers,
+    output_dir: Path, *, tested: dict, validated: dict, best: str | None, last: str | None, fit_time_s: float,
+) -> dict:
+    """results.json, the figures and the closing summary of a finished run."""
     results = {
         "model": module.name,
         "engine": module.engine,
@@ -120,9 +178,12 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         summary = {key: results[key] for key in ("test/acc", "test/loss", "train/samples_per_s")}
         summary = {key: value for key, value in summary.items() if value is not None}
-        log.info("  ".join(f"{key} {value:.4g}" for key, value in summary.items()))
+        log.info(
+            "done in %.1f s: %s", fit_time_s, "  ".join(f"{key} {value:.4g}" for key, value in summary.items())
+        )
+        figure_names = ", ".join(Path(path).name for path in drawn)
         log.info("results: %s", output_dir / "results.json")
-        log.info("figures: %s", ", ".join(results["figures"]) or "none")
+        log.info("figures: %s", f"{output_dir / 'figures'} ({figure_names})" if drawn else "none")
     return results
 
 

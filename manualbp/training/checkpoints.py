@@ -1,0 +1,211 @@
+"""Checkpoints that a kill or a full disk cannot damage, and that say so when they are damaged.
+
+``AtomicCheckpointIO`` is the Trainer's CheckpointIO plugin (``pipeline.train`` always uses it):
+
+* A checkpoint is written to a temporary file in its own folder (``.last.ckpt.<pid>.partial``),
+  flushed and fsynced, then renamed over the final name: a name always holds a whole checkpoint,
+  old or new, whatever the filesystem (Lightning's own save goes through a temporary file in
+  /tmp, which across filesystems is a copy that truncates the target first). An interrupted save
+  removes its temporary file; one left by SIGKILL is removed by the next run in that folder.
+* Beside each checkpoint, ``<name>.sha256`` holds its SHA-256 (``sha256sum -c`` reads it), and
+  every load verifies it: flipped or overwritten bytes are an error, not weights of 1e15.
+* A full disk is one line (``DiskFullError``) naming the last good checkpoint.
+
+``read_checkpoint`` is the one way manualbp reads a checkpoint: a missing, empty, truncated,
+damaged or foreign file is a ``CheckpointError`` that names it and says what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _load as lightning_load
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from manualbp.errors import ManualbpError
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_SUFFIX = ".sha256"
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointError(ManualbpError):
+    """A checkpoint that is missing, damaged, or of another model."""
+
+
+class DiskFullError(ManualbpError, OSError):
+    """The disk filled up while the run was writing; the last good checkpoint is named."""
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` in full or keeps what it held: write a temporary file in the same
+    folder, flush and fsync it, then rename it over ``path``. The temporary file never outlives
+    a failure (an exception, a KeyboardInterrupt)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Remove temporary files of saves whose process is gone (SIGKILL during a save)."""
+    for partial in folder.glob(f".*{PARTIAL_SUFFIX}"):
+        pid = partial.name.removesuffix(PARTIAL_SUFFIX).rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recorded_digests(path: Path) -> list[str]:
+    """The SHA-256 digests ``<path>.sha256`` accepts for ``path`` (none if it has no such file)."""
+    try:
+        lines = checksum_path(path).read_text().splitlines()
+    except OSError:
+        return []
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def _what_to_do(path: Path) -> str:
+    others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path) if path.parent.is_dir() else []
+    instead = f"use another checkpoint of the run ({', '.join(others)} in {path.parent}) or " if others else ""
+    return f"{instead}start again without ckpt_path"
+
+
+def read_checkpoint(path: str | os.PathLike, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+    """The checkpoint at ``path``, its SHA-256 verified when it has a ``.sha256`` file.
+
+    Raises CheckpointError, naming the file and what to do, for a file that is missing, empty,
+    damaged (checksum), truncated or not a checkpoint."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({error.strerror}); {_what_to_do(path)}") from None
+    if not data:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): the save that wrote it was cut off; {_what_to_do(path)}"
+        )
+    digests = recorded_digests(path)
+    if digests and hashlib.sha256(data).hexdigest() not in digests:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its SHA-256 is not the one recorded when it was saved "
+            f"({checksum_path(path).name}); its bytes changed since. {_what_to_do(path).capitalize()}"
+        )
+    if not digests:
+        log.warning("checkpoint %s has no %s file: loaded without verifying it", path, CHECKSUM_SUFFIX)
+    try:
+        checkpoint = lightning_load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+    except Exception as error:  # torch.load: truncated zip, random bytes, unpickling errors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint ({len(data):,} bytes; {reason[:160]}); "
+            f"{_what_to_do(path)}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a Lightning checkpoint (no state_dict); give a checkpoint "
+            f"written by python train.py (RUN/checkpoints/*.ckpt)"
+        )
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's CheckpointIO with atomic, fsynced, checksummed saves and verified loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: dict[Path, int] = {}  # checkpoints this run wrote and kept -> their epoch
+        self._cleaned: set[Path] = set()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self._cleaned:
+                remove_stale_partials(path.parent)
+                self._cleaned.add(path.parent)
+            # The checksum file first accepts the new digest and the one it replaces, so that a
+            # kill between the two renames leaves a pair that verifies; then the new one alone.
+            previous = recorded_digests(path)[:1] if path.exists() else []
+            write_atomically(checksum_path(path), _checksum_lines(path, [digest, *previous]))
+            write_atomically(path, data)
+            write_atomically(checksum_path(path), _checksum_lines(path, [digest]))
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(self._disk_full_message(path)) from None
+            raise
+        self.saved.pop(path, None)
+        self.saved[path] = checkpoint.get("epoch", -1)
+
+    def _disk_full_message(self, path: Path) -> str:
+        good = [p for p in self.saved if p != path and p.is_file()]
+        if not good:
+            last = "no checkpoint of this run was saved before"
+        else:
+            newest = good[-1]
+            last = f"the last good checkpoint is {newest} (epoch {self.saved[newest]}): resume with ckpt_path={newest}"
+        return (
+            f"the disk is full: checkpoint {path.name} could not be written to {path.parent} (nothing was left "
+            f"under its name); {last} once space is freed"
+        )
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: bool | None = None):
+        return read_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+    def remove_checkpoint(self, path) -> None:
+        path = Path(path)
+        path.unlink(missing_ok=True)
+        checksum_path(path).unlink(missing_ok=True)
+        self.saved.pop(path, None)
+
+
+def _checksum_lines(path: Path, digests: list[str]) -> bytes:
+    return "".join(f"{digest}  {path.name}\n" for digest in digests).encode()
