@@ -14,6 +14,7 @@ small random float64 tensors made here (seeded), not the notebook's data.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -69,8 +70,10 @@ def check_backward(exercise: str, backward: Callable, forward: Callable, referen
     grad_output = torch.ones_like(forward(*inputs))
     if _not_done(exercise, lambda: backward(grad_output, *inputs)):
         return False
-    report = check_function(function_from(forward, backward), reference, inputs, layouts=layouts,
-                            raise_on_failure=False)
+    with warnings.catch_warnings():  # torch's own deprecation notices (torch.jit.script) are not the student's
+        warnings.simplefilter("ignore", FutureWarning)
+        report = check_function(function_from(forward, backward), reference, inputs, layouts=layouts,
+                                raise_on_failure=False)
     if report.passed:
         passed = [result.name for result in report.results if result.passed]
         print(f"{exercise}: correct ({len(passed)} checks passed: {', '.join(passed)})")

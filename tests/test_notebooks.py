@@ -134,10 +134,10 @@ def tagged(notebook, prefix: str) -> dict[str, object]:
 
 
 def text_of(cell) -> str:
-    """What a code cell printed (stdout and stderr), and any error."""
+    """What a code cell printed on stdout (warnings on stderr aside), and any error."""
     parts = []
     for output in cell.get("outputs", []):
-        if output.output_type == "stream":
+        if output.output_type == "stream" and output.name == "stdout":
             parts.append(output.text)
         elif output.output_type == "error":
             parts.append(f"{output.ename}: {output.evalue}")
