@@ -310,7 +310,8 @@ def test_mnist_multiple_linear_regression(kernel_environment):
     assert run.number(r"backprop's δW \+ γW vs the slide's ∇W L: max abs difference (\S+)") < 1e-9
     closed_form = run.number(r"closed form: training loss \S+, test accuracy (\S+)")
     gradient_descent = run.number(r"gradient descent, 100 steps: .* test accuracy (\S+);")
-    assert run.number(r"gradient descent, 100 steps: loss \S+ \((\S+) % above the minimum\)") < 20
+    above_minimum = run.number(r"gradient descent, 100 steps: loss \S+ \((\S+) % above the minimum\)")
+    assert above_minimum < (35 if run.on_sample else 20)  # measured: 27 % on the sample, 11 % on full MNIST
     assert closed_form > (0.80 if run.on_sample else 0.85)
     assert gradient_descent > (0.80 if run.on_sample else 0.84)
     assert_exercises_checked(run, ["ridge-gradient", "gradient-descent"])
