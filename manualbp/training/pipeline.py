@@ -25,6 +25,7 @@ from manualbp.training import figures
 from manualbp.training.callbacks import last_checkpoint_path
 from manualbp.training.config import build, check_config
 from manualbp.training.data.base import LectureDataModule
+from manualbp.training.loggers import log_figures
 from manualbp.training.module import LitNet
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,6 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # small data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    output_dir = Path(cfg.paths.output_dir)
 
     datamodule: LectureDataModule = build(cfg.data)
     module: LitNet = build(cfg.model)
@@ -86,19 +86,13 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     checkpoint = trainer.checkpoint_callback
     best = (checkpoint.best_model_path if checkpoint else "") or None
     last = last_checkpoint_path(trainer)  # read now: testing a checkpoint restores callback state
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-
     results = {
         "model": module.name,
         "engine": module.engine,
         "loss": type(module.loss).__name__,
         "data": datamodule.description,
         "seed": cfg.seed,
-        "test/acc": tested.get("test/acc"),
-        "test/loss": tested["test/loss"],
-        "val/acc": validated.get("val/acc"),
-        "val/loss": validated["val/loss"],
+        **test_and_validate(trainer, module, datamodule, best),
         "fit_time_s": fit_time_s,
         "train_time_s": module.train_time_s,
         "train/samples_per_s": (
@@ -115,15 +109,38 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         if hasattr(callback, "report"):
             results.update(callback.report(module))
     if trainer.is_global_zero:
-        drawn = save_figures(module, datamodule, loggers, output_dir) if cfg.get("figures", True) else []
-        results["figures"] = [str(path) for path in drawn]
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        summary = {key: results[key] for key in ("test/acc", "test/loss", "train/samples_per_s")}
-        summary = {key: value for key, value in summary.items() if value is not None}
-        log.info("  ".join(f"{key} {value:.4g}" for key, value in summary.items()))
-        log.info("results: %s", output_dir / "results.json")
-        log.info("figures: %s", ", ".join(results["figures"]) or "none")
+        save_results(results, cfg, module, datamodule, loggers, trainer.global_step)
     return results
+
+
+def test_and_validate(trainer: L.Trainer, module: LitNet, datamodule: LectureDataModule, ckpt_path) -> dict:
+    """Test and validation loss and accuracy of the checkpoint at ``ckpt_path`` (None: of
+    ``module`` as it is), as results.json entries."""
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    validated = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    return {
+        "test/acc": tested.get("test/acc"),
+        "test/loss": tested["test/loss"],
+        "val/acc": validated.get("val/acc"),
+        "val/loss": validated["val/loss"],
+    }
+
+
+def save_results(results: dict, cfg: DictConfig, module: LitNet, datamodule: LectureDataModule, loggers,
+                 step: int) -> None:
+    """Draw the figures (unless ``cfg.figures`` is false; TensorBoard loggers get them as images
+    too), write ``results`` to ``<paths.output_dir>/results.json`` and log a summary. Call it on
+    the main process only."""
+    output_dir = Path(cfg.paths.output_dir)
+    drawn = save_figures(module, datamodule, loggers, output_dir) if cfg.get("figures", True) else []
+    log_figures(loggers, drawn, step)
+    results["figures"] = [str(path) for path in drawn]
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = {key: results.get(key) for key in ("test/acc", "test/loss", "train/samples_per_s")}
+    summary = {key: value for key, value in summary.items() if value is not None}
+    log.info("  ".join(f"{key} {value:.4g}" for key, value in summary.items()))
+    log.info("results: %s", output_dir / "results.json")
+    log.info("figures: %s", ", ".join(results["figures"]) or "none")
 
 
 @torch.no_grad()
