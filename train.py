@@ -4,6 +4,7 @@
     python train.py model=xor              # the XOR net
     python train.py model=mnist trainer.max_epochs=3 seed=1 data.root=/data
     python train.py -m model=xor seed=0,1,2
+    python train.py -m hparams_search=mnist_optuna   # Optuna picks lr, widths, batch size
 
 Configs live in conf/ (train.yaml lists the groups); everything in them can be overridden.
 """
@@ -21,13 +22,14 @@ def main(cfg: DictConfig) -> float:
     # before torch and Lightning take seconds to load.
     from manualbp.errors import ManualbpError
     from manualbp.training import train
+    from manualbp.training.config import metric_value
 
     try:
         results = train(cfg)
+        return metric_value(results, cfg.get("optimized_metric"))  # what a sweep optimises
     except (ManualbpError, InstantiationException) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    return results["test/acc"]
 
 
 if __name__ == "__main__":

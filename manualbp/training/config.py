@@ -61,3 +61,19 @@ def check_config(cfg: DictConfig) -> None:
             f"ckpt_path={ckpt_path} is not a file; to resume, give a checkpoint such as "
             f"outputs/<model>/runs/<time>/checkpoints/last.ckpt"
         )
+
+
+def metric_value(results: dict, name: str | None) -> float | None:
+    """The entry ``name`` (``optimized_metric``, e.g. ``val/acc``) of a run's results: what
+    ``train.py`` returns, and a sweep optimises. None when ``name`` is None."""
+    if name is None:
+        return None
+    if name not in results:
+        known = ", ".join(key for key, value in results.items() if isinstance(value, (int, float)))
+        raise ConfigError(f"optimized_metric={name} is not in the run's results; choose one of {known}")
+    if results[name] is None:
+        raise ConfigError(
+            f"optimized_metric={name} has no value for model {results.get('model')} (no accuracy for "
+            f"regression); choose another, e.g. optimized_metric=val/loss"
+        )
+    return results[name]
