@@ -16,9 +16,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"  # train.py's config_path
 
 
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config ``python train.py <overrides>`` runs, writing into ``output_dir`` (and with
-    Hydra's own config set, so that ``${hydra:...}`` resolves as in a real run)."""
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
+    """The config ``python train.py <overrides>`` runs (``config_name="eval"``: ``eval.py``),
+    writing into ``output_dir`` (and with Hydra's own config set, so that ``${hydra:...}``
+    resolves as in a real run)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -26,7 +27,7 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
     HydraConfig().set_config(cfg)

@@ -56,13 +56,9 @@ def check_engine_fits_trainer(module: LitNet, trainer: L.Trainer) -> None:
         )
 
 
-def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
-    """Fit the configured net, test the best checkpoint, write results.json and figures.
-
-    ``extra_callbacks`` join the configured ones (for benchmarks and tests). Returns the results
-    (also written to ``<paths.output_dir>/results.json``).
-    """
-    check_config(cfg)
+def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()):
+    """Seed, then build the data, the LightningModule, the callbacks (the configured ones, then
+    ``extra_callbacks``), the loggers and the trainer of ``cfg``; returns them in that order."""
     # Batches are gathered from tensors in memory: no worker processes needed. The run folder
     # already holds Hydra's files when the logger and checkpoints arrive.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -78,6 +74,17 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_engine_fits_trainer(module, trainer)
+    return datamodule, module, callbacks, loggers, trainer
+
+
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
+    """Fit the configured net, test the best checkpoint, write results.json and figures.
+
+    ``extra_callbacks`` join the configured ones (for benchmarks and tests). Returns the results
+    (also written to ``<paths.output_dir>/results.json``).
+    """
+    check_config(cfg)
+    datamodule, module, callbacks, loggers, trainer = build_run(cfg, extra_callbacks)
 
     log.info("fitting %s on %s for %s epochs", module.name, type(datamodule).__name__, trainer.max_epochs)
     started = time.perf_counter()
