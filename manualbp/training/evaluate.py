@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from manualbp.errors import ConfigError
-from manualbp.training.pipeline import build_run, save_results, test_and_validate
+from manualbp.training.pipeline import build_run, checkpoint_metrics, save_results
 
 TRAINED_RUN = "trained_run"  # the config option name of the run's model and data
 
@@ -82,7 +82,7 @@ def evaluate(cfg: DictConfig) -> dict:
     # The checkpoint holds the state of the training run's checkpoint callbacks; testing needs none.
     warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
     try:
-        tested = test_and_validate(trainer, module, datamodule, str(checkpoint))
+        tested = checkpoint_metrics(trainer, module, datamodule, str(checkpoint))
     except RuntimeError as error:
         if "state_dict" not in str(error):
             raise

@@ -99,7 +99,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         "loss": type(module.loss).__name__,
         "data": datamodule.description,
         "seed": cfg.seed,
-        **test_and_validate(trainer, module, datamodule, best),
+        **checkpoint_metrics(trainer, module, datamodule, best),
         "fit_time_s": fit_time_s,
         "train_time_s": module.train_time_s,
         "train/samples_per_s": (
@@ -120,7 +120,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     return results
 
 
-def test_and_validate(trainer: L.Trainer, module: LitNet, datamodule: LectureDataModule, ckpt_path) -> dict:
+def checkpoint_metrics(trainer: L.Trainer, module: LitNet, datamodule: LectureDataModule, ckpt_path) -> dict:
     """Test and validation loss and accuracy of the checkpoint at ``ckpt_path`` (None: of
     ``module`` as it is), as results.json entries."""
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
