@@ -4,6 +4,7 @@
     python train.py model=xor              # the XOR net
     python train.py model=mnist trainer.max_epochs=3 seed=1 data.root=/data
     python train.py -m model=xor seed=0,1,2
+    python train.py -m hparams_search=mnist_optuna   # Optuna picks lr, widths, batch size
 
 Configs live in conf/ (train.yaml lists the groups); everything in them can be overridden.
 """
@@ -21,11 +22,13 @@ def main(cfg: DictConfig) -> float:
     # before torch and Lightning take seconds to load.
     from manualbp.errors import ManualbpError
     from manualbp.training import train
+    from manualbp.training.config import metric_value
     from manualbp.training.console import use_hydra_logging
 
     use_hydra_logging()
     try:
         results = train(cfg)
+        return metric_value(results, cfg.get("optimized_metric"))  # what a sweep optimises
     except (ManualbpError, InstantiationException) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(getattr(error, "exit_code", 1))  # 128 + the signal's number for a stopped run
@@ -33,7 +36,6 @@ def main(cfg: DictConfig) -> float:
         print(f"error: cannot use {error.filename or 'a file'}: {error.strerror or error}; check that it exists "
               f"and that you may read it (data) or write it (run folder)", file=sys.stderr)
         sys.exit(1)
-    return results["test/acc"]
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"  # train.py's config_path
 
 
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config ``python train.py <overrides>`` runs, writing into ``output_dir`` (and with
-    Hydra's own config set, so that ``${hydra:...}`` resolves as in a real run)."""
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
+    """The config ``python train.py <overrides>`` runs (``config_name="eval"``: ``eval.py``),
+    writing into ``output_dir`` (and with Hydra's own config set, so that ``${hydra:...}``
+    resolves as in a real run)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -26,7 +27,7 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
     HydraConfig().set_config(cfg)
@@ -73,3 +74,19 @@ def check_config(cfg: DictConfig) -> None:
             f"ckpt_path={ckpt_path} is not a file; to resume, give a checkpoint such as "
             f"outputs/<model>/runs/<time>/checkpoints/last.ckpt"
         )
+
+
+def metric_value(results: dict, name: str | None) -> float | None:
+    """The entry ``name`` (``optimized_metric``, e.g. ``val/acc``) of a run's results: what
+    ``train.py`` returns, and a sweep optimises. None when ``name`` is None."""
+    if name is None:
+        return None
+    if name not in results:
+        known = ", ".join(key for key, value in results.items() if isinstance(value, (int, float)))
+        raise ConfigError(f"optimized_metric={name} is not in the run's results; choose one of {known}")
+    if results[name] is None:
+        raise ConfigError(
+            f"optimized_metric={name} has no value for model {results.get('model')} (no accuracy for "
+            f"regression); choose another, e.g. optimized_metric=val/loss"
+        )
+    return results[name]

@@ -28,6 +28,7 @@ from manualbp.training.config import build, check_config
 from manualbp.training.data.base import LectureDataModule
 from manualbp.training.history import ResumableCSVLogger
 from manualbp.training.interrupts import interrupted, stop_on_signals
+from manualbp.training.loggers import log_figures
 from manualbp.training.module import LitNet
 
 log = logging.getLogger(__name__)
@@ -74,29 +75,24 @@ def check_checkpoint_fits_net(checkpoint: dict, net: torch.nn.Module, name: str,
         )
 
 
-def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
-    """Fit the configured net, test the best checkpoint, write results.json and figures.
+def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: dict | None = None):
+    """Seed, then build the data, the LightningModule, the callbacks (the configured ones, then
+    ``extra_callbacks``), the loggers and the trainer of ``cfg``; returns them in that order.
 
-    ``extra_callbacks`` join the configured ones (for benchmarks and tests). Returns the results
-    (also written to ``<paths.output_dir>/results.json``).
+    ``resumed``: the checkpoint a training run resumes from (read by ``read_checkpoint``); its
+    weights must fit the net, and the CSV log continues its history.
     """
-    check_config(cfg)
-    # Batches are gathered from tensors in memory: no worker processes needed. The run folder
-    # already holds Hydra's files when the logger and checkpoints arrive.
+    # Batches are gathered from tensors in memory: no worker processes needed.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # small data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    output_dir = Path(cfg.paths.output_dir)
 
     datamodule: LectureDataModule = build(cfg.data)
     module: LitNet = build(cfg.model)
     check_net_fits_data(module.net, datamodule)
-    ckpt_path = cfg.get("ckpt_path")
-    # Read and verified (checksum, model) before anything is written in the run folder.
-    resumed = read_checkpoint(ckpt_path, weights_only=False) if ckpt_path else None
     if resumed is not None:
-        check_checkpoint_fits_net(resumed, module.net, module.name, ckpt_path)
+        check_checkpoint_fits_net(resumed, module.net, module.name, cfg.get("ckpt_path"))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
@@ -106,6 +102,21 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     check_engine_fits_trainer(module, trainer)
+    return datamodule, module, callbacks, loggers, trainer
+
+
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
+    """Fit the configured net, test the best checkpoint, write results.json and figures.
+
+    ``extra_callbacks`` join the configured ones (for benchmarks and tests). Returns the results
+    (also written to ``<paths.output_dir>/results.json``).
+    """
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+    # Read and verified (checksum, then the model in build_run) before anything is written in the run folder.
+    resumed = read_checkpoint(ckpt_path, weights_only=False) if ckpt_path else None
+    datamodule, module, callbacks, loggers, trainer = build_run(cfg, extra_callbacks, resumed)
 
     if resumed is not None:  # the folder is the run's own: its checkpoints are expected there
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
@@ -126,12 +137,11 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
                 stage = "testing"
                 checkpoint = trainer.checkpoint_callback
                 best = (checkpoint.best_model_path if checkpoint else "") or None
-                tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-                validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+                metrics = checkpoint_metrics(trainer, module, datamodule, best)
                 stage = "reporting"
                 results = report(
-                    cfg, module, datamodule, trainer, callbacks, loggers, output_dir,
-                    tested=tested, validated=validated, best=best, last=last, fit_time_s=fit_time_s,
+                    cfg, module, datamodule, trainer, callbacks, loggers,
+                    metrics=metrics, best=best, last=last, fit_time_s=fit_time_s,
                 )
         except (KeyboardInterrupt, SystemExit):
             if signals.signum is None:
@@ -142,9 +152,22 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     return results
 
 
+def checkpoint_metrics(trainer: L.Trainer, module: LitNet, datamodule: LectureDataModule, ckpt_path) -> dict:
+    """Test and validation loss and accuracy of the checkpoint at ``ckpt_path`` (None: of
+    ``module`` as it is), as results.json entries."""
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    validated = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    return {
+        "test/acc": tested.get("test/acc"),
+        "test/loss": tested["test/loss"],
+        "val/acc": validated.get("val/acc"),
+        "val/loss": validated["val/loss"],
+    }
+
+
 def report(
     cfg: DictConfig, module: LitNet, datamodule: LectureDataModule, trainer: L.Trainer, callbacks, loggers,
-    output_dir: Path, *, tested: dict, validated: dict, best: str | None, last: str | None, fit_time_s: float,
+    *, metrics: dict, best: str | None, last: str | None, fit_time_s: float,
 ) -> dict:
     """results.json, the figures and the closing summary of a finished run."""
     results = {
@@ -153,10 +176,7 @@ def report(
         "loss": type(module.loss).__name__,
         "data": datamodule.description,
         "seed": cfg.seed,
-        "test/acc": tested.get("test/acc"),
-        "test/loss": tested["test/loss"],
-        "val/acc": validated.get("val/acc"),
-        "val/loss": validated["val/loss"],
+        **metrics,
         "fit_time_s": fit_time_s,
         "train_time_s": module.train_time_s,
         "train/samples_per_s": (
@@ -173,18 +193,29 @@ def report(
         if hasattr(callback, "report"):
             results.update(callback.report(module))
     if trainer.is_global_zero:
-        drawn = save_figures(module, datamodule, loggers, output_dir) if cfg.get("figures", True) else []
-        results["figures"] = [str(path) for path in drawn]
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        summary = {key: results[key] for key in ("test/acc", "test/loss", "train/samples_per_s")}
-        summary = {key: value for key, value in summary.items() if value is not None}
-        log.info(
-            "done in %.1f s: %s", fit_time_s, "  ".join(f"{key} {value:.4g}" for key, value in summary.items())
-        )
-        figure_names = ", ".join(Path(path).name for path in drawn)
-        log.info("results: %s", output_dir / "results.json")
-        log.info("figures: %s", f"{output_dir / 'figures'} ({figure_names})" if drawn else "none")
+        save_results(results, cfg, module, datamodule, loggers, trainer.global_step)
     return results
+
+
+def save_results(results: dict, cfg: DictConfig, module: LitNet, datamodule: LectureDataModule, loggers,
+                 step: int) -> None:
+    """Draw the figures (unless ``cfg.figures`` is false; TensorBoard loggers get them as images
+    too), write ``results`` to ``<paths.output_dir>/results.json`` and log the closing summary.
+    Call it on the main process only."""
+    output_dir = Path(cfg.paths.output_dir)
+    drawn = save_figures(module, datamodule, loggers, output_dir) if cfg.get("figures", True) else []
+    log_figures(loggers, drawn, step)
+    results["figures"] = [str(path) for path in drawn]
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = {key: results.get(key) for key in ("test/acc", "test/loss", "train/samples_per_s")}
+    summary = "  ".join(f"{key} {value:.4g}" for key, value in summary.items() if value is not None)
+    if results.get("fit_time_s") is not None:
+        log.info("done in %.1f s: %s", results["fit_time_s"], summary)
+    else:
+        log.info("tested: %s", summary)
+    figure_names = ", ".join(Path(path).name for path in drawn)
+    log.info("results: %s", output_dir / "results.json")
+    log.info("figures: %s", f"{output_dir / 'figures'} ({figure_names})" if drawn else "none")
 
 
 @torch.no_grad()

@@ -1,0 +1,76 @@
+"""Several machines: trainer=ddp with trainer.num_nodes, started by torchrun once per machine.
+Here the two "machines" are two torchrun launches on 127.0.0.1 (node ranks 0 and 1, one process
+each, gloo)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from helpers import PROJECT_ROOT
+
+TESTS_DIR = Path(__file__).parent
+
+
+class WriteWeightsHash(L.Callback):
+    """At the end of fit, every process writes the SHA-256 of its weights (and its global rank,
+    node rank and world size) to <default_root_dir>/weights-rank<global rank>.txt."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        path = Path(trainer.default_root_dir) / f"weights-rank{trainer.global_rank}.txt"
+        path.write_text(f"{digest.hexdigest()} {trainer.global_rank} {trainer.node_rank} {trainer.world_size}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_num_nodes_is_a_key_of_the_ddp_trainer(config):
+    cfg = config("trainer=ddp", "trainer.num_nodes=3", "trainer.devices=4")
+    assert cfg.trainer.num_nodes == 3 and cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp"
+    assert config("trainer=ddp").trainer.num_nodes == 1
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_on_this_machine_end_with_the_same_weights(tmp_path):
+    port = free_port()
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(TESTS_DIR)])}
+    nodes = []
+    for node_rank in (0, 1):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node_rank}",
+            "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+            str(PROJECT_ROOT / "train.py"), "model=xor", "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=1",
+            "trainer.max_epochs=2", "data.steps_per_epoch=20", "figures=false",
+            "+callbacks.weights_hash._target_=test_multinode.WriteWeightsHash",
+            f"hydra.run.dir={tmp_path}/node{node_rank}",
+        ]
+        nodes.append(subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for node in nodes:
+        try:
+            outputs.append(node.communicate(timeout=600)[0])
+        finally:
+            node.kill()
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-3000:]
+    hash0, rank0, node_rank0, world0 = (tmp_path / "node0" / "weights-rank0.txt").read_text().split()
+    hash1, rank1, node_rank1, world1 = (tmp_path / "node1" / "weights-rank1.txt").read_text().split()
+    assert (rank0, node_rank0, rank1, node_rank1, world0, world1) == ("0", "0", "1", "1", "2", "2")
+    assert hash0 == hash1  # DDP averaged the gradients: both processes took the same steps
+    assert "distributed_backend=gloo" in outputs[0]
+    assert (tmp_path / "node0" / "results.json").is_file()  # written by global rank 0 only
+    assert not (tmp_path / "node1" / "results.json").exists()
