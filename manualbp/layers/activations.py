@@ -53,9 +53,9 @@ def sigmoid_backward(grad_output: Tensor, output: Tensor) -> Tensor:
     return output * (1 - output) * grad_output  # δA = σ(1−σ)·δZ
 
 
-def relu_forward(input: Tensor) -> Tensor:
-    """max(0, x), elementwise; any shape."""
-    return input.clamp_min(0)  # Z = max(0, X)
+def relu_forward(input: Tensor, inplace: bool = False) -> Tensor:
+    """max(0, x), elementwise; any shape. ``inplace=True`` writes Z over X (and returns X)."""
+    return input.clamp_min_(0) if inplace else input.clamp_min(0)  # Z = max(0, X)
 
 
 def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.activations import relu_backward, relu_forward
-from manualbp.layers.base import Layer, LayerFunction, apply, check_floating
+from manualbp.layers.base import Layer, LayerFunction, apply, check_floating, is_traced
 
 __all__ = [
     "linear_forward",
@@ -42,10 +42,14 @@ def linear_forward(input: Tensor, weight: Tensor, bias: Tensor | None = None) ->
     """
     if input.dim() == 2 and bias is not None:
         return torch.addmm(bias, input, weight.t())  # Z = X Wᵀ + b, in one GEMM
-    # Any other rank: matmul folds the leading dimensions and returns a fresh tensor (not a view,
-    # which autograd would forbid modifying in place, e.g. by a following ReLU(inplace=True)).
+    # Any other rank: matmul folds the leading dimensions into one GEMM and returns a fresh tensor
+    # (not a view, which autograd would forbid modifying in place, e.g. by ReLU(inplace=True)).
     output = input @ weight.t()  # Z = X Wᵀ
-    return output if bias is None else output + bias  # ... + b
+    if bias is None:
+        return output
+    # + b in place, as PyTorch's own linear does: no second (*, out_features) buffer. Under a
+    # torch.func transform b may be batched where Z is not, which in place cannot be: add anew.
+    return output + bias if is_traced(bias) else output.add_(bias)  # ... + b
 
 
 def linear_backward(
@@ -166,7 +170,7 @@ class LinearReLUFunction(LayerFunction):
 
     @staticmethod
     def forward(input, weight, bias):
-        return relu_forward(linear_forward(input, weight, bias))
+        return relu_forward(linear_forward(input, weight, bias), inplace=True)  # A is fresh: max(0, A) over it
 
     @staticmethod
     def setup_context(ctx, inputs, output):
