@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import Activation, LayerFunction, apply, check_floating
+from manualbp.layers.base import Activation, LayerFunction, apply, apply_inplace, check_floating
 
 __all__ = [
     "sigmoid_forward",
@@ -24,6 +24,7 @@ __all__ = [
     "sigmoid",
     "Sigmoid",
     "ReLUFunction",
+    "ReLUInplaceFunction",
     "relu",
     "ReLU",
     "ELUFunction",
@@ -160,22 +161,56 @@ class ReLUFunction(LayerFunction):
         return relu_backward(input_tangent, output)
 
 
-def relu(input: Tensor) -> Tensor:
-    """max(0, x) elementwise, like ``torch.nn.functional.relu``; any shape, floating point."""
+class ReLUInplaceFunction(ReLUFunction):
+    """max(0, x) written over x (``ReLU(inplace=True)``), with the same backward from the saved
+    output: the input is marked dirty, so autograd knows it now holds Z, as for torch's ``relu_``.
+    Eager autograd only: :func:`manualbp.layers.base.apply_inplace` says what runs elsewhere."""
+
+    @staticmethod
+    def forward(input):
+        return relu_forward(input, inplace=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(*inputs)
+        ReLUFunction.setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def jvp(ctx, input_tangent):
+        (output,) = ctx.saved_tensors
+        return input_tangent.copy_(relu_backward(input_tangent, output))  # Ż = 1[Z>0]·Ẋ, over Ẋ as Z over X
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """max(0, x) elementwise, like ``torch.nn.functional.relu``; any shape, floating point.
+
+    ``inplace=True`` overwrites ``input`` with the result and returns it, as ``F.relu(x, inplace=True)``
+    does (and, like it, fails for a leaf that requires grad or a tensor autograd still needs).
+    """
     check_floating("relu", "input", input)
-    return apply(ReLUFunction, input)
+    return apply_inplace(ReLUInplaceFunction, ReLUFunction, input) if inplace else apply(ReLUFunction, input)
 
 
 class ReLU(torch.nn.ReLU, Activation, torch_twin=torch.nn.ReLU, name="relu"):
-    """max(0, x) elementwise with backward 1[x>0]·δZ; any shape. (Never in place.)"""
+    """max(0, x) elementwise with backward 1[x>0]·δZ; any shape. ``inplace=True`` overwrites the
+    input, as ``torch.nn.ReLU(inplace=True)`` does (so ``h + relu(h)`` means the same after convert)."""
 
-    def __init__(self) -> None:
-        super().__init__(inplace=False)
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
 
     def forward(self, input: Tensor) -> Tensor:
-        return relu(input)
+        return relu(input, inplace=self.inplace)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.ReLU) -> ReLU:
+        return cls(module.inplace)
+
+    def to_torch(self) -> torch.nn.ReLU:
+        return torch.nn.ReLU(self.inplace)
 
     def function_and_arguments(self, input: Tensor):
+        # Out of place even for inplace=True: the explicit engine keeps each layer's input for the
+        # layer below's backward (e.g. a Tanh's saved output), so it must not be overwritten.
         return ReLUFunction, (input,)
 
 
@@ -221,6 +256,12 @@ class ELU(torch.nn.ELU, Activation, torch_twin=torch.nn.ELU, name="elu"):
 
     @classmethod
     def from_torch(cls, module: torch.nn.ELU) -> ELU:
+        if module.inplace:  # its backward needs the input, which in place would be gone
+            raise ValueError(
+                f"convert: manualbp's ELU has no in-place form, got {module!r}; build the model with "
+                f"ELU(alpha={module.alpha}, inplace=False) first (the same values unless the model reuses "
+                f"the ELU's input afterwards)"
+            )
         return cls(module.alpha)
 
     def to_torch(self) -> torch.nn.ELU:

@@ -120,6 +120,22 @@ def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
         return chosen.apply(*args)
 
 
+def apply_inplace(inplace_function: type[LayerFunction], function: type[LayerFunction], input: Tensor, *args):
+    """Apply a layer in place, as ``torch.nn.ReLU(inplace=True)`` does: ``input`` holds the result
+    afterwards and is returned, and autograd knows it (its other users see the new values).
+
+    Eager autograd runs ``inplace_function``, whose ``setup_context`` marks the input dirty
+    (``ctx.mark_dirty``) and whose backward is the layer's own. torch.compile and the torch.func
+    transforms take no such Function (functorch refuses to save an input returned as-is, Dynamo
+    rejects it, forward-mode AD wants the tangent modified in place), so there the out-of-place
+    ``function`` runs and its result is copied over the input: the same values and gradients
+    (``copy_`` passes the gradient through), one more buffer of the input's size.
+    """
+    if torch.compiler.is_compiling() or _functorch_transforms_active():
+        return input.copy_(apply(function, input, *args))
+    return apply(inplace_function, input, *args)
+
+
 def _autocast_eligible(arg) -> bool:
     """Autocast casts float32, float16 and bfloat16 tensors, never float64 (as PyTorch does)."""
     return isinstance(arg, Tensor) and arg.dtype in (torch.float32, torch.float16, torch.bfloat16)

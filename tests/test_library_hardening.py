@@ -1,0 +1,131 @@
+"""The drop-in promises at their edges: convert never changes results (in-place ReLU honoured),
+no host sync per step for class targets on accelerators, meta tensors, and one clear error for
+TorchScript with torch.export as the way to export. (Zero-size and NaN/inf: test_edge_values.py;
+memory: test_memory.py.)"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import manualbp
+import manualbp.functional as mbf
+from manualbp import nn as mnn
+
+EXACT = {"rtol": 1e-13, "atol": 1e-15}
+
+
+# ----------------------------------------------------------------------------------------------
+# convert and ReLU(inplace=True)
+# ----------------------------------------------------------------------------------------------
+
+
+class Residual(torch.nn.Module):
+    """``h = fc(x); y = act(h); return combine(y, h)``: whether act is in place decides the result."""
+
+    def __init__(self, activation: torch.nn.Module, pattern: str):
+        super().__init__()
+        self.fc, self.act, self.out = torch.nn.Linear(4, 6), activation, torch.nn.Linear(6, 3)
+        self.pattern = pattern
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.pattern == "reuse_input":  # y + h: with an in-place act, h *is* y
+            return self.out(self.act(h) + h)
+        if self.pattern == "input_then_act":  # h + ... before the act: safe either way
+            skip = h + 1
+            return self.out(self.act(h) * skip)
+        return self.out(self.act(h))  # plain chain
+
+
+def _outputs_and_grads(model, x):
+    output = model(x)
+    return output.detach(), torch.autograd.grad(output.square().sum(), [x, *model.parameters()])
+
+
+@pytest.mark.parametrize("pattern", ["reuse_input", "input_then_act", "chain"])
+@pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "out_of_place"])
+def test_convert_keeps_outputs_and_gradients_of_residual_relu_patterns(inplace, pattern):
+    torch.manual_seed(0)
+    original = Residual(torch.nn.ReLU(inplace=inplace), pattern).double()
+    converted = manualbp.convert(copy.deepcopy(original))
+    assert type(converted.act) is mnn.ReLU and converted.act.inplace == inplace
+    assert repr(converted.act) == repr(original.act)
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    output, grads = _outputs_and_grads(converted, x)
+    expected_output, expected_grads = _outputs_and_grads(original, x)
+    torch.testing.assert_close(output, expected_output, **EXACT)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, **EXACT)
+
+
+def test_inplace_relu_overwrites_its_input_and_runs_the_hand_written_backward():
+    h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True) * 1  # a non-leaf, like a layer's output
+    output = mbf.relu(h, inplace=True)
+    assert output is h and (h >= 0).all()
+    assert type(output.grad_fn).__name__.startswith("ReLUInplaceFunction")
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: mbf.relu(t * 1, inplace=True), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: mbf.relu(t * 1, inplace=True), (x,))
+
+
+def test_inplace_relu_refuses_what_torchs_refuses():
+    leaf = torch.randn(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        torch.relu_(leaf)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        mbf.relu(leaf, inplace=True)
+    for tanh in (torch.tanh, mbf.tanh):  # tanh saves its output: overwriting it is an error in both
+        output = tanh(torch.randn(3, requires_grad=True))
+        mbf.relu(output, inplace=True)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            output.sum().backward()
+
+
+def test_inplace_relu_under_torch_func_and_compile_matches_eager():
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def relu_over_copy(t):
+        h = t * 1
+        return mbf.relu(h, inplace=True) + h  # h is relu(h) now: 2·relu(t)
+
+    expected = 2 * torch.relu(x)
+    torch.testing.assert_close(torch.func.vmap(relu_over_copy)(x), expected)
+    step = (x > 0).to(x.dtype)
+    torch.testing.assert_close(torch.func.grad(lambda t: relu_over_copy(t).sum())(x), 2 * step)
+    torch.testing.assert_close(torch.func.jacrev(relu_over_copy)(x[0]), torch.diag(2 * step[0]))
+    torch.testing.assert_close(torch.func.jacfwd(relu_over_copy)(x[0]), torch.diag(2 * step[0]))
+    import torch.autograd.forward_ad as forward_ad
+
+    with forward_ad.dual_level():  # eager forward-mode AD: the in-place Function's own jvp
+        dual = forward_ad.make_dual(x.clone(), torch.ones_like(x))
+        tangent = forward_ad.unpack_dual(mbf.relu(dual * 1, inplace=True)).tangent
+    torch.testing.assert_close(tangent, step)
+
+
+@pytest.mark.slow
+def test_inplace_relu_compiles_fullgraph():
+    x = torch.randn(4, 3, requires_grad=True)
+    compiled = torch.compile(lambda t: (lambda h: mbf.relu(h, inplace=True) + h)(t * 1), fullgraph=True)
+    compiled(x).sum().backward()
+    torch.testing.assert_close(x.grad, 2.0 * (x > 0))
+
+
+def test_to_torch_keeps_inplace_and_the_manual_engine_does_not_overwrite_saved_tensors():
+    net = torch.nn.Sequential(mnn.Linear(4, 5), mnn.Tanh(), mnn.ReLU(inplace=True), mnn.Linear(5, 3)).double()
+    assert manualbp.reference.to_torch(net)[2].inplace
+    inputs, targets = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    loss = mnn.SoftmaxCrossEntropyLoss()
+    _, grads = manualbp.manual.backprop(net, loss, inputs, targets)
+    out_of_place = copy.deepcopy(net)
+    out_of_place[2] = mnn.ReLU()
+    expected = torch.autograd.grad(loss(out_of_place(inputs), targets), list(out_of_place.parameters()))
+    for grad, expected_grad in zip(grads.values(), expected, strict=True):
+        torch.testing.assert_close(grad, expected_grad, **EXACT)
+
+
+def test_convert_refuses_an_inplace_elu_with_what_to_do():
+    with pytest.raises(ValueError, match=r"no in-place form.*ELU\(alpha=0.5, inplace=False\)"):
+        manualbp.convert(torch.nn.Sequential(torch.nn.ELU(0.5, inplace=True)))
