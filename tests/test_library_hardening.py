@@ -129,3 +129,63 @@ def test_to_torch_keeps_inplace_and_the_manual_engine_does_not_overwrite_saved_t
 def test_convert_refuses_an_inplace_elu_with_what_to_do():
     with pytest.raises(ValueError, match=r"no in-place form.*ELU\(alpha=0.5, inplace=False\)"):
         manualbp.convert(torch.nn.Sequential(torch.nn.ELU(0.5, inplace=True)))
+
+
+# ----------------------------------------------------------------------------------------------
+# No host sync per step for class targets on an accelerator
+# ----------------------------------------------------------------------------------------------
+# What a CPU-only run can prove: off the CPU, the range check reads no value (no .item(), the
+# host sync) and issues one asynchronous device assertion whose condition is right. That the
+# assertion then stops a CUDA run is PyTorch's; test_cuda_* below checks it where CUDA exists.
+
+
+@pytest.fixture
+def item_forbidden(monkeypatch):
+    def item(self):
+        raise AssertionError("Tensor.item() called: a host sync on an accelerator")
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+
+
+@pytest.fixture
+def async_asserts(monkeypatch):
+    conditions = []
+    monkeypatch.setattr(torch, "_assert_async", lambda condition, message: conditions.append((condition, message)))
+    return conditions
+
+
+@pytest.mark.parametrize("loss", [mbf.softmax_cross_entropy, mbf.softmax_euclidean_loss])
+def test_class_targets_off_the_cpu_are_checked_without_reading_a_value(loss, item_forbidden, async_asserts):
+    logits = torch.empty(4, 10, device="meta", requires_grad=True)
+    target = torch.empty(4, dtype=torch.long, device="meta")
+    assert loss(logits, target).shape == ()
+    assert len(async_asserts) == 1
+    condition, message = async_asserts[0]
+    assert condition.shape == () and condition.dtype == torch.bool
+    assert "must lie in [0, 10)" in message
+
+
+@pytest.mark.parametrize("labels, in_range", [([0, 9, 3], True), ([0, 10, 3], False), ([-1, 2, 3], False)])
+def test_the_asynchronous_condition_holds_exactly_for_targets_in_range(labels, in_range):
+    from manualbp.layers.losses import _classes_in_range
+
+    assert bool(_classes_in_range(torch.tensor(labels), 10)) is in_range
+
+
+def test_class_targets_on_the_cpu_are_still_checked_at_once_with_the_values():
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\).*from 0 to 12"):
+        mbf.softmax_cross_entropy(torch.randn(3, 10), torch.tensor([0, 12, 3]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_class_targets_cause_no_sync_and_a_bad_one_still_fails():
+    logits = torch.randn(4, 10, device="cuda", requires_grad=True)
+    target = torch.tensor([0, 3, 9, 1], device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mbf.softmax_cross_entropy(logits, target).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(RuntimeError, match="must lie in"):
+        mbf.softmax_cross_entropy(logits, target + 1)
+        torch.cuda.synchronize()

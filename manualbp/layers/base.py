@@ -111,7 +111,7 @@ def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
     """
     chosen = function.copy_for_this_call()
     device_type = args[0].device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return chosen.apply(*args)
     if autocast_to is not None:
         dtype = torch.get_autocast_dtype(device_type) if autocast_to == "lower" else torch.float32
@@ -134,6 +134,12 @@ def apply_inplace(inplace_function: type[LayerFunction], function: type[LayerFun
     if torch.compiler.is_compiling() or _functorch_transforms_active():
         return input.copy_(apply(function, input, *args))
     return apply(inplace_function, input, *args)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False for a device autocast does not know (meta,
+    where ``is_autocast_enabled`` raises "unknown device type for autocast")."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def _autocast_eligible(arg) -> bool:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.activations import relu_backward, relu_forward
-from manualbp.layers.base import Layer, LayerFunction, apply, check_floating, is_traced
+from manualbp.layers.base import Layer, LayerFunction, apply, autocast_enabled, check_floating, is_traced
 
 __all__ = [
     "linear_forward",
@@ -270,7 +270,7 @@ def _check_linear_arguments(input: Tensor, weight: Tensor, bias: Tensor | None) 
         raise ValueError(
             f"linear: expected a bias of shape ({out_features},), got {tuple(bias.shape)}"
         )
-    if not torch.is_autocast_enabled(input.device.type):
+    if not autocast_enabled(input.device.type):
         for argument, tensor in (("weight", weight), ("bias", bias)):
             if tensor is not None and tensor.dtype != input.dtype:
                 raise TypeError(

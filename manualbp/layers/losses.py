@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, Loss, apply, check_floating, is_traced
+from manualbp.layers.base import LayerFunction, Loss, apply, autocast_enabled, check_floating, is_traced
 
 __all__ = [
     "log_softmax",
@@ -374,14 +374,32 @@ def _check_class_targets(name: str, logits: Tensor, target: Tensor) -> Tensor:
             f"one per row of logits), got shape {tuple(target.shape)}"
         )
     if batch_size and not is_traced(target):
-        low, high = (value.item() for value in torch.aminmax(target))
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{name}: class targets must lie in [0, {num_classes}) for "
-                f"{num_classes} classes, got values from {low} to {high}; check the labels, or "
-                f"give the last layer as many outputs as there are classes"
-            )
-    return target.long()  # gather and one_hot take int64 indices
+        _check_class_range(name, target, num_classes)
+    return target.long()  # gather takes int64 indices
+
+
+def _classes_in_range(target: Tensor, num_classes: int) -> Tensor:
+    """A 0-d bool tensor, on the target's device: every class index lies in [0, C)."""
+    return ((target >= 0) & (target < num_classes)).all()
+
+
+def _check_class_range(name: str, target: Tensor, num_classes: int) -> None:
+    """Class targets in [0, C). On the CPU, checked now, naming the values found. On an accelerator
+    (or meta), reading a value would make the host wait for the device every step (a sync): there
+    the check is an assertion the device runs asynchronously (``torch._assert_async``), which
+    stops the program at a later sync with this message instead."""
+    advice = "check the labels, or give the last layer as many outputs as there are classes"
+    if target.device.type != "cpu":
+        # torch-private: PyTorch has no public assertion that runs on the device without a sync.
+        torch._assert_async(_classes_in_range(target, num_classes),
+                            f"{name}: class targets must lie in [0, {num_classes}); {advice}")
+        return
+    low, high = (value.item() for value in torch.aminmax(target))
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"{name}: class targets must lie in [0, {num_classes}) for {num_classes} classes, "
+            f"got values from {low} to {high}; {advice}"
+        )
 
 
 def _check_reduction(reduction: str) -> str:
@@ -401,6 +419,6 @@ def _euclidean_arguments(pred: Tensor, target: Tensor, reduction: str) -> tuple[
             f"and {tuple(target.shape)}; reshape one of them (no broadcasting is done, so that "
             f"(N, 1) against (N,) cannot silently become (N, N))"
         )
-    if not (torch.is_autocast_enabled(pred.device.type) and target.is_floating_point()):
+    if not (autocast_enabled(pred.device.type) and target.is_floating_point()):
         target = target.to(pred.dtype)
     return pred, target, reduction
