@@ -189,3 +189,90 @@ def test_cuda_class_targets_cause_no_sync_and_a_bad_one_still_fails():
     with pytest.raises(RuntimeError, match="must lie in"):
         mbf.softmax_cross_entropy(logits, target + 1)
         torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------
+# Meta tensors, TorchScript, torch.export
+# ----------------------------------------------------------------------------------------------
+
+from manualbp.layers.base import LOSSES, TORCH_TWINS, Loss  # noqa: E402
+
+LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss)]
+
+
+def _layer(layer_class, **factory):
+    if issubclass(layer_class, torch.nn.Linear):
+        return layer_class(4, 3, **factory)
+    return layer_class()
+
+
+@pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
+def test_every_layer_infers_shapes_on_meta_tensors_forward_and_backward(layer_class):
+    x = torch.randn(2, 5, 4)
+    expected = _layer(layer_class)(x)
+    with torch.device("meta"):
+        layer = _layer(layer_class)
+        meta_input = torch.empty(2, 5, 4, requires_grad=True)
+    assert all(parameter.is_meta for parameter in layer.parameters())
+    output = layer(meta_input)
+    assert output.is_meta and output.shape == expected.shape and output.dtype == expected.dtype
+    output.sum().backward()
+    assert meta_input.grad.is_meta and meta_input.grad.shape == meta_input.shape
+    for parameter in layer.parameters():
+        assert parameter.grad.is_meta and parameter.grad.shape == parameter.shape
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_infers_shapes_on_meta_tensors(name):
+    loss = LOSSES[name]()
+    logits = torch.empty(6, 4, device="meta", requires_grad=True)
+    target = torch.empty(6, 4, device="meta")
+    value = loss(logits, target)
+    assert value.is_meta and value.shape == ()
+    value.backward()
+    assert logits.grad.is_meta and logits.grad.shape == logits.shape
+
+
+def test_a_model_built_under_the_meta_device_then_materialised_trains():
+    with torch.device("meta"):
+        net = mnn.MLP([4, 8, 3])
+    assert net(torch.empty(5, 4, device="meta")).shape == (5, 3)
+    net = net.to_empty(device="cpu")
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    mbf.softmax_cross_entropy(net(torch.randn(5, 4)), torch.tensor([0, 1, 2, 0, 1])).backward()
+    assert all(parameter.grad is not None for parameter in net.parameters())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # jit's deprecation
+def test_torchscript_says_once_and_clearly_to_use_export_or_compile():
+    model = torch.nn.Sequential(mnn.MLP([4, 8, 3]), torch.nn.Softmax(dim=1))
+    with pytest.raises(RuntimeError, match="torch.jit.script of a model holding manualbp.LinearReLU: TorchScript "
+                                           "cannot hold manualbp's layers .* torch.export.export.* torch.compile"):
+        torch.jit.script(model)
+    with pytest.raises(RuntimeError, match="torch.jit.trace through LinearReLUFunction: .* torch.export"):
+        torch.jit.trace(model, (torch.randn(2, 4),))
+    torch.jit.script(manualbp.reference.to_torch(model))  # the advertised alternative scripts
+
+
+class EveryLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.mix = mnn.LinearReLU(6, 8), mnn.Linear(8, 8)
+        self.sigmoid, self.relu, self.elu, self.tanh = mnn.Sigmoid(), mnn.ReLU(), mnn.ELU(), mnn.Tanh()
+        self.relu_inplace, self.out = mnn.ReLU(inplace=True), mnn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.mix(self.hidden(x))
+        h = self.sigmoid(h) + self.relu(h) + self.elu(h) + self.tanh(h)
+        return self.out(self.relu_inplace(h) + h)
+
+
+@pytest.mark.slow
+def test_torch_export_of_a_manualbp_model_gives_eager_values():
+    torch.manual_seed(0)
+    model, x = EveryLayer(), torch.randn(5, 6)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x))
+    other = torch.randn(5, 6)
+    torch.testing.assert_close(exported.module()(other), model(other))

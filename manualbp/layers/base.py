@@ -109,6 +109,8 @@ def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
     so gradients reach float32 parameters in float32. As in PyTorch, float64 tensors are left as
     they are. Outside autocast this is just ``function.apply(*args)``.
     """
+    if torch.jit.is_tracing():
+        raise torchscript_error(f"torch.jit.trace through {function.__name__}")
     chosen = function.copy_for_this_call()
     device_type = args[0].device.type
     if not autocast_enabled(device_type):
@@ -140,6 +142,17 @@ def autocast_enabled(device_type: str) -> bool:
     """``torch.is_autocast_enabled(device_type)``, False for a device autocast does not know (meta,
     where ``is_autocast_enabled`` raises "unknown device type for autocast")."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def torchscript_error(what: str) -> RuntimeError:
+    """The one error for TorchScript: it cannot hold a Python autograd.Function (script cannot
+    compile one; trace records one that ``torch.jit.save`` cannot export)."""
+    return RuntimeError(
+        f"{what}: TorchScript cannot hold manualbp's layers (their backward is a Python "
+        f"autograd.Function); export with torch.export.export(model, (example_input,)), speed up "
+        f"with torch.compile(model), or script manualbp.reference.to_torch(model), the same model "
+        f"with PyTorch's built-in layers"
+    )
 
 
 def _autocast_eligible(arg) -> bool:
@@ -186,6 +199,10 @@ class Layer:
         TORCH_TWINS[cls] = torch_twin
         if not issubclass(cls, Loss):  # a model's losses are not converted: convert() swaps layers
             CONVERTIBLE[torch_twin] = cls
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        """What ``torch.jit.script`` calls on every submodule first: here, one clear error."""
+        raise torchscript_error(f"torch.jit.script of a model holding manualbp.{type(self).__name__}")
 
     @classmethod
     def from_torch(cls, module: torch.nn.Module) -> torch.nn.Module:

@@ -205,7 +205,7 @@ class TorchLinearReLU(torch.nn.Linear):
     """max(0, X Wᵀ + b) from torch built-ins (F.linear, F.relu); the torch twin of ``LinearReLU``."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return torch.nn.functional.relu(super().forward(input))
+        return torch.nn.functional.relu(torch.nn.functional.linear(input, self.weight, self.bias))  # scriptable
 
 
 class LinearReLU(torch.nn.Linear, Layer, torch_twin=TorchLinearReLU):
