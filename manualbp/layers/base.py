@@ -22,6 +22,7 @@ A layer file (``linear.py``, ``activations.py``, ``losses.py``) gives, for each 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -158,6 +159,13 @@ def torchscript_error(what: str) -> RuntimeError:
 def _autocast_eligible(arg) -> bool:
     """Autocast casts float32, float16 and bfloat16 tensors, never float64 (as PyTorch does)."""
     return isinstance(arg, Tensor) and arg.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
+def as_rows(tensor: Tensor) -> Tensor:
+    """(*, features) -> (rows, features), rows = the product of the leading sizes (1 for a vector):
+    a view where it can be. Sizes are spelled out, not ``reshape(-1, features)``, which fails for
+    zero features ("cannot reshape tensor of 0 elements into shape [-1, 0]")."""
+    return tensor.reshape(math.prod(tensor.shape[:-1]), tensor.shape[-1])
 
 
 def check_floating(name: str, argument: str, tensor: Tensor) -> None:

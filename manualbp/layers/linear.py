@@ -7,13 +7,11 @@ torch's layout, δW = δZᵀX and δX = δZ W -- the same numbers, transposed.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from manualbp.layers.activations import relu_backward, relu_forward
-from manualbp.layers.base import Layer, LayerFunction, apply, autocast_enabled, check_floating, is_traced
+from manualbp.layers.base import Layer, LayerFunction, apply, as_rows, autocast_enabled, check_floating, is_traced
 
 __all__ = [
     "linear_forward",
@@ -64,21 +62,15 @@ def linear_backward(
     needed); weight W: (out_features, in_features).
     Returns δX: (*, in_features), δW: (out_features, in_features), δb: (out_features,).
     """
-    grad_rows = _rows(grad_output)
+    grad_rows = as_rows(grad_output)
     grad_input = grad_weight = grad_bias = None
     if needs_grad[0]:
         grad_input = grad_output @ weight  # δX = δZ·W   (slides, W as (in, out): δZ Wᵀ)
     if needs_grad[1]:
-        grad_weight = grad_rows.t() @ _rows(input)  # δW = δZᵀX   (slides: XᵀδZ)
+        grad_weight = grad_rows.t() @ as_rows(input)  # δW = δZᵀX   (slides: XᵀδZ)
     if needs_grad[2]:
         grad_bias = grad_rows.sum(0)  # δb = Σ_k δZ_k,:
     return grad_input, grad_weight, grad_bias
-
-
-def _rows(tensor: Tensor) -> Tensor:
-    """(*, features) -> (rows, features), rows = the product of the leading sizes (1 for a vector):
-    a view where it can be. Sizes are spelled out, not -1, so that zero features work too."""
-    return tensor.reshape(math.prod(tensor.shape[:-1]), tensor.shape[-1])
 
 
 # The MNIST layer Z = f(X Wᵀ + b) is these formulas and relu_forward / relu_backward
