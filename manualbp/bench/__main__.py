@@ -1,4 +1,4 @@
-"""The command line: python -m manualbp.bench [--json] [--e2e] [--time-to-98] [--xor-seeds N]
+"""The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--e2e] [--time-to-98] [--xor-seeds N]
 [--approx] [--softmax-losses PNG [overrides ...]] (see manualbp/bench/__init__.py)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import manualbp.bench
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
+from manualbp.bench.memory import BENCH_ROWS, bench_memory, print_memory
 from manualbp.bench.speed import BATCH_SIZES, bench_e2e, bench_steps, bench_time_to_98, print_steps
 
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per batch size (>= 5)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--memory", type=int, nargs="?", const=BENCH_ROWS, metavar="ROWS",
+                        help=f"peak memory of every Function, manualbp vs torch (default {BENCH_ROWS:,} rows)")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -37,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("manualbp").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
+    if args.memory:
+        report = bench_memory(args.memory)
+        print(json.dumps(report, indent=2)) if args.json else print_memory(report)
+        return
     if args.xor_seeds:
         report = bench_xor_seeds(args.xor_seeds)
         if args.json:

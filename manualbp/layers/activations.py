@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import Activation, LayerFunction, apply, check_floating
+from manualbp.layers.base import Activation, LayerFunction, apply, apply_inplace, check_floating
 
 __all__ = [
     "sigmoid_forward",
@@ -24,6 +24,7 @@ __all__ = [
     "sigmoid",
     "Sigmoid",
     "ReLUFunction",
+    "ReLUInplaceFunction",
     "relu",
     "ReLU",
     "ELUFunction",
@@ -53,18 +54,21 @@ def sigmoid_backward(grad_output: Tensor, output: Tensor) -> Tensor:
     return output * (1 - output) * grad_output  # δA = σ(1−σ)·δZ
 
 
-def relu_forward(input: Tensor) -> Tensor:
-    """max(0, x), elementwise; any shape."""
-    return input.clamp_min(0)  # Z = max(0, X)
+def relu_forward(input: Tensor, inplace: bool = False) -> Tensor:
+    """max(0, x), elementwise; any shape. ``inplace=True`` writes Z over X (and returns X)."""
+    return input.clamp_min_(0) if inplace else input.clamp_min(0)  # Z = max(0, X)
 
 
 def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
     """δX = 1[X > 0]·δZ, from the saved output Z = max(0, X); same shape.
 
-    Z ≥ 0, so sign(Z) is exactly 1[X > 0] (1 where X > 0, else 0): one fast elementwise product
-    (several times faster on CPU than building a boolean mask).
+    Read as a select, not a product: δZ where Z > 0, else exactly 0, as PyTorch's ReLU does --
+    so an infinite or NaN δZ at X ≤ 0 gives 0 (a product would give inf·0 = NaN), and a NaN input
+    (Z = NaN, not ≤ 0) passes δZ through. aten's ``threshold_backward(δZ, Z, 0)`` is that select
+    in one pass and one output buffer (``torch.where(output > 0, grad_output, 0)`` is the same
+    select, but builds a boolean mask first and runs ~10x slower on CPU).
     """
-    return grad_output * output.sign()  # δX = 1[X>0]·δZ
+    return torch.ops.aten.threshold_backward(grad_output, output, 0)  # δX = 1[Z>0]·δZ
 
 
 def elu_forward(input: Tensor, alpha: float = 1.0) -> Tensor:
@@ -73,8 +77,11 @@ def elu_forward(input: Tensor, alpha: float = 1.0) -> Tensor:
 
 
 def elu_backward(grad_output: Tensor, input: Tensor, output: Tensor, alpha: float = 1.0) -> Tensor:
-    """δX = δZ·(1 if X > 0 else Z + α): for X ≤ 0, d/dx α(eˣ − 1) = αeˣ = Z + α; same shape."""
-    return torch.where(input > 0, grad_output, grad_output * (output + alpha))  # δX = δZ·(1 | Z+α)
+    """δX = δZ·(Z + α if X ≤ 0 else 1): for X ≤ 0, d/dx α(eˣ − 1) = αeˣ = Z + α; same shape.
+
+    Tested as X ≤ 0 (not X > 0), so that a NaN input takes the 1 branch, as in PyTorch's ELU.
+    """
+    return torch.where(input <= 0, grad_output * (output + alpha), grad_output)  # δX = δZ·(Z+α | 1)
 
 
 def tanh_forward(input: Tensor) -> Tensor:
@@ -132,7 +139,7 @@ class Sigmoid(torch.nn.Sigmoid, Activation, torch_twin=torch.nn.Sigmoid, name="s
 
 
 class ReLUFunction(LayerFunction):
-    """max(0, x) with backward 1[x>0]·δZ from the saved output."""
+    """max(0, x) with backward 1[x>0]·δZ (a select: δZ where Z > 0, else 0) from the saved output."""
 
     @staticmethod
     def forward(input):
@@ -154,22 +161,56 @@ class ReLUFunction(LayerFunction):
         return relu_backward(input_tangent, output)
 
 
-def relu(input: Tensor) -> Tensor:
-    """max(0, x) elementwise, like ``torch.nn.functional.relu``; any shape, floating point."""
+class ReLUInplaceFunction(ReLUFunction):
+    """max(0, x) written over x (``ReLU(inplace=True)``), with the same backward from the saved
+    output: the input is marked dirty, so autograd knows it now holds Z, as for torch's ``relu_``.
+    Eager autograd only: :func:`manualbp.layers.base.apply_inplace` says what runs elsewhere."""
+
+    @staticmethod
+    def forward(input):
+        return relu_forward(input, inplace=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(*inputs)
+        ReLUFunction.setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def jvp(ctx, input_tangent):
+        (output,) = ctx.saved_tensors
+        return input_tangent.copy_(relu_backward(input_tangent, output))  # Ż = 1[Z>0]·Ẋ, over Ẋ as Z over X
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """max(0, x) elementwise, like ``torch.nn.functional.relu``; any shape, floating point.
+
+    ``inplace=True`` overwrites ``input`` with the result and returns it, as ``F.relu(x, inplace=True)``
+    does (and, like it, fails for a leaf that requires grad or a tensor autograd still needs).
+    """
     check_floating("relu", "input", input)
-    return apply(ReLUFunction, input)
+    return apply_inplace(ReLUInplaceFunction, ReLUFunction, input) if inplace else apply(ReLUFunction, input)
 
 
 class ReLU(torch.nn.ReLU, Activation, torch_twin=torch.nn.ReLU, name="relu"):
-    """max(0, x) elementwise with backward 1[x>0]·δZ; any shape. (Never in place.)"""
+    """max(0, x) elementwise with backward 1[x>0]·δZ; any shape. ``inplace=True`` overwrites the
+    input, as ``torch.nn.ReLU(inplace=True)`` does (so ``h + relu(h)`` means the same after convert)."""
 
-    def __init__(self) -> None:
-        super().__init__(inplace=False)
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
 
     def forward(self, input: Tensor) -> Tensor:
-        return relu(input)
+        return relu(input, inplace=self.inplace)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.ReLU) -> ReLU:
+        return cls(module.inplace)
+
+    def to_torch(self) -> torch.nn.ReLU:
+        return torch.nn.ReLU(self.inplace)
 
     def function_and_arguments(self, input: Tensor):
+        # Out of place even for inplace=True: the explicit engine keeps each layer's input for the
+        # layer below's backward (e.g. a Tanh's saved output), so it must not be overwritten.
         return ReLUFunction, (input,)
 
 
@@ -215,6 +256,12 @@ class ELU(torch.nn.ELU, Activation, torch_twin=torch.nn.ELU, name="elu"):
 
     @classmethod
     def from_torch(cls, module: torch.nn.ELU) -> ELU:
+        if module.inplace:  # its backward needs the input, which in place would be gone
+            raise ValueError(
+                f"convert: manualbp's ELU has no in-place form, got {module!r}; build the model with "
+                f"ELU(alpha={module.alpha}, inplace=False) first (the same values unless the model reuses "
+                f"the ELU's input afterwards)"
+            )
         return cls(module.alpha)
 
     def to_torch(self) -> torch.nn.ELU:

@@ -22,6 +22,7 @@ A layer file (``linear.py``, ``activations.py``, ``losses.py``) gives, for each 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -109,9 +110,11 @@ def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
     so gradients reach float32 parameters in float32. As in PyTorch, float64 tensors are left as
     they are. Outside autocast this is just ``function.apply(*args)``.
     """
+    if torch.jit.is_tracing():
+        raise torchscript_error(f"torch.jit.trace through {function.__name__}")
     chosen = function.copy_for_this_call()
     device_type = args[0].device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return chosen.apply(*args)
     if autocast_to is not None:
         dtype = torch.get_autocast_dtype(device_type) if autocast_to == "lower" else torch.float32
@@ -120,9 +123,49 @@ def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
         return chosen.apply(*args)
 
 
+def apply_inplace(inplace_function: type[LayerFunction], function: type[LayerFunction], input: Tensor, *args):
+    """Apply a layer in place, as ``torch.nn.ReLU(inplace=True)`` does: ``input`` holds the result
+    afterwards and is returned, and autograd knows it (its other users see the new values).
+
+    Eager autograd runs ``inplace_function``, whose ``setup_context`` marks the input dirty
+    (``ctx.mark_dirty``) and whose backward is the layer's own. torch.compile and the torch.func
+    transforms take no such Function (functorch refuses to save an input returned as-is, Dynamo
+    rejects it, forward-mode AD wants the tangent modified in place), so there the out-of-place
+    ``function`` runs and its result is copied over the input: the same values and gradients
+    (``copy_`` passes the gradient through), one more buffer of the input's size.
+    """
+    if torch.compiler.is_compiling() or _functorch_transforms_active():
+        return input.copy_(apply(function, input, *args))
+    return apply(inplace_function, input, *args)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False for a device autocast does not know (meta,
+    where ``is_autocast_enabled`` raises "unknown device type for autocast")."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def torchscript_error(what: str) -> RuntimeError:
+    """The one error for TorchScript: it cannot hold a Python autograd.Function (script cannot
+    compile one; trace records one that ``torch.jit.save`` cannot export)."""
+    return RuntimeError(
+        f"{what}: TorchScript cannot hold manualbp's layers (their backward is a Python "
+        f"autograd.Function); export with torch.export.export(model, (example_input,)), speed up "
+        f"with torch.compile(model), or script manualbp.reference.to_torch(model), the same model "
+        f"with PyTorch's built-in layers"
+    )
+
+
 def _autocast_eligible(arg) -> bool:
     """Autocast casts float32, float16 and bfloat16 tensors, never float64 (as PyTorch does)."""
     return isinstance(arg, Tensor) and arg.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
+def as_rows(tensor: Tensor) -> Tensor:
+    """(*, features) -> (rows, features), rows = the product of the leading sizes (1 for a vector):
+    a view where it can be. Sizes are spelled out, not ``reshape(-1, features)``, which fails for
+    zero features ("cannot reshape tensor of 0 elements into shape [-1, 0]")."""
+    return tensor.reshape(math.prod(tensor.shape[:-1]), tensor.shape[-1])
 
 
 def check_floating(name: str, argument: str, tensor: Tensor) -> None:
@@ -164,6 +207,10 @@ class Layer:
         TORCH_TWINS[cls] = torch_twin
         if not issubclass(cls, Loss):  # a model's losses are not converted: convert() swaps layers
             CONVERTIBLE[torch_twin] = cls
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        """What ``torch.jit.script`` calls on every submodule first: here, one clear error."""
+        raise torchscript_error(f"torch.jit.script of a model holding manualbp.{type(self).__name__}")
 
     @classmethod
     def from_torch(cls, module: torch.nn.Module) -> torch.nn.Module:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.activations import relu_backward, relu_forward
-from manualbp.layers.base import Layer, LayerFunction, apply, check_floating
+from manualbp.layers.base import Layer, LayerFunction, apply, as_rows, autocast_enabled, check_floating, is_traced
 
 __all__ = [
     "linear_forward",
@@ -40,10 +40,14 @@ def linear_forward(input: Tensor, weight: Tensor, bias: Tensor | None = None) ->
     """
     if input.dim() == 2 and bias is not None:
         return torch.addmm(bias, input, weight.t())  # Z = X Wᵀ + b, in one GEMM
-    # Any other rank: matmul folds the leading dimensions and returns a fresh tensor (not a view,
-    # which autograd would forbid modifying in place, e.g. by a following ReLU(inplace=True)).
+    # Any other rank: matmul folds the leading dimensions into one GEMM and returns a fresh tensor
+    # (not a view, which autograd would forbid modifying in place, e.g. by ReLU(inplace=True)).
     output = input @ weight.t()  # Z = X Wᵀ
-    return output if bias is None else output + bias  # ... + b
+    if bias is None:
+        return output
+    # + b in place, as PyTorch's own linear does: no second (*, out_features) buffer. Under a
+    # torch.func transform b may be batched where Z is not, which in place cannot be: add anew.
+    return output + bias if is_traced(bias) else output.add_(bias)  # ... + b
 
 
 def linear_backward(
@@ -58,13 +62,12 @@ def linear_backward(
     needed); weight W: (out_features, in_features).
     Returns δX: (*, in_features), δW: (out_features, in_features), δb: (out_features,).
     """
-    out_features, in_features = weight.shape
-    grad_rows = grad_output.reshape(-1, out_features)
+    grad_rows = as_rows(grad_output)
     grad_input = grad_weight = grad_bias = None
     if needs_grad[0]:
         grad_input = grad_output @ weight  # δX = δZ·W   (slides, W as (in, out): δZ Wᵀ)
     if needs_grad[1]:
-        grad_weight = grad_rows.t() @ input.reshape(-1, in_features)  # δW = δZᵀX   (slides: XᵀδZ)
+        grad_weight = grad_rows.t() @ as_rows(input)  # δW = δZᵀX   (slides: XᵀδZ)
     if needs_grad[2]:
         grad_bias = grad_rows.sum(0)  # δb = Σ_k δZ_k,:
     return grad_input, grad_weight, grad_bias
@@ -159,7 +162,7 @@ class LinearReLUFunction(LayerFunction):
 
     @staticmethod
     def forward(input, weight, bias):
-        return relu_forward(linear_forward(input, weight, bias))
+        return relu_forward(linear_forward(input, weight, bias), inplace=True)  # A is fresh: max(0, A) over it
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -194,7 +197,7 @@ class TorchLinearReLU(torch.nn.Linear):
     """max(0, X Wᵀ + b) from torch built-ins (F.linear, F.relu); the torch twin of ``LinearReLU``."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return torch.nn.functional.relu(super().forward(input))
+        return torch.nn.functional.relu(torch.nn.functional.linear(input, self.weight, self.bias))  # scriptable
 
 
 class LinearReLU(torch.nn.Linear, Layer, torch_twin=TorchLinearReLU):
@@ -259,7 +262,7 @@ def _check_linear_arguments(input: Tensor, weight: Tensor, bias: Tensor | None) 
         raise ValueError(
             f"linear: expected a bias of shape ({out_features},), got {tuple(bias.shape)}"
         )
-    if not torch.is_autocast_enabled(input.device.type):
+    if not autocast_enabled(input.device.type):
         for argument, tensor in (("weight", weight), ("bias", bias)):
             if tensor is not None and tensor.dtype != input.dtype:
                 raise TypeError(

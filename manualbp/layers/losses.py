@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, Loss, apply, check_floating, is_traced
+from manualbp.layers.base import LayerFunction, Loss, apply, autocast_enabled, check_floating, is_traced
 
 __all__ = [
     "log_softmax",
@@ -44,11 +44,19 @@ def log_softmax(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, dim=-1)  # log yp = logits − log Σ exp(logits)
 
 
-def _target_distribution(target: Tensor, num_classes: int) -> Tensor:
-    """Targets as probabilities y: (N, C). Class indices (N,) become one-hot rows."""
+def _target_distribution(target: Tensor, logits: Tensor) -> Tensor:
+    """Targets as probabilities y: (N, C), like logits. Class indices (N,) become one-hot rows
+    (by comparison with 0..C-1, which, unlike ``F.one_hot``, also takes N = 0 or C = 0)."""
     if target.is_floating_point():
         return target
-    return torch.nn.functional.one_hot(target, num_classes)
+    classes = torch.arange(logits.shape[-1], device=target.device)
+    return (target.unsqueeze(-1) == classes).to(logits.dtype)  # y_nk = 1[k = target_n]
+
+
+def _cross_entropy_batch_size(logits: Tensor) -> int:
+    """N, counted as ``F.cross_entropy`` counts it (elements / classes): 0 when there are no
+    classes, so that the mean over the batch is NaN there, as in PyTorch."""
+    return logits.shape[0] if logits.shape[-1] else 0
 
 
 def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> Tensor:
@@ -59,7 +67,7 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> Tensor:
     """
     log_probs = log_softmax(logits)
     if target.is_floating_point():
-        return -(target * log_probs).sum() / logits.shape[0]  # L = −(1/N) Σ_n Σ_k y_nk log yp_nk
+        return -(target * log_probs).sum() / _cross_entropy_batch_size(logits)  # L = −(1/N) Σ_n Σ_k y_nk log yp_nk
     return -log_probs.gather(1, target.unsqueeze(1)).mean()  # L = −(1/N) Σ_n log yp_n,target
 
 
@@ -73,9 +81,9 @@ def softmax_cross_entropy_backward(
     grad_output g: scalar; logits: (N, C); target: (N,) indices or (N, C) probabilities.
     Returns δlogits: (N, C) and δy: (N, C) or None.
     """
-    scale = grad_output / logits.shape[0]
+    scale = grad_output / _cross_entropy_batch_size(logits)
     probs = torch.softmax(logits, dim=-1)  # yp = exp(logits) / Σ exp(logits)
-    target_rows = _target_distribution(target, logits.shape[1])
+    target_rows = _target_distribution(target, logits)
     if target.is_floating_point():  # rows need not sum to 1 (F.cross_entropy allows it): Σ_k y_k ≠ 1
         probs = probs * target_rows.sum(dim=-1, keepdim=True)  # yp·Σy, = yp for the slide's y
     grad_logits = (probs - target_rows) * scale  # (yp − y)/N · g
@@ -88,7 +96,7 @@ def softmax_euclidean_forward(logits: Tensor, target: Tensor) -> Tensor:
     used the L2 loss with softmax?". logits: (N, C); target: indices (N,) or probabilities (N, C).
     Returns a scalar (a mean over the batch, like softmax_cross_entropy)."""
     probs = torch.softmax(logits, dim=-1)  # yp = softmax(logits)
-    difference = probs - _target_distribution(target, logits.shape[-1])
+    difference = probs - _target_distribution(target, logits)
     return 0.5 * (difference**2).sum() / logits.shape[0]  # L = (1/N) Σ ½‖yp − y‖²
 
 
@@ -99,7 +107,7 @@ def softmax_euclidean_backward(
     the softmax Jacobian (∂yp_k/∂logits_i = yp_i(1[i=k] − yp_k)). For probability targets that
     need it, δy = −(yp − y)/N · g. Shapes: logits (N, C) -> δlogits (N, C), δy (N, C) or None."""
     probs = torch.softmax(logits, dim=-1)  # yp = softmax(logits)
-    target_rows = _target_distribution(target, logits.shape[-1])
+    target_rows = _target_distribution(target, logits)
     grad_probs = (probs - target_rows) * (grad_output / logits.shape[0])  # δyp = (yp − y)/N · g
     projected = (probs * grad_probs).sum(dim=-1, keepdim=True)  # ypᵀ δyp, per row
     grad_logits = probs * (grad_probs - projected)  # δlogits = (diag(yp) − yp ypᵀ) δyp
@@ -236,8 +244,9 @@ class TorchSoftmaxEuclideanLoss(torch.nn.Module):
     """Mean ½‖softmax(logits) − y‖² from torch built-ins; the torch twin of ``SoftmaxEuclideanLoss``."""
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        if not target.is_floating_point():
-            target = torch.nn.functional.one_hot(target, logits.shape[-1]).to(logits.dtype)
+        if not target.is_floating_point():  # class indices: one-hot rows (F.one_hot refuses 0 classes)
+            target = torch.nn.functional.one_hot(target, max(logits.shape[-1], 1))[:, : logits.shape[-1]]
+            target = target.to(logits.dtype)
         return 0.5 * ((torch.softmax(logits, dim=-1) - target) ** 2).sum() / logits.shape[0]
 
 
@@ -365,14 +374,32 @@ def _check_class_targets(name: str, logits: Tensor, target: Tensor) -> Tensor:
             f"one per row of logits), got shape {tuple(target.shape)}"
         )
     if batch_size and not is_traced(target):
-        low, high = (value.item() for value in torch.aminmax(target))
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{name}: class targets must lie in [0, {num_classes}) for "
-                f"{num_classes} classes, got values from {low} to {high}; check the labels, or "
-                f"give the last layer as many outputs as there are classes"
-            )
-    return target.long()  # gather and one_hot take int64 indices
+        _check_class_range(name, target, num_classes)
+    return target.long()  # gather takes int64 indices
+
+
+def _classes_in_range(target: Tensor, num_classes: int) -> Tensor:
+    """A 0-d bool tensor, on the target's device: every class index lies in [0, C)."""
+    return ((target >= 0) & (target < num_classes)).all()
+
+
+def _check_class_range(name: str, target: Tensor, num_classes: int) -> None:
+    """Class targets in [0, C). On the CPU, checked now, naming the values found. On an accelerator
+    (or meta), reading a value would make the host wait for the device every step (a sync): there
+    the check is an assertion the device runs asynchronously (``torch._assert_async``), which
+    stops the program at a later sync with this message instead."""
+    advice = "check the labels, or give the last layer as many outputs as there are classes"
+    if target.device.type != "cpu":
+        # torch-private: PyTorch has no public assertion that runs on the device without a sync.
+        torch._assert_async(_classes_in_range(target, num_classes),
+                            f"{name}: class targets must lie in [0, {num_classes}); {advice}")
+        return
+    low, high = (value.item() for value in torch.aminmax(target))
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"{name}: class targets must lie in [0, {num_classes}) for {num_classes} classes, "
+            f"got values from {low} to {high}; {advice}"
+        )
 
 
 def _check_reduction(reduction: str) -> str:
@@ -392,6 +419,6 @@ def _euclidean_arguments(pred: Tensor, target: Tensor, reduction: str) -> tuple[
             f"and {tuple(target.shape)}; reshape one of them (no broadcasting is done, so that "
             f"(N, 1) against (N,) cannot silently become (N, N))"
         )
-    if not (torch.is_autocast_enabled(pred.device.type) and target.is_floating_point()):
+    if not (autocast_enabled(pred.device.type) and target.is_floating_point()):
         target = target.to(pred.dtype)
     return pred, target, reduction

@@ -1,0 +1,154 @@
+"""Memory: the peak bytes of one forward + backward of every manualbp Function against the same
+computation with PyTorch's own ops, measured side by side in one process.
+
+``peak_bytes`` reads the CPU allocator through ``torch.profiler`` (``profile_memory=True`` records
+every allocation and free, in order): the peak is the largest total held above the level at the
+start, so inputs, weights and the upstream gradient made beforehand are not counted, and the
+figure is deterministic (no RSS noise, no other process). Each case is one line of ``CASES``: a
+name, the manualbp function, its PyTorch reference, and a maker of inputs at a given scale (the
+benchmark's size, or a small one for the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch._C._profiler import _EventType  # torch-private: see peak_bytes
+from torch.profiler import ProfilerActivity, profile
+
+import manualbp.functional as mbf
+from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
+
+
+def peak_bytes(run: Callable[[], object]) -> int:
+    """Peak bytes held by the CPU allocator above its level when ``run()`` starts, while it runs."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    # torch-private: the profiler's public events fold allocations into their ops (net per op,
+    # which hides a temporary freed inside it); its event tree keeps each allocation and free,
+    # with the allocator's running total (counted from before this profile: taken relative here).
+    allocations = sorted((node for node in _walk(profiler.profiler.kineto_results.experimental_event_tree())
+                          if node.tag == _EventType.Allocation), key=lambda node: node.start_time_ns)
+    if not allocations:
+        return 0
+    first = allocations[0].extra_fields
+    start_level = first.total_allocated - first.alloc_size
+    return max(0, *(node.extra_fields.total_allocated - start_level for node in allocations))
+
+
+def _walk(nodes):
+    for node in nodes:
+        yield node
+        yield from _walk(node.children)
+
+
+def forward_backward(function: Callable, inputs: tuple, grad_output: torch.Tensor | None) -> Callable[[], None]:
+    """One forward and one backward of ``function(*inputs)``, keeping nothing but the inputs'
+    ``.grad`` (cleared beforehand, outside the measurement, so that no free of an earlier run's
+    gradient is counted against this one)."""
+    for tensor in inputs:
+        tensor.grad = None
+
+    def run() -> None:
+        function(*inputs).backward(grad_output)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Case:
+    """``make(scale)`` returns (inputs, grad_output or None for a scalar loss); ``needs_grad``
+    says which inputs require grad (e.g. a first layer's input does not)."""
+
+    name: str
+    function: Callable
+    reference: Callable
+    make: Callable[[int], tuple[tuple, torch.Tensor | None]]
+    needs_grad: tuple[bool, ...]
+
+    def inputs(self, scale: int) -> tuple[tuple, torch.Tensor | None]:
+        inputs, grad_output = self.make(scale)
+        needs_grad = self.needs_grad + (False,) * (len(inputs) - len(self.needs_grad))
+        return tuple(x.requires_grad_(needs) for x, needs in zip(inputs, needs_grad, strict=True)), grad_output
+
+    def peaks(self, scale: int) -> tuple[int, int]:
+        """(manualbp's peak bytes, PyTorch's) for one forward + backward at ``scale``, same inputs."""
+        inputs, grad_output = self.inputs(scale)
+        ours = peak_bytes(forward_backward(self.function, inputs, grad_output))
+        theirs = peak_bytes(forward_backward(self.reference, inputs, grad_output))
+        return ours, theirs
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape)
+
+
+def _linear(rows: int, leading: tuple[int, ...] = (), out_features: int = 512, in_features: int = 784):
+    inputs = (_randn(*leading, rows, in_features), _randn(out_features, in_features), _randn(out_features))
+    return inputs, _randn(*leading, rows, out_features)
+
+
+def _elementwise(rows: int):
+    return (_randn(rows, 512),), _randn(rows, 512)
+
+
+def _logits(rows: int, targets: str, classes: int = 1000):
+    target = (torch.softmax(_randn(rows, classes), dim=1) if targets == "probabilities"
+              else torch.randint(0, classes, (rows,)))
+    return (_randn(rows, classes), target), None
+
+
+def _linear_relu_reference(input, weight, bias):
+    return F.relu(F.linear(input, weight, bias))
+
+
+ALL, NO_INPUT_GRAD = (True, True, True), (False, True, True)
+
+CASES = [
+    Case("linear", mbf.linear, F.linear, _linear, ALL),
+    Case("linear, input needs no grad", mbf.linear, F.linear, _linear, NO_INPUT_GRAD),
+    Case("linear, 3-D input", mbf.linear, F.linear, lambda rows: _linear(rows // 50, (50,)), ALL),
+    Case("linear, 3-D input needs no grad", mbf.linear, F.linear, lambda rows: _linear(rows // 50, (50,)),
+         NO_INPUT_GRAD),
+    Case("linear_relu", mbf.linear_relu, _linear_relu_reference, _linear, ALL),
+    Case("linear_relu, input needs no grad", mbf.linear_relu, _linear_relu_reference, _linear, NO_INPUT_GRAD),
+    Case("linear_relu, 3-D input", mbf.linear_relu, _linear_relu_reference,
+         lambda rows: _linear(rows // 50, (50,)), ALL),
+    Case("relu", mbf.relu, F.relu, _elementwise, (True,)),
+    Case("sigmoid", mbf.sigmoid, torch.sigmoid, _elementwise, (True,)),
+    Case("elu", mbf.elu, F.elu, _elementwise, (True,)),
+    Case("tanh", mbf.tanh, torch.tanh, _elementwise, (True,)),
+    Case("softmax_cross_entropy, class indices", mbf.softmax_cross_entropy, F.cross_entropy,
+         lambda rows: _logits(rows, "indices"), (True,)),
+    Case("softmax_cross_entropy, probabilities", mbf.softmax_cross_entropy, F.cross_entropy,
+         lambda rows: _logits(rows, "probabilities"), (True,)),
+    Case("softmax_euclidean_loss", mbf.softmax_euclidean_loss, TorchSoftmaxEuclideanLoss(),
+         lambda rows: _logits(rows, "indices"), (True,)),
+    Case("euclidean_loss", mbf.euclidean_loss, TorchEuclideanLoss(),
+         lambda rows: ((_randn(rows, 512), _randn(rows, 512)), None), (True,)),
+]
+
+BENCH_ROWS = 50_000  # e.g. a 50k x 784 batch: about 160 MB of float32 input per case
+
+
+def bench_memory(rows: int = BENCH_ROWS, seed: int = 0) -> dict:
+    """Peak bytes of forward + backward, manualbp and PyTorch, for every case at ``rows`` rows."""
+    torch.manual_seed(seed)
+    results = {}
+    for case in CASES:
+        ours, theirs = case.peaks(rows)
+        results[case.name] = {"manual_peak_bytes": ours, "native_peak_bytes": theirs, "ratio": ours / theirs}
+    return {"rows": rows, "cases": results, "torch": torch.__version__,
+            "measure": "CPU allocator peak above the start level, torch.profiler(profile_memory=True)"}
+
+
+def print_memory(report: dict) -> None:
+    print(f"Peak memory of one forward + backward, {report['rows']:,} rows ({report['measure']})\n")
+    print("| Function | manualbp MB | torch MB | manualbp / torch |")
+    print("|---|---:|---:|---:|")
+    for name, row in report["cases"].items():
+        print(f"| {name} | {row['manual_peak_bytes'] / 1e6:,.1f} | {row['native_peak_bytes'] / 1e6:,.1f} "
+              f"| {row['ratio']:.2f} |")

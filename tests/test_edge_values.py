@@ -1,0 +1,222 @@
+"""Every manualbp Function behaves like PyTorch's own op at the edges: zero-size dimensions
+(batch, features, classes) and NaN / ±inf in inputs and upstream gradients. Values and gradients
+are compared with PyTorch's, NaN where PyTorch has NaN (``equal_nan``), shapes included.
+
+One helper runs a function and its torch reference on the same inputs and upstream gradient; each
+case below is one line of inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import manualbp.functional as mbf
+from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
+
+NAN, INF = float("nan"), float("inf")
+DTYPE = torch.float64
+# float64: a few units in the last place; float32: torch's defaults (an ulp of a different but
+# equally right rounding order, e.g. ELU's Z + α against torch's αeˣ).
+CLOSE = {torch.float64: {"rtol": 1e-12, "atol": 1e-14, "equal_nan": True}, torch.float32: {"equal_nan": True}}
+
+
+def _run(function, inputs, grad_output):
+    """Output and the gradient of every floating-point input (None where there is none)."""
+    inputs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    output = function(*inputs)
+    differentiable = [x for x in inputs if x.requires_grad]
+    grads = torch.autograd.grad(output, differentiable, grad_output, allow_unused=True)
+    return output.detach(), grads
+
+
+def assert_like_torch(ours, theirs, inputs, grad_output=None):
+    """``ours(*inputs)`` equals ``theirs(*inputs)`` in value, shape and every gradient, NaN for NaN."""
+    if grad_output is None:
+        grad_output = torch.ones_like(theirs(*inputs))
+    output, grads = _run(ours, inputs, grad_output)
+    expected_output, expected_grads = _run(theirs, inputs, grad_output)
+    close = CLOSE[expected_output.dtype]
+    torch.testing.assert_close(output, expected_output, **close)
+    for index, (grad, expected) in enumerate(zip(grads, expected_grads, strict=True)):
+        assert (grad is None) == (expected is None), f"gradient {index}: {grad} vs {expected}"
+        if expected is not None:
+            torch.testing.assert_close(grad, expected, **close, msg=lambda m, i=index: f"gradient {i}: {m}")
+
+
+def _linear_relu_reference(input, weight, bias=None):
+    return F.relu(F.linear(input, weight, bias))
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Zero-size dimensions
+# ----------------------------------------------------------------------------------------------
+
+LINEAR_SHAPES = {  # input, weight, bias
+    "zero_in_features": ((3, 4, 0), (5, 0), (5,)),
+    "zero_in_features_2d": ((3, 0), (5, 0), (5,)),
+    "zero_out_features": ((3, 4), (0, 4), (0,)),
+    "zero_out_features_3d": ((2, 3, 4), (0, 4), (0,)),
+    "zero_batch": ((0, 4), (5, 4), (5,)),
+    "zero_batch_3d": ((2, 0, 4), (5, 4), (5,)),
+    "all_zero": ((0, 0), (0, 0), (0,)),
+    "vector_zero_in": ((0,), (5, 0), (5,)),
+}
+
+
+@pytest.mark.parametrize("shapes", LINEAR_SHAPES.values(), ids=LINEAR_SHAPES.keys())
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("ours, theirs", [(mbf.linear, F.linear), (mbf.linear_relu, _linear_relu_reference)],
+                         ids=["linear", "linear_relu"])
+def test_linear_layers_take_zero_size_dimensions_like_torch(ours, theirs, shapes, bias):
+    inputs = [_randn(*shape, seed=seed) for seed, shape in enumerate(shapes)]
+    assert_like_torch(ours, theirs, inputs if bias else inputs[:2])
+
+
+ACTIVATIONS = {"relu": (mbf.relu, F.relu), "sigmoid": (mbf.sigmoid, torch.sigmoid),
+               "elu": (mbf.elu, F.elu), "tanh": (mbf.tanh, torch.tanh)}
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (3, 0), (2, 0, 3)], ids=str)
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_take_zero_size_tensors_like_torch(name, shape):
+    assert_like_torch(*ACTIVATIONS[name], [_randn(*shape)])
+
+
+def _probabilities(batch, classes):
+    return torch.softmax(_randn(batch, classes, seed=1), dim=1) if classes else torch.zeros(batch, 0, dtype=DTYPE)
+
+
+LOSS_SHAPES = [(0, 4), (3, 0), (0, 0)]  # (batch, classes)
+
+
+@pytest.mark.parametrize("batch, classes", LOSS_SHAPES, ids=str)
+@pytest.mark.parametrize("ours, theirs", [(mbf.softmax_cross_entropy, F.cross_entropy),
+                                          (mbf.softmax_euclidean_loss, TorchSoftmaxEuclideanLoss())],
+                         ids=["cross_entropy", "softmax_euclidean"])
+def test_softmax_losses_take_zero_size_batches_and_classes_like_torch(ours, theirs, batch, classes):
+    logits = _randn(batch, classes)
+    assert_like_torch(ours, theirs, [logits, _probabilities(batch, classes)])
+    if classes or not batch:  # class indices: a batch needs at least one class
+        assert_like_torch(ours, theirs, [logits, torch.zeros(batch, dtype=torch.long)])
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0,)], ids=str)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_euclidean_loss_takes_zero_size_tensors_like_torch(shape, reduction):
+    assert_like_torch(lambda p, t: mbf.euclidean_loss(p, t, reduction), TorchEuclideanLoss(reduction),
+                      [_randn(*shape), _randn(*shape, seed=1)])
+
+
+# ----------------------------------------------------------------------------------------------
+# NaN and ±inf
+# ----------------------------------------------------------------------------------------------
+
+SPECIAL = [NAN, INF, -INF, 0.0, -0.0, 2.0, -2.0, 1e-300, -1e-300]
+GRAD_SPECIAL = [NAN, INF, -INF, 0.0, 1.0, -3.0]
+
+
+def _one_element_at_a_time(function):
+    """``function`` applied to each element as a tensor of its own. PyTorch's CPU kernels have a
+    vectorised path and a scalar one, which disagree for ELU's gradient at NaN in float64 (NaN
+    against the scalar path's δZ); one element at a time always takes the scalar path, the
+    semantics aten's code states (``x <= 0 ? δZ·αeˣ : δZ``)."""
+    return lambda input: torch.cat([function(element) for element in input.reshape(-1, 1)]).reshape(input.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_propagate_nan_and_inf_like_torch(name, dtype):
+    # Every (input, upstream gradient) pair of special values, elementwise.
+    pairs = list(itertools.product(SPECIAL, GRAD_SPECIAL))
+    inputs = torch.tensor([x for x, _ in pairs], dtype=dtype)
+    grad_output = torch.tensor([g for _, g in pairs], dtype=dtype)
+    ours, theirs = ACTIVATIONS[name]
+    assert_like_torch(ours, _one_element_at_a_time(theirs), [inputs], grad_output)
+
+
+def _with(tensor, index, value):
+    tensor = tensor.clone()
+    tensor[index] = value
+    return tensor
+
+
+LINEAR_SPECIALS = {  # which argument (0 input, 1 weight, 2 bias, 3 upstream gradient), where
+    "input": (0, (1, 2)),
+    "weight": (1, (0, 1)),
+    "bias": (2, (2,)),
+    "grad_output": (3, (1, 0)),
+}
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", LINEAR_SPECIALS.values(), ids=LINEAR_SPECIALS.keys())
+@pytest.mark.parametrize("ours, theirs", [(mbf.linear, F.linear), (mbf.linear_relu, _linear_relu_reference)],
+                         ids=["linear", "linear_relu"])
+def test_linear_layers_propagate_nan_and_inf_like_torch(ours, theirs, where, value):
+    arguments = [_randn(4, 3), _randn(5, 3, seed=1), _randn(5, seed=2), _randn(4, 5, seed=3)]
+    argument, index = where
+    arguments[argument] = _with(arguments[argument], index, value)
+    *inputs, grad_output = arguments
+    assert_like_torch(ours, theirs, inputs, grad_output)
+
+
+def test_linear_relu_keeps_finite_gradients_finite_beside_one_nan_input():
+    # The issue's example: one NaN in X must spoil only δW's column of that feature, as in torch.
+    inputs = [_with(_randn(4, 3), (1, 2), NAN), _randn(5, 3, seed=1), _randn(5, seed=2)]
+    _, (grad_input, grad_weight, grad_bias) = _run(mbf.linear_relu, inputs, torch.ones(4, 5, dtype=DTYPE))
+    assert torch.isfinite(grad_input).all() and torch.isfinite(grad_weight[:, :2]).all()
+    assert_like_torch(mbf.linear_relu, _linear_relu_reference, inputs)
+
+
+LOSS_SPECIALS = {"logits": (0, (1, 2)), "probabilities": (1, (2, 0))}
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", LOSS_SPECIALS.values(), ids=LOSS_SPECIALS.keys())
+@pytest.mark.parametrize("targets", ["indices", "probabilities"])
+@pytest.mark.parametrize("ours, theirs", [(mbf.softmax_cross_entropy, F.cross_entropy),
+                                          (mbf.softmax_euclidean_loss, TorchSoftmaxEuclideanLoss())],
+                         ids=["cross_entropy", "softmax_euclidean"])
+def test_softmax_losses_propagate_nan_and_inf_like_torch(ours, theirs, targets, where, value):
+    logits, probabilities = _randn(4, 3), torch.softmax(_randn(4, 3, seed=1), dim=1)
+    target = probabilities if targets == "probabilities" else torch.tensor([0, 2, 1, 2])
+    argument, index = where
+    if argument == 1 and targets == "indices":
+        pytest.skip("class indices hold no NaN")
+    inputs = [logits, target]
+    inputs[argument] = _with(inputs[argument], index, value)
+    assert_like_torch(ours, theirs, inputs)
+
+
+@pytest.mark.parametrize("grad_output", [NAN, INF, -INF, 0.0], ids=["nan", "inf", "-inf", "zero"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_euclidean_loss_propagates_nan_and_inf_like_torch(reduction, grad_output):
+    pred, target = _with(_randn(4, 3), (0, 1), NAN), _with(_randn(4, 3, seed=1), (2, 2), INF)
+    pred = _with(pred, (3, 0), -INF)
+    assert_like_torch(lambda p, t: mbf.euclidean_loss(p, t, reduction), TorchEuclideanLoss(reduction),
+                      [pred, target], torch.tensor(grad_output, dtype=DTYPE))
+
+
+@pytest.mark.parametrize("targets", ["indices", "probabilities"])
+@pytest.mark.parametrize("ours, theirs", [(mbf.softmax_cross_entropy, F.cross_entropy),
+                                          (mbf.softmax_euclidean_loss, TorchSoftmaxEuclideanLoss())],
+                         ids=["cross_entropy", "softmax_euclidean"])
+def test_softmax_losses_pass_a_nan_upstream_gradient_on_like_torch(ours, theirs, targets):
+    logits, probabilities = _randn(4, 3), torch.softmax(_randn(4, 3, seed=1), dim=1)
+    target = probabilities if targets == "probabilities" else torch.tensor([0, 2, 1, 2])
+    assert_like_torch(ours, theirs, [logits, target], torch.tensor(NAN, dtype=DTYPE))
+
+
+@pytest.mark.xfail(strict=True, reason="known difference, kept for the slide formula: with g = ±inf, "
+                   "(yp − y)/N·g is ±inf at the target where PyTorch's log_softmax∘nll_loss order gives NaN")
+def test_cross_entropy_with_an_infinite_upstream_gradient_is_not_yet_torchs():
+    assert_like_torch(mbf.softmax_cross_entropy, F.cross_entropy, [_randn(4, 3), torch.tensor([0, 2, 1, 2])],
+                      torch.tensor(INF, dtype=DTYPE))

@@ -1,0 +1,278 @@
+"""The drop-in promises at their edges: convert never changes results (in-place ReLU honoured),
+no host sync per step for class targets on accelerators, meta tensors, and one clear error for
+TorchScript with torch.export as the way to export. (Zero-size and NaN/inf: test_edge_values.py;
+memory: test_memory.py.)"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import manualbp
+import manualbp.functional as mbf
+from manualbp import nn as mnn
+
+EXACT = {"rtol": 1e-13, "atol": 1e-15}
+
+
+# ----------------------------------------------------------------------------------------------
+# convert and ReLU(inplace=True)
+# ----------------------------------------------------------------------------------------------
+
+
+class Residual(torch.nn.Module):
+    """``h = fc(x); y = act(h); return combine(y, h)``: whether act is in place decides the result."""
+
+    def __init__(self, activation: torch.nn.Module, pattern: str):
+        super().__init__()
+        self.fc, self.act, self.out = torch.nn.Linear(4, 6), activation, torch.nn.Linear(6, 3)
+        self.pattern = pattern
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.pattern == "reuse_input":  # y + h: with an in-place act, h *is* y
+            return self.out(self.act(h) + h)
+        if self.pattern == "input_then_act":  # h + ... before the act: safe either way
+            skip = h + 1
+            return self.out(self.act(h) * skip)
+        return self.out(self.act(h))  # plain chain
+
+
+def _outputs_and_grads(model, x):
+    output = model(x)
+    return output.detach(), torch.autograd.grad(output.square().sum(), [x, *model.parameters()])
+
+
+@pytest.mark.parametrize("pattern", ["reuse_input", "input_then_act", "chain"])
+@pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "out_of_place"])
+def test_convert_keeps_outputs_and_gradients_of_residual_relu_patterns(inplace, pattern):
+    torch.manual_seed(0)
+    original = Residual(torch.nn.ReLU(inplace=inplace), pattern).double()
+    converted = manualbp.convert(copy.deepcopy(original))
+    assert type(converted.act) is mnn.ReLU and converted.act.inplace == inplace
+    assert repr(converted.act) == repr(original.act)
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    output, grads = _outputs_and_grads(converted, x)
+    expected_output, expected_grads = _outputs_and_grads(original, x)
+    torch.testing.assert_close(output, expected_output, **EXACT)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, **EXACT)
+
+
+def test_inplace_relu_overwrites_its_input_and_runs_the_hand_written_backward():
+    h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True) * 1  # a non-leaf, like a layer's output
+    output = mbf.relu(h, inplace=True)
+    assert output is h and (h >= 0).all()
+    assert type(output.grad_fn).__name__.startswith("ReLUInplaceFunction")
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: mbf.relu(t * 1, inplace=True), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: mbf.relu(t * 1, inplace=True), (x,))
+
+
+def test_inplace_relu_refuses_what_torchs_refuses():
+    leaf = torch.randn(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        torch.relu_(leaf)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        mbf.relu(leaf, inplace=True)
+    for tanh in (torch.tanh, mbf.tanh):  # tanh saves its output: overwriting it is an error in both
+        output = tanh(torch.randn(3, requires_grad=True))
+        mbf.relu(output, inplace=True)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            output.sum().backward()
+
+
+def test_inplace_relu_under_torch_func_and_compile_matches_eager():
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def relu_over_copy(t):
+        h = t * 1
+        return mbf.relu(h, inplace=True) + h  # h is relu(h) now: 2·relu(t)
+
+    expected = 2 * torch.relu(x)
+    torch.testing.assert_close(torch.func.vmap(relu_over_copy)(x), expected)
+    step = (x > 0).to(x.dtype)
+    torch.testing.assert_close(torch.func.grad(lambda t: relu_over_copy(t).sum())(x), 2 * step)
+    torch.testing.assert_close(torch.func.jacrev(relu_over_copy)(x[0]), torch.diag(2 * step[0]))
+    torch.testing.assert_close(torch.func.jacfwd(relu_over_copy)(x[0]), torch.diag(2 * step[0]))
+    import torch.autograd.forward_ad as forward_ad
+
+    with forward_ad.dual_level():  # eager forward-mode AD: the in-place Function's own jvp
+        dual = forward_ad.make_dual(x.clone(), torch.ones_like(x))
+        tangent = forward_ad.unpack_dual(mbf.relu(dual * 1, inplace=True)).tangent
+    torch.testing.assert_close(tangent, step)
+
+
+@pytest.mark.slow
+def test_inplace_relu_compiles_fullgraph():
+    x = torch.randn(4, 3, requires_grad=True)
+    compiled = torch.compile(lambda t: (lambda h: mbf.relu(h, inplace=True) + h)(t * 1), fullgraph=True)
+    compiled(x).sum().backward()
+    torch.testing.assert_close(x.grad, 2.0 * (x > 0))
+
+
+def test_to_torch_keeps_inplace_and_the_manual_engine_does_not_overwrite_saved_tensors():
+    net = torch.nn.Sequential(mnn.Linear(4, 5), mnn.Tanh(), mnn.ReLU(inplace=True), mnn.Linear(5, 3)).double()
+    assert manualbp.reference.to_torch(net)[2].inplace
+    inputs, targets = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    loss = mnn.SoftmaxCrossEntropyLoss()
+    _, grads = manualbp.manual.backprop(net, loss, inputs, targets)
+    out_of_place = copy.deepcopy(net)
+    out_of_place[2] = mnn.ReLU()
+    expected = torch.autograd.grad(loss(out_of_place(inputs), targets), list(out_of_place.parameters()))
+    for grad, expected_grad in zip(grads.values(), expected, strict=True):
+        torch.testing.assert_close(grad, expected_grad, **EXACT)
+
+
+def test_convert_refuses_an_inplace_elu_with_what_to_do():
+    with pytest.raises(ValueError, match=r"no in-place form.*ELU\(alpha=0.5, inplace=False\)"):
+        manualbp.convert(torch.nn.Sequential(torch.nn.ELU(0.5, inplace=True)))
+
+
+# ----------------------------------------------------------------------------------------------
+# No host sync per step for class targets on an accelerator
+# ----------------------------------------------------------------------------------------------
+# What a CPU-only run can prove: off the CPU, the range check reads no value (no .item(), the
+# host sync) and issues one asynchronous device assertion whose condition is right. That the
+# assertion then stops a CUDA run is PyTorch's; test_cuda_* below checks it where CUDA exists.
+
+
+@pytest.fixture
+def item_forbidden(monkeypatch):
+    def item(self):
+        raise AssertionError("Tensor.item() called: a host sync on an accelerator")
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+
+
+@pytest.fixture
+def async_asserts(monkeypatch):
+    conditions = []
+    monkeypatch.setattr(torch, "_assert_async", lambda condition, message: conditions.append((condition, message)))
+    return conditions
+
+
+@pytest.mark.parametrize("loss", [mbf.softmax_cross_entropy, mbf.softmax_euclidean_loss])
+def test_class_targets_off_the_cpu_are_checked_without_reading_a_value(loss, item_forbidden, async_asserts):
+    logits = torch.empty(4, 10, device="meta", requires_grad=True)
+    target = torch.empty(4, dtype=torch.long, device="meta")
+    assert loss(logits, target).shape == ()
+    assert len(async_asserts) == 1
+    condition, message = async_asserts[0]
+    assert condition.shape == () and condition.dtype == torch.bool
+    assert "must lie in [0, 10)" in message
+
+
+@pytest.mark.parametrize("labels, in_range", [([0, 9, 3], True), ([0, 10, 3], False), ([-1, 2, 3], False)])
+def test_the_asynchronous_condition_holds_exactly_for_targets_in_range(labels, in_range):
+    from manualbp.layers.losses import _classes_in_range
+
+    assert bool(_classes_in_range(torch.tensor(labels), 10)) is in_range
+
+
+def test_class_targets_on_the_cpu_are_still_checked_at_once_with_the_values():
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\).*from 0 to 12"):
+        mbf.softmax_cross_entropy(torch.randn(3, 10), torch.tensor([0, 12, 3]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_class_targets_cause_no_sync_and_a_bad_one_still_fails():
+    logits = torch.randn(4, 10, device="cuda", requires_grad=True)
+    target = torch.tensor([0, 3, 9, 1], device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mbf.softmax_cross_entropy(logits, target).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(RuntimeError, match="must lie in"):
+        mbf.softmax_cross_entropy(logits, target + 1)
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------
+# Meta tensors, TorchScript, torch.export
+# ----------------------------------------------------------------------------------------------
+
+from manualbp.layers.base import LOSSES, TORCH_TWINS, Loss  # noqa: E402
+
+LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss)]
+
+
+def _layer(layer_class, **factory):
+    if issubclass(layer_class, torch.nn.Linear):
+        return layer_class(4, 3, **factory)
+    return layer_class()
+
+
+@pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
+def test_every_layer_infers_shapes_on_meta_tensors_forward_and_backward(layer_class):
+    x = torch.randn(2, 5, 4)
+    expected = _layer(layer_class)(x)
+    with torch.device("meta"):
+        layer = _layer(layer_class)
+        meta_input = torch.empty(2, 5, 4, requires_grad=True)
+    assert all(parameter.is_meta for parameter in layer.parameters())
+    output = layer(meta_input)
+    assert output.is_meta and output.shape == expected.shape and output.dtype == expected.dtype
+    output.sum().backward()
+    assert meta_input.grad.is_meta and meta_input.grad.shape == meta_input.shape
+    for parameter in layer.parameters():
+        assert parameter.grad.is_meta and parameter.grad.shape == parameter.shape
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_infers_shapes_on_meta_tensors(name):
+    loss = LOSSES[name]()
+    logits = torch.empty(6, 4, device="meta", requires_grad=True)
+    target = torch.empty(6, 4, device="meta")
+    value = loss(logits, target)
+    assert value.is_meta and value.shape == ()
+    value.backward()
+    assert logits.grad.is_meta and logits.grad.shape == logits.shape
+
+
+def test_a_model_built_under_the_meta_device_then_materialised_trains():
+    with torch.device("meta"):
+        net = mnn.MLP([4, 8, 3])
+    assert net(torch.empty(5, 4, device="meta")).shape == (5, 3)
+    net = net.to_empty(device="cpu")
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    mbf.softmax_cross_entropy(net(torch.randn(5, 4)), torch.tensor([0, 1, 2, 0, 1])).backward()
+    assert all(parameter.grad is not None for parameter in net.parameters())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # jit's deprecation
+def test_torchscript_says_once_and_clearly_to_use_export_or_compile():
+    model = torch.nn.Sequential(mnn.MLP([4, 8, 3]), torch.nn.Softmax(dim=1))
+    with pytest.raises(RuntimeError, match="torch.jit.script of a model holding manualbp.LinearReLU: TorchScript "
+                                           "cannot hold manualbp's layers .* torch.export.export.* torch.compile"):
+        torch.jit.script(model)
+    with pytest.raises(RuntimeError, match="torch.jit.trace through LinearReLUFunction: .* torch.export"):
+        torch.jit.trace(model, (torch.randn(2, 4),))
+    torch.jit.script(manualbp.reference.to_torch(model))  # the advertised alternative scripts
+
+
+class EveryLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.mix = mnn.LinearReLU(6, 8), mnn.Linear(8, 8)
+        self.sigmoid, self.relu, self.elu, self.tanh = mnn.Sigmoid(), mnn.ReLU(), mnn.ELU(), mnn.Tanh()
+        self.relu_inplace, self.out = mnn.ReLU(inplace=True), mnn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.mix(self.hidden(x))
+        h = self.sigmoid(h) + self.relu(h) + self.elu(h) + self.tanh(h)
+        return self.out(self.relu_inplace(h) + h)
+
+
+@pytest.mark.slow
+def test_torch_export_of_a_manualbp_model_gives_eager_values():
+    torch.manual_seed(0)
+    model, x = EveryLayer(), torch.randn(5, 6)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x))
+    other = torch.randn(5, 6)
+    torch.testing.assert_close(exported.module()(other), model(other))
