@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from manualbp.bench.common import full_mnist_root, quiet_train
+from manualbp.nn import forward_and_loss
 from manualbp.reference import to_torch
 from manualbp.training.config import build, compose_config
 from manualbp.training.data.idx import idx_bytes
@@ -42,7 +43,7 @@ def step_function(net, loss, make_optimizer, inputs, targets):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss(net(inputs), targets).backward()
+        forward_and_loss(net, loss, inputs, targets).backward()
         optimizer.step()
 
     return step
@@ -61,7 +62,7 @@ def saved_activation_bytes(net, loss, inputs, targets) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss(net(inputs), targets)
+        forward_and_loss(net, loss, inputs, targets)
     return sum(storages.values())
 
 
