@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
+
 import manualbp.bench
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
 from manualbp.bench.speed import BATCH_SIZES, bench_e2e, bench_steps, bench_time_to_98, print_steps
@@ -21,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per batch size (>= 5)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--compile-batch-sizes", type=int, nargs="*", default=[1024],
+                        help="batch sizes of the torch.compile rows (none: skip them)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads for every measurement (default: torch's)")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -32,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 5:
         parser.error("--rounds must be at least 5")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("manualbp").setLevel(logging.WARNING)
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({report['typical_pipeline']})")
             print(f"  ratio                       : {report['ratio']:.2f}x")
         return
-    report = bench_steps(args.batch_sizes, args.rounds)
+    report = bench_steps(args.batch_sizes, args.rounds, compile_batch_sizes=args.compile_batch_sizes)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
