@@ -217,6 +217,8 @@ def _check_mlp_arguments(input: Tensor, weights: list[Tensor], biases: list[Tens
             f"mlp_softmax_cross_entropy: expected one bias per weight (at least one layer), got "
             f"{len(weights)} weights and {len(biases)} biases; build the layers with bias=True"
         )
+    if _common_case(input, weights, biases):
+        return
     if input.dim() != 2:
         raise ValueError(
             f"mlp_softmax_cross_entropy: expected an input of shape (N, in_features), got "
@@ -226,6 +228,20 @@ def _check_mlp_arguments(input: Tensor, weights: list[Tensor], biases: list[Tens
     for weight, bias in zip(weights, biases, strict=True):
         _check_linear_arguments(features, weight, bias)
         features = _stand_in(input, weight)
+
+
+def _common_case(input: Tensor, weights: list[Tensor], biases: list[Tensor]) -> bool:
+    """Every shape and dtype right, checked in a few comparisons (this runs every step)."""
+    features, dtype = input.shape[-1:], input.dtype
+    if input.dim() != 2 or not input.is_floating_point():
+        return False
+    for weight, bias in zip(weights, biases, strict=True):
+        if weight.dim() != 2 or weight.shape[1:] != features or weight.dtype != dtype:
+            return False
+        if bias.shape != weight.shape[:1] or bias.dtype != dtype:
+            return False
+        features = weight.shape[:1]
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
