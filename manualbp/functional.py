@@ -11,5 +11,6 @@ from manualbp import layers
 from manualbp.layers.activations import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.losses import *  # noqa: F403
+from manualbp.layers.mlp import *  # noqa: F403
 
-__all__ = [*layers.linear.__all__, *layers.activations.__all__, *layers.losses.__all__]
+__all__ = [*layers.linear.__all__, *layers.activations.__all__, *layers.losses.__all__, *layers.mlp.__all__]

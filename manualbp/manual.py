@@ -22,6 +22,7 @@ from torch import Tensor
 
 from manualbp.errors import ConfigError
 from manualbp.layers.base import TORCH_TWINS, Loss
+from manualbp.layers.mlp import fuses
 
 
 class Context:
@@ -37,6 +38,9 @@ class Context:
 
     def save_for_forward(self, *tensors: Tensor | None) -> None:
         pass  # forward-mode AD is not part of backprop
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass  # the engine passes None itself for the outputs it does not use
 
 
 def _layer_function_and_arguments(layer: torch.nn.Module, input: Tensor):
@@ -79,9 +83,31 @@ def backprop(
     inputs: (N, D); targets: what ``loss`` takes. Returns the loss (a scalar) and δθ for every
     parameter that requires grad, keyed like ``net.named_parameters()``. It runs in the
     parameters' dtype: autocast (mixed precision) is switched off inside.
+
+    A net that computes ``loss`` itself in one node (``MLPClassifier`` with
+    ``SoftmaxCrossEntropyLoss``) runs as that node: its forward, then the slide's backward from
+    δL = 1, all layers at once.
     """
     with torch.autocast(inputs.device.type, enabled=False):
+        if fuses(net, loss):
+            return _backprop_one_node(net, inputs, targets)
         return _backprop(net, loss, inputs, targets)
+
+
+def _backprop_one_node(net, inputs, targets):
+    function, arguments = net.function_and_arguments(inputs, targets)
+    context = Context(_needs_grad(arguments, first_input_needs_grad=False))
+    loss_value, *other_outputs = function.forward(*arguments)
+    function.setup_context(context, arguments, (loss_value, *other_outputs))
+    # δL = 1; the logits and hidden outputs are used by nothing else: no gradient (None) for them.
+    argument_grads = function.backward(context, torch.ones_like(loss_value), *(None for _ in other_outputs))
+    names = {id(parameter): name for name, parameter in net.named_parameters()}
+    grads = {
+        names[id(argument)]: grad
+        for argument, grad in zip(arguments, argument_grads, strict=True)
+        if id(argument) in names and grad is not None
+    }
+    return loss_value, grads
 
 
 def _backprop(net, loss, inputs, targets):

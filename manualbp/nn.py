@@ -20,11 +20,13 @@ from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.linear import Linear, LinearReLU, share_parameters
 from manualbp.layers.losses import *  # noqa: F403
+from manualbp.layers.mlp import *  # noqa: F403
 
 __all__ = [
     *layers.linear.__all__,
     *layers.activations.__all__,
     *layers.losses.__all__,
+    *layers.mlp.__all__,
     "ACTIVATIONS",
     "LOSSES",
     "MLP",

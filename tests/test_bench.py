@@ -15,7 +15,8 @@ from manualbp.reference import to_torch
 
 def test_step_bench_json_has_the_relied_on_keys():
     result = subprocess.run(
-        [sys.executable, "-m", "manualbp.bench", "--json", "--batch-sizes", "64", "--rounds", "5"],
+        [sys.executable, "-m", "manualbp.bench", "--json", "--batch-sizes", "64", "--rounds", "5",
+         "--compile-batch-sizes", "64", "--threads", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -25,6 +26,11 @@ def test_step_bench_json_has_the_relied_on_keys():
     assert row["manual_us"] > 0 and row["native_us"] > 0
     assert abs(row["ratio"] - row["manual_us"] / row["native_us"]) < 1e-9
     assert report["sgemm_gflops"] > 0
+    assert row["per_layer_us"] > 0 and abs(row["per_layer_ratio"] - row["per_layer_us"] / row["native_us"]) < 1e-9
+    assert row["manual_saved_bytes"] <= row["native_saved_bytes"]
+    compiled = report["compiled"]["64"]
+    assert compiled["manual_us"] > 0 and abs(compiled["ratio"] - compiled["manual_us"] / compiled["native_us"]) < 1e-9
+    assert report["threads"] == 1 and len(report["load_average"]) == 2
 
 
 def test_manualbp_saves_no_more_for_backward_than_torch():

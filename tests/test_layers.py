@@ -17,7 +17,9 @@ from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS, 
 from manualbp.reference import to_torch
 
 EXACT = {"rtol": 1e-13, "atol": 1e-15}
-LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss)]
+# Whole nets that compute their loss in one node (MLPClassifier) are not layers to put in a
+# Sequential: tests/test_mlp_node.py checks them through convert/to_torch and the manual engine.
+LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss) and not hasattr(layer, "fused_loss")]
 LOSS_CLASSES = [layer for layer in TORCH_TWINS if issubclass(layer, Loss)]
 FEATURES = 4
 

@@ -1,7 +1,8 @@
 """Benchmarks: manualbp against PyTorch's built-in layers, measured side by side in one run, and
 the lecture's sweeps over the training configs.
 
-    python -m manualbp.bench                 # one training step, manualbp vs torch.nn, 4 batch sizes
+    python -m manualbp.bench                 # one training step at 4 batch sizes: the slide as one node,
+                                             # one node per layer, torch.nn; both under torch.compile
     python -m manualbp.bench --json          # the same as one JSON object
     python -m manualbp.bench --e2e           # one epoch of python train.py model=mnist vs the
                                              # typical Lightning + torchvision DataLoader pipeline

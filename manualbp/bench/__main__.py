@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
+
 import manualbp.bench
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
 from manualbp.bench.memory import BENCH_ROWS, bench_memory, print_memory
@@ -24,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--memory", type=int, nargs="?", const=BENCH_ROWS, metavar="ROWS",
                         help=f"peak memory of every Function, manualbp vs torch (default {BENCH_ROWS:,} rows)")
+    parser.add_argument("--compile-batch-sizes", type=int, nargs="*", default=[1024],
+                        help="batch sizes of the torch.compile rows (none: skip them)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads for every measurement (default: torch's)")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 5:
         parser.error("--rounds must be at least 5")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("manualbp").setLevel(logging.WARNING)
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({report['typical_pipeline']})")
             print(f"  ratio                       : {report['ratio']:.2f}x")
         return
-    report = bench_steps(args.batch_sizes, args.rounds)
+    report = bench_steps(args.batch_sizes, args.rounds, compile_batch_sizes=args.compile_batch_sizes)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -5,9 +5,11 @@ accuracy on full MNIST."""
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from manualbp.bench.common import full_mnist_root, quiet_train
+from manualbp.nn import MLP, MLPClassifier, forward_and_loss
 from manualbp.reference import to_torch
 from manualbp.training.config import build, compose_config
 from manualbp.training.data.idx import idx_bytes
@@ -42,7 +45,7 @@ def step_function(net, loss, make_optimizer, inputs, targets):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss(net(inputs), targets).backward()
+        forward_and_loss(net, loss, inputs, targets).backward()
         optimizer.step()
 
     return step
@@ -61,7 +64,7 @@ def saved_activation_bytes(net, loss, inputs, targets) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss(net(inputs), targets)
+        forward_and_loss(net, loss, inputs, targets)
     return sum(storages.values())
 
 
@@ -100,61 +103,123 @@ def interleaved_medians(functions: dict, rounds: int, round_seconds: float = 0.2
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 7, seed: int = 0) -> dict:
-    """manualbp's default MNIST model against the same net of torch.nn built-ins, same weights."""
+def mnist_nets(seed: int = 0) -> tuple[dict, torch.nn.Module, torch.nn.Module, Callable]:
+    """The nets a step is timed on, all with the weights of ``python train.py model=mnist``'s net:
+    ``{"node": MLPClassifier (the whole slide as one node), "per_layer": MLP(fuse=True) (one node
+    per layer), "native": the torch.nn twin}``, then the manualbp loss, torch's, and the optimizer
+    factory of the config."""
     torch.manual_seed(seed)
-    manual_net, manual_loss, make_optimizer = default_mnist_model()
-    native_net, native_loss = to_torch(manual_net), to_torch(manual_loss)
+    config_net, manual_loss, make_optimizer = default_mnist_model()
+    sizes = [config_net[0].in_features, *(layer.out_features for layer in config_net)]
+    node, per_layer = MLPClassifier(sizes), MLP(sizes, fuse=True)
+    node.load_state_dict(config_net.state_dict())
+    per_layer.load_state_dict(config_net.state_dict())
+    nets = {"node": node, "per_layer": per_layer, "native": to_torch(per_layer)}
+    return nets, manual_loss, to_torch(manual_loss), make_optimizer
+
+
+def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 7, seed: int = 0, compile_batch_sizes=(1024,)) -> dict:
+    """One training step of the MNIST net three ways, interleaved in one process, same weights:
+    the slide as one node (``manual``), one node per layer (``per_layer``) and torch.nn
+    (``native``); then, for ``compile_batch_sizes``, the node and torch.nn with their forward and
+    loss under ``torch.compile``."""
+    load_before = os.getloadavg()
+    nets, manual_loss, native_loss, make_optimizer = mnist_nets(seed)
+    losses = {"node": manual_loss, "per_layer": manual_loss, "native": native_loss}
     peak = sgemm_gflops()
     steps = {}
     for batch_size in batch_sizes:
         inputs = torch.randn(batch_size, 784)
         targets = torch.randint(0, 10, (batch_size,))
         # Each side trains its own copy: equal weights at the start, comparable steps after.
-        manual = copy.deepcopy(manual_net)
-        native = copy.deepcopy(native_net)
+        copies = {name: copy.deepcopy(net) for name, net in nets.items()}
+        medians = interleaved_medians(
+            {name: step_function(net, losses[name], make_optimizer, inputs, targets) for name, net in copies.items()},
+            rounds,
+        )
+        saved = {name: saved_activation_bytes(net, losses[name], inputs, targets) for name, net in copies.items()}
+        flops = flops_per_step(nets["native"], batch_size)
+        steps[str(batch_size)] = {
+            "manual_us": medians["node"] * 1e6,
+            "native_us": medians["native"] * 1e6,
+            "ratio": medians["node"] / medians["native"],
+            "per_layer_us": medians["per_layer"] * 1e6,
+            "per_layer_ratio": medians["per_layer"] / medians["native"],
+            "manual_saved_bytes": saved["node"],
+            "per_layer_saved_bytes": saved["per_layer"],
+            "native_saved_bytes": saved["native"],
+            "manual_gflops": flops / medians["node"] / 1e9,
+            "native_gflops": flops / medians["native"] / 1e9,
+        }
+    compiled = {}
+    for batch_size in compile_batch_sizes:
+        inputs = torch.randn(batch_size, 784)
+        targets = torch.randint(0, 10, (batch_size,))
         medians = interleaved_medians(
             {
-                "manual": step_function(manual, manual_loss, make_optimizer, inputs, targets),
-                "native": step_function(native, native_loss, make_optimizer, inputs, targets),
+                name: compiled_step_function(copy.deepcopy(nets[name]), losses[name], make_optimizer, inputs, targets)
+                for name in ("node", "native")
             },
             rounds,
         )
-        flops = flops_per_step(manual_net, batch_size)
-        steps[str(batch_size)] = {
-            "manual_us": medians["manual"] * 1e6,
+        compiled[str(batch_size)] = {
+            "manual_us": medians["node"] * 1e6,
             "native_us": medians["native"] * 1e6,
-            "ratio": medians["manual"] / medians["native"],
-            "manual_saved_bytes": saved_activation_bytes(manual, manual_loss, inputs, targets),
-            "native_saved_bytes": saved_activation_bytes(native, native_loss, inputs, targets),
-            "manual_gflops": flops / medians["manual"] / 1e9,
-            "native_gflops": flops / medians["native"] / 1e9,
+            "ratio": medians["node"] / medians["native"],
         }
     return {
         "steps": steps,
+        "compiled": compiled,
         "sgemm_gflops": peak,
         "rounds": rounds,
         "model": "conf/model/mnist.yaml: MLP 784-512-256-10 (ReLU), softmax cross-entropy",
+        "manual": "MLPClassifier: the MNIST_NN_manualBP slide (net and loss) as one autograd node",
+        "per_layer": "MLP(fuse=True): one node per layer (LinearReLU, LinearReLU, Linear) and one for the loss",
         "optimizer": type(make_optimizer([torch.nn.Parameter(torch.zeros(1))])).__name__,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "load_average": [load_before[0], os.getloadavg()[0]],  # 1-minute load, before and after
     }
+
+
+def compiled_step_function(net, loss, make_optimizer, inputs, targets):
+    """``step_function`` with the forward pass and the loss under ``torch.compile`` (their backward
+    is compiled with them); compiled on the first call, here before timing."""
+    optimizer = make_optimizer(net.parameters())
+    forward = torch.compile(lambda inputs, targets: forward_and_loss(net, loss, inputs, targets), fullgraph=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        forward(inputs, targets).backward()
+        optimizer.step()
+
+    step()
+    return step
 
 
 def print_steps(report: dict) -> None:
     print(f"One training step of {report['model']}, optimizer {report['optimizer']}")
-    print(f"torch {report['torch']}, {report['threads']} threads, median of {report['rounds']} interleaved rounds")
+    print(f"manualbp: {report['manual']}; per layer: {report['per_layer']}")
+    load = report["load_average"]
+    print(f"torch {report['torch']}, {report['threads']} threads, median of {report['rounds']} interleaved rounds, "
+          f"load average {load[0]:.1f} before, {load[1]:.1f} after")
     print(f"sgemm peak on this machine: {report['sgemm_gflops']:.0f} GFLOP/s\n")
-    print("| batch | manualbp µs | torch.nn µs | manualbp / torch.nn | saved bytes manualbp | saved bytes torch.nn "
-          "| manualbp GFLOP/s (% of sgemm) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| batch | manualbp µs | torch.nn µs | manualbp / torch.nn | per layer / torch.nn | saved bytes manualbp "
+          "| saved bytes torch.nn | manualbp GFLOP/s (% of sgemm) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch, row in report["steps"].items():
         share = 100 * row["manual_gflops"] / report["sgemm_gflops"]
         print(
             f"| {batch} | {row['manual_us']:,.0f} | {row['native_us']:,.0f} | {row['ratio']:.3f} | "
-            f"{row['manual_saved_bytes']:,} | {row['native_saved_bytes']:,} | "
+            f"{row['per_layer_ratio']:.3f} | {row['manual_saved_bytes']:,} | {row['native_saved_bytes']:,} | "
             f"{row['manual_gflops']:.0f} ({share:.0f}%) |"
         )
+    if report["compiled"]:
+        print("\nBoth nets' forward and loss under torch.compile(fullgraph=True):\n")
+        print("| batch | manualbp µs | torch.nn µs | manualbp / torch.nn |")
+        print("|---:|---:|---:|---:|")
+        for batch, row in report["compiled"].items():
+            print(f"| {batch} | {row['manual_us']:,.0f} | {row['native_us']:,.0f} | {row['ratio']:.3f} |")
 
 
 def mnist_root(scratch: Path) -> tuple[Path, str]:

@@ -18,7 +18,7 @@ from torchmetrics.classification import Accuracy
 
 from manualbp.errors import ConfigError
 from manualbp.manual import backprop
-from manualbp.nn import LOSSES
+from manualbp.nn import LOSSES, forward_and_loss
 from manualbp.training.data.base import LectureDataModule
 
 ENGINES = ("autograd", "manual")
@@ -115,7 +115,7 @@ class LitNet(L.LightningModule):
             return backprop(net, self.loss, inputs, targets)[1]
         parameters = {name: p for name, p in net.named_parameters() if p.requires_grad}
         with torch.enable_grad():
-            grads = torch.autograd.grad(self.loss(net(inputs), targets), list(parameters.values()))
+            grads = torch.autograd.grad(forward_and_loss(net, self.loss, inputs, targets), list(parameters.values()))
         return dict(zip(parameters, grads, strict=True))
 
     def on_fit_start(self) -> None:
@@ -137,7 +137,8 @@ class LitNet(L.LightningModule):
         if self.engine == "manual":
             loss = self._manual_step(inputs, targets)
         else:
-            loss = self.loss(self.net(inputs), targets)  # forward pass, then the loss
+            # forward pass, then the loss (one node for a net that computes its loss: MLPClassifier)
+            loss = forward_and_loss(self.net, self.loss, inputs, targets)
         self._log_training_loss(loss, len(inputs))
         self.trained_samples += len(inputs)
         return loss  # autograd engine: Lightning calls backward and the optimizer step
