@@ -58,8 +58,8 @@ def max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_shape: tuple
     input_shape: X's shape. Returns δX: X's shape.
     """
     planes = grad_output.new_zeros(*input_shape[:-2], input_shape[-2] * input_shape[-1])
-    grad_input = planes.scatter_add(-1, _planes(indices), _planes(grad_output))  # δX[argmax] += δZ
-    return grad_input.view(input_shape)
+    planes.scatter_add_(-1, _planes(indices), _planes(grad_output))  # δX[argmax] += δZ
+    return planes.view(input_shape)
 
 
 def _planes(tensor: Tensor) -> Tensor:
@@ -99,8 +99,7 @@ def average_pool_backward(grad_output: Tensor, row_matrix: Tensor, column_matrix
     grad_output δZ: (*, H_out, W_out); row_matrix A_h: (H_out, H); column_matrix A_w: (W_out, W).
     Returns δX: (*, H, W).
     """
-    grad_rows = grad_output @ column_matrix  # δZ A_w: (*, H_out, W)
-    return (grad_rows.transpose(-1, -2) @ row_matrix).transpose(-1, -2)  # δX = A_hᵀ δZ A_w
+    return row_matrix.t() @ (grad_output @ column_matrix)  # δX = A_hᵀ δZ A_w
 
 
 def _averaging_matrix(starts: Tensor, ends: Tensor, divisors: Tensor, size: int, like: Tensor) -> Tensor:
