@@ -17,8 +17,11 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-_EAGER: dict[type[Function], type[Function]] = {}
-_FOR_COMPILE: dict[type[Function], type[Function]] = {}
+# Keyed by the layer's name (a str constant at the call, as in manualbp.functional._apply): Dynamo
+# cannot hash a Function class, nor read an attribute or the __name__ of one.
+_FUNCTIONS: dict[str, type[Function]] = {}
+_EAGER: dict[str, type[Function]] = {}
+_FOR_COMPILE: dict[str, type[Function]] = {}
 
 
 def _eager_entry(function: type[Function]) -> type[Function]:
@@ -35,17 +38,20 @@ def _without_jvp(function: type[Function]) -> type[Function]:
     return type(function.__name__, (function,), {"jvp": staticmethod(Function.jvp)})
 
 
-def with_copies(function: type[Function]) -> type[Function]:
-    """Class decorator: make the eager and compile copies of ``function`` once, at import."""
-    _EAGER[function] = _eager_entry(function)
-    _FOR_COMPILE[function] = _without_jvp(function)
-    return function
+def with_copies(name: str):
+    """Class decorator: register the Function as ``name`` with its eager and compile copies."""
+
+    def register(function: type[Function]) -> type[Function]:
+        _FUNCTIONS[name], _EAGER[name], _FOR_COMPILE[name] = function, _eager_entry(function), _without_jvp(function)
+        return function
+
+    return register
 
 
-def apply_function(function: type[Function], *args):
-    """``function.apply(*args)`` through the copy that suits the current mode (see above)."""
+def apply_function(name: str, *args):
+    """The Function registered as ``name``, applied through the copy that suits the current mode."""
     if torch.compiler.is_compiling():
-        return _FOR_COMPILE[function].apply(*args)
+        return _FOR_COMPILE[name].apply(*args)
     if torch._C._are_functorch_transforms_active():  # vmap, grad, jacrev, jvp of torch.func
-        return function.apply(*args)
-    return _EAGER[function].apply(*args)
+        return _FUNCTIONS[name].apply(*args)
+    return _EAGER[name].apply(*args)

@@ -127,7 +127,7 @@ def _conv2d_tangent(input, weight, conv_args, input_tangent, weight_tangent, bia
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies
+@with_copies("conv2d")
 class Conv2dFunction(Function):
     """Z = conv2d(X, W, b) with the hand-written backward of :func:`conv2d_backward`.
 
@@ -261,4 +261,4 @@ def conv2d(
                 f"conv2d: the kernel ({d * (k - 1) + 1} with dilation) is larger than the padded input "
                 f"({size} + 2·{pad}) along {axis}; use a smaller kernel or more padding"
             )
-    return apply_function(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups)
+    return apply_function("conv2d", input, weight, bias, stride, padding, dilation, groups)

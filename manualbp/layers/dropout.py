@@ -48,7 +48,7 @@ def dropout_backward(grad_output: Tensor, mask: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies
+@with_copies("dropout")
 class DropoutFunction(Function):
     """Z = X·m for a given mask m (no gradient); backward δX = m·δZ. Saves the mask only."""
 
@@ -93,4 +93,4 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         raise TypeError(f"dropout: expected a floating-point input, got dtype {input.dtype}; use input.float()")
     if p == 0 or not training or input.numel() == 0:
         return input
-    return apply_function(DropoutFunction, input, dropout_mask(input, p))
+    return apply_function("dropout", input, dropout_mask(input, p))

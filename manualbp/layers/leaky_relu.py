@@ -29,7 +29,7 @@ def leaky_relu_backward(grad_output: Tensor, saved: Tensor, negative_slope: floa
     return torch.where(saved > 0, grad_output, grad_output * negative_slope)  # δX = δZ if X>0 else a·δZ
 
 
-@with_copies
+@with_copies("leaky_relu")
 class LeakyReLUFunction(Function):
     """Z = X if X > 0 else a·X, with backward δZ if X > 0 else a·δZ."""
 
@@ -64,4 +64,4 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
         raise TypeError(f"leaky_relu: expected a floating-point input, got dtype {input.dtype}; use input.float()")
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError(f"leaky_relu: expected negative_slope as a number, got {negative_slope!r}")
-    return apply_function(LeakyReLUFunction, input, float(negative_slope))
+    return apply_function("leaky_relu", input, float(negative_slope))

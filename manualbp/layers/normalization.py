@@ -122,7 +122,7 @@ def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tang
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies
+@with_copies("batch_norm_training")
 class BatchNormTrainingFunction(Function):
     """Training-mode batch norm: normalizes with the batch's own μ, σ². Returns (y, μ, σ²); μ and
     σ² are for the running statistics only (not differentiable). Saves x and γ (inputs); the
@@ -160,7 +160,7 @@ class BatchNormTrainingFunction(Function):
         return tangent, None, None
 
 
-@with_copies
+@with_copies("batch_norm_eval")
 class BatchNormEvalFunction(Function):
     """Evaluation-mode batch norm: normalizes with given statistics (the running ones), which get
     no gradient. Saves x, μ, σ², γ (all inputs)."""
@@ -247,8 +247,8 @@ def batch_norm(
     """
     _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, training)
     if not training:
-        return apply_function(BatchNormEvalFunction, input, running_mean, running_var, weight, bias, eps)
-    output, mean, variance = apply_function(BatchNormTrainingFunction, input, weight, bias, eps)
+        return apply_function("batch_norm_eval", input, running_mean, running_var, weight, bias, eps)
+    output, mean, variance = apply_function("batch_norm_training", input, weight, bias, eps)
     if running_mean is not None:
         count = input.numel() // input.shape[1]
         with torch.no_grad():

@@ -147,7 +147,7 @@ def adaptive_avg_pool2d_matrices(input_shape, output_shape, like: Tensor) -> tup
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies
+@with_copies("max_pool2d")
 class MaxPool2dFunction(Function):
     """Max pooling; backward routes δZ to each window's argmax. Returns (Z, argmax indices) and
     saves only the indices (an output; torch also keeps the input)."""
@@ -178,7 +178,7 @@ class MaxPool2dFunction(Function):
         return tangent, None
 
 
-@with_copies
+@with_copies("avg_pool2d")
 class AvgPool2dFunction(Function):
     """Average pooling Z = A_h X A_wᵀ with backward δX = A_hᵀ δZ A_w. Saves nothing: the
     averaging matrices follow from the shapes and the arguments."""
@@ -208,7 +208,7 @@ class AvgPool2dFunction(Function):
         return avg_pool2d_forward(input_tangent, *ctx.pool_args)  # linear: Ż = A_h Ẋ A_wᵀ
 
 
-@with_copies
+@with_copies("adaptive_avg_pool2d")
 class AdaptiveAvgPool2dFunction(Function):
     """Adaptive average pooling Z = A_h X A_wᵀ with backward δX = A_hᵀ δZ A_w; saves nothing."""
 
@@ -273,7 +273,7 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     """
     _check_pool_input("max_pool2d", input)
     kernel_size, stride, padding, dilation = _pool_geometry("max_pool2d", kernel_size, stride, padding, dilation)
-    output, indices = apply_function(MaxPool2dFunction, input, kernel_size, stride, padding, dilation, ceil_mode)
+    output, indices = apply_function("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
     return (output, indices) if return_indices else output
 
 
@@ -290,7 +290,7 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     if divisor_override is not None and not (isinstance(divisor_override, int) and divisor_override > 0):
         raise ValueError(f"avg_pool2d: divisor_override must be a positive int or None, got {divisor_override!r}")
     return apply_function(
-        AvgPool2dFunction, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        "avg_pool2d", input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
 
 
@@ -305,4 +305,4 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     if isinstance(sizes, (tuple, list)) and len(sizes) == 2:
         sizes = tuple(size if size is not None else input.shape[-2 + axis] for axis, size in enumerate(sizes))
     output_size = int_pair("adaptive_avg_pool2d", "output_size", sizes, 1)
-    return apply_function(AdaptiveAvgPool2dFunction, input, output_size)
+    return apply_function("adaptive_avg_pool2d", input, output_size)
