@@ -27,6 +27,9 @@ from manualbp.layers.leaky_relu import leaky_relu
 from manualbp.layers.normalization import batch_norm
 from manualbp.layers.pooling import MaxPool2dFunction, adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
+# torch's own conv2d warns that padding="same" with an even kernel copies the input (so do we).
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
+
 DTYPE = torch.float64
 # float64 sums taken in a different order by a different kernel (a transposed convolution, a
 # scatter, a matmul) agree to a few units in the last place; a wrong formula is off by far more.
