@@ -17,14 +17,17 @@ import torch
 from manualbp import layers
 from manualbp.layers.activations import *  # noqa: F403
 from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES
+from manualbp.layers.conv import *  # noqa: F403
+from manualbp.layers.dropout import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.linear import Linear, LinearReLU, share_parameters
 from manualbp.layers.losses import *  # noqa: F403
+from manualbp.layers.normalization import *  # noqa: F403
+from manualbp.layers.pooling import *  # noqa: F403
+from manualbp.layers.shape import *  # noqa: F403
 
 __all__ = [
-    *layers.linear.__all__,
-    *layers.activations.__all__,
-    *layers.losses.__all__,
+    *(name for family in layers.__all__ for name in getattr(layers, family).__all__),
     "ACTIVATIONS",
     "LOSSES",
     "MLP",

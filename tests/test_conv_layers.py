@@ -21,9 +21,9 @@ from torch.autograd import Function, gradcheck, gradgradcheck
 from torch.autograd.gradcheck import GradcheckError
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from manualbp.layers.activations import leaky_relu
 from manualbp.layers.conv import conv2d
 from manualbp.layers.dropout import dropout
-from manualbp.layers.leaky_relu import leaky_relu
 from manualbp.layers.normalization import batch_norm
 from manualbp.layers.pooling import MaxPool2dFunction, adaptive_avg_pool2d, avg_pool2d, max_pool2d
 

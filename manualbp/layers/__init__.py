@@ -1,7 +1,12 @@
 """manualbp's layers, one family per file; each file opens with its formulas.
 
 * ``linear.py``: Z = X Wᵀ + b, and the slides' MNIST layer Z = f(X Wᵀ + b) fused with f = ReLU.
-* ``activations.py``: sigmoid, ReLU, ELU.
+* ``activations.py``: sigmoid, ReLU, ELU, tanh, leaky ReLU.
+* ``conv.py``: 2-D convolution, the linear layer at every patch.
+* ``pooling.py``: max, average and adaptive average 2-D pooling.
+* ``normalization.py``: batch norm (N, C) and (N, C, H, W).
+* ``dropout.py``: dropout (its mask an input of the Function).
+* ``shape.py``: Flatten.
 * ``losses.py``: softmax + cross-entropy, softmax + L2, the Euclidean loss.
 * ``base.py``: what they share, written once (the Function's eager/compile copies and autocast,
   the Module registry that ``convert``, ``to_torch``, the manual engine and ``MLP`` read).
@@ -9,6 +14,6 @@
 The public API is :mod:`manualbp.functional` (functions) and :mod:`manualbp.nn` (Modules).
 """
 
-from manualbp.layers import activations, linear, losses
+from manualbp.layers import activations, conv, dropout, linear, losses, normalization, pooling, shape
 
-__all__ = ["activations", "linear", "losses"]
+__all__ = ["activations", "conv", "dropout", "linear", "losses", "normalization", "pooling", "shape"]

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
-from manualbp.layers._interim_apply import apply_function, with_copies
+from manualbp.errors import NotConvertibleError
+from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.sharing import SharesState
 
-__all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "Conv2dFunction"]
+__all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "Conv2dFunction", "Conv2d"]
 
 Pair = tuple[int, int]
 
@@ -127,15 +128,13 @@ def _conv2d_tangent(input, weight, conv_args, input_tangent, weight_tangent, bia
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies("conv2d")
-class Conv2dFunction(Function):
+class Conv2dFunction(LayerFunction):
     """Z = conv2d(X, W, b) with the hand-written backward of :func:`conv2d_backward`.
 
     Saves X only when W needs a gradient (δX needs W alone) and W always (a parameter: no extra
     memory). stride, padding, dilation: pairs of ints; groups: int.
     """
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
@@ -229,21 +228,10 @@ def _check_conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None, 
         raise ValueError(f"conv2d: expected a bias of shape ({out_channels},), got {tuple(bias.shape)}")
 
 
-def conv2d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups: int = 1,
-) -> Tensor:
-    """2-D convolution like ``torch.nn.functional.conv2d``, with the hand-written backward.
-
-    input: (N, C_in, H, W) or (C_in, H, W); weight: (C_out, C_in/groups, kH, kW); bias: (C_out,)
-    or None; stride, dilation: int or pair (≥ 1); padding: int or pair (≥ 0), "valid" or "same".
-    Returns (N, C_out, H_out, W_out) (no N for an unbatched input).
-    """
+def conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+                     groups: int = 1) -> tuple:
+    """The checked arguments of :class:`Conv2dFunction` (pairs of ints; padding="same" with an odd
+    total pads the input first), or a clear error."""
     _check_conv2d_arguments(input, weight, bias, groups)
     stride = int_pair("conv2d", "stride", stride, 1)
     dilation = int_pair("conv2d", "dilation", dilation, 1)
@@ -261,4 +249,59 @@ def conv2d(
                 f"conv2d: the kernel ({d * (k - 1) + 1} with dilation) is larger than the padded input "
                 f"({size} + 2·{pad}) along {axis}; use a smaller kernel or more padding"
             )
-    return apply_function("conv2d", input, weight, bias, stride, padding, dilation, groups)
+    return input, weight, bias, stride, padding, dilation, groups
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
+    """2-D convolution like ``torch.nn.functional.conv2d``, with the hand-written backward.
+
+    input: (N, C_in, H, W) or (C_in, H, W); weight: (C_out, C_in/groups, kH, kW); bias: (C_out,)
+    or None; stride, dilation: int or pair (≥ 1); padding: int or pair (≥ 0), "valid" or "same".
+    Returns (N, C_out, H_out, W_out) (no N for an unbatched input). Under autocast it runs in the
+    autocast dtype, as ``torch.nn.functional.conv2d`` does.
+    """
+    arguments = conv2d_arguments(input, weight, bias, stride, padding, dilation, groups)
+    return apply(Conv2dFunction, *arguments, autocast_to="lower")
+
+
+# ----------------------------------------------------------------------------------------------
+# The Module
+# ----------------------------------------------------------------------------------------------
+
+
+class Conv2d(torch.nn.Conv2d, SharesState, torch_twin=torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` (same parameters, init, state_dict, repr) with the hand-written backward;
+    padding_mode "zeros" only. input (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, H_out, W_out)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.check_convertible(self)
+
+    @classmethod
+    def check_convertible(cls, module: torch.nn.Conv2d) -> None:
+        if module.padding_mode != "zeros":
+            raise NotConvertibleError(
+                f"Conv2d: manualbp pads with zeros only, got padding_mode={module.padding_mode!r}; "
+                f"keep torch.nn.Conv2d for this layer (convert leaves it as it is)"
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def function_and_arguments(self, input: Tensor):
+        arguments = conv2d_arguments(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                     self.groups)
+        if arguments[0] is not input:
+            raise ValueError(
+                "Conv2d: padding='same' with an even kernel pads unevenly, which the manual engine does not "
+                "run; give the padding as numbers, or use engine=autograd"
+            )
+        return Conv2dFunction, arguments

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
-from manualbp.layers._interim_apply import apply_function, with_copies
+from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.sharing import SharesState
 
-__all__ = ["dropout", "dropout_mask", "dropout_forward", "dropout_backward", "DropoutFunction"]
+__all__ = ["dropout", "dropout_mask", "dropout_forward", "dropout_backward", "DropoutFunction", "Dropout"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,11 +48,9 @@ def dropout_backward(grad_output: Tensor, mask: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies("dropout")
-class DropoutFunction(Function):
+class DropoutFunction(LayerFunction):
     """Z = X·m for a given mask m (no gradient); backward δX = m·δZ. Saves the mask only."""
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, mask):
@@ -93,4 +91,17 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         raise TypeError(f"dropout: expected a floating-point input, got dtype {input.dtype}; use input.float()")
     if p == 0 or not training or input.numel() == 0:
         return input
-    return apply_function("dropout", input, dropout_mask(input, p))
+    return apply(DropoutFunction, input, dropout_mask(input, p))
+
+
+class Dropout(torch.nn.Dropout, SharesState, torch_twin=torch.nn.Dropout):
+    """``torch.nn.Dropout`` with the hand-written backward δX = m·δZ (never in place); any shape.
+    The same seed drops the same values as torch.nn.Dropout on the CPU."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return dropout(input, self.p, self.training)
+
+    def function_and_arguments(self, input: Tensor):
+        dropout(input.new_empty(0), self.p, self.training)  # the argument checks
+        drops = self.training and self.p > 0
+        return DropoutFunction, (input, dropout_mask(input, self.p) if drops else torch.ones_like(input))

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
-from manualbp.layers._interim_apply import apply_function, with_copies
+from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.sharing import SharesState
 
 __all__ = [
     "batch_norm",
@@ -31,6 +31,9 @@ __all__ = [
     "batch_norm_backward",
     "BatchNormTrainingFunction",
     "BatchNormEvalFunction",
+    "update_running_statistics",
+    "BatchNorm1d",
+    "BatchNorm2d",
 ]
 
 
@@ -122,13 +125,11 @@ def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tang
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies("batch_norm_training")
-class BatchNormTrainingFunction(Function):
+class BatchNormTrainingFunction(LayerFunction):
     """Training-mode batch norm: normalizes with the batch's own μ, σ². Returns (y, μ, σ²); μ and
     σ² are for the running statistics only (not differentiable). Saves x and γ (inputs); the
     backward recomputes μ and σ² from x, so that double backward sees how they depend on x."""
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, weight, bias, eps):
@@ -160,12 +161,10 @@ class BatchNormTrainingFunction(Function):
         return tangent, None, None
 
 
-@with_copies("batch_norm_eval")
-class BatchNormEvalFunction(Function):
+class BatchNormEvalFunction(LayerFunction):
     """Evaluation-mode batch norm: normalizes with given statistics (the running ones), which get
     no gradient. Saves x, μ, σ², γ (all inputs)."""
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, mean, variance, weight, bias, eps):
@@ -247,11 +246,81 @@ def batch_norm(
     """
     _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, training)
     if not training:
-        return apply_function("batch_norm_eval", input, running_mean, running_var, weight, bias, eps)
-    output, mean, variance = apply_function("batch_norm_training", input, weight, bias, eps)
+        return apply(BatchNormEvalFunction, input, running_mean, running_var, weight, bias, eps)
+    output, mean, variance = apply(BatchNormTrainingFunction, input, weight, bias, eps)
     if running_mean is not None:
-        count = input.numel() // input.shape[1]
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)  # ← (1 − m)·running + m·μ
-            running_var.mul_(1 - momentum).add_(variance * (count / (count - 1)), alpha=momentum)  # m·σ²M/(M−1)
+        update_running_statistics(running_mean, running_var, mean, variance, input.numel() // input.shape[1], momentum)
     return output
+
+
+@torch.no_grad()
+def update_running_statistics(running_mean: Tensor, running_var: Tensor, mean: Tensor, variance: Tensor, count: int,
+                              momentum: float) -> None:
+    """In place, as torch does: running ← (1 − m)·running + m·batch, with the batch variance made
+    unbiased (σ²·M/(M − 1), M = count values per channel). All (C,)."""
+    running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)  # ← (1 − m)·running + m·μ
+    running_var.mul_(1 - momentum).add_(variance * (count / (count - 1)), alpha=momentum)  # m·σ²M/(M−1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class _BatchNorm(SharesState):
+    """What BatchNorm1d and BatchNorm2d share: torch's _BatchNorm.forward with manualbp's batch_norm.
+    (First among the bases, so that its forward wins over torch's.)"""
+
+    def _momentum_for_this_step(self) -> float:
+        """torch's rule: count the batch; momentum None is the cumulative average 1/batches."""
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked)
+        return 0.0 if self.momentum is None else self.momentum
+
+    def _normalizes_with_batch_statistics(self) -> bool:
+        return self.training or (self.running_mean is None and self.running_var is None)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        momentum = self._momentum_for_this_step()
+        updates = not self.training or self.track_running_stats  # else: batch statistics, running ones untouched
+        return batch_norm(
+            input,
+            self.running_mean if updates else None,
+            self.running_var if updates else None,
+            self.weight,
+            self.bias,
+            self._normalizes_with_batch_statistics(),
+            momentum,
+            self.eps,
+        )
+
+    def function_and_arguments(self, input: Tensor):
+        self._check_input_dim(input)
+        training = self._normalizes_with_batch_statistics()
+        _check_batch_norm_arguments(input, self.running_mean, self.running_var, self.weight, self.bias, training)
+        if training:
+            return BatchNormTrainingFunction, (input, self.weight, self.bias, self.eps)
+        return BatchNormEvalFunction, (input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+
+    def after_manual_forward(self, arguments: tuple, outputs) -> None:
+        """The manual engine's counterpart of batch_norm's running-statistics update."""
+        momentum = self._momentum_for_this_step()
+        if isinstance(outputs, tuple) and self.track_running_stats and self.running_mean is not None:
+            input = arguments[0]
+            _, mean, variance = outputs
+            update_running_statistics(
+                self.running_mean, self.running_var, mean, variance, input.numel() // input.shape[1], momentum
+            )
+
+
+class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d, torch_twin=torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` (same parameters, buffers, state_dict) with the hand-written backward
+    δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂)). input (N, C) or (N, C, L)."""
+
+
+class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d, torch_twin=torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` (same parameters, buffers, state_dict) with the hand-written backward
+    δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂)). input (N, C, H, W)."""

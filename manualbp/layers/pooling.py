@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd import Function
 
-from manualbp.layers._interim_apply import apply_function, with_copies
+from manualbp.layers.base import LayerFunction, apply
 from manualbp.layers.conv import Pair, int_pair
+from manualbp.layers.sharing import SharesState
 
 __all__ = [
     "max_pool2d",
@@ -29,8 +29,7 @@ __all__ = [
     "adaptive_avg_pool2d_forward",
     "average_pool_backward",
     "avg_pool2d_matrices",
-    "adaptive_avg_pool2d_matrices",
-]
+    "adaptive_avg_pool2d_matrices", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,12 +146,10 @@ def adaptive_avg_pool2d_matrices(input_shape, output_shape, like: Tensor) -> tup
 # ----------------------------------------------------------------------------------------------
 
 
-@with_copies("max_pool2d")
-class MaxPool2dFunction(Function):
+class MaxPool2dFunction(LayerFunction):
     """Max pooling; backward routes δZ to each window's argmax. Returns (Z, argmax indices) and
     saves only the indices (an output; torch also keeps the input)."""
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -178,12 +175,10 @@ class MaxPool2dFunction(Function):
         return tangent, None
 
 
-@with_copies("avg_pool2d")
-class AvgPool2dFunction(Function):
+class AvgPool2dFunction(LayerFunction):
     """Average pooling Z = A_h X A_wᵀ with backward δX = A_hᵀ δZ A_w. Saves nothing: the
     averaging matrices follow from the shapes and the arguments."""
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -208,11 +203,9 @@ class AvgPool2dFunction(Function):
         return avg_pool2d_forward(input_tangent, *ctx.pool_args)  # linear: Ż = A_h Ẋ A_wᵀ
 
 
-@with_copies("adaptive_avg_pool2d")
-class AdaptiveAvgPool2dFunction(Function):
+class AdaptiveAvgPool2dFunction(LayerFunction):
     """Adaptive average pooling Z = A_h X A_wᵀ with backward δX = A_hᵀ δZ A_w; saves nothing."""
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, output_size):
@@ -263,6 +256,12 @@ def _pool_geometry(function: str, kernel_size, stride, padding, dilation=1) -> t
     return kernel_size, stride, padding, dilation
 
 
+def _max_pool2d_arguments(input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple:
+    _check_pool_input("max_pool2d", input)
+    kernel_size, stride, padding, dilation = _pool_geometry("max_pool2d", kernel_size, stride, padding, dilation)
+    return input, kernel_size, stride, padding, dilation, bool(ceil_mode)
+
+
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
                return_indices: bool = False):
     """2-D max pooling like ``torch.nn.functional.max_pool2d``, with the hand-written backward.
@@ -271,10 +270,17 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     (≤ half the kernel; pads with −inf), dilation: int or pair. Returns (N, C, H_out, W_out), and
     with ``return_indices`` also each window's argmax as an index into its H·W plane.
     """
-    _check_pool_input("max_pool2d", input)
-    kernel_size, stride, padding, dilation = _pool_geometry("max_pool2d", kernel_size, stride, padding, dilation)
-    output, indices = apply_function("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
+    output, indices = apply(MaxPool2dFunction, *_max_pool2d_arguments(input, kernel_size, stride, padding, dilation,
+                                                                       ceil_mode))
     return (output, indices) if return_indices else output
+
+
+def _avg_pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    _check_pool_input("avg_pool2d", input)
+    kernel_size, stride, padding, _ = _pool_geometry("avg_pool2d", kernel_size, stride, padding)
+    if divisor_override is not None and not (isinstance(divisor_override, int) and divisor_override > 0):
+        raise ValueError(f"avg_pool2d: divisor_override must be a positive int or None, got {divisor_override!r}")
+    return input, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override
 
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
@@ -285,13 +291,17 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     the kernel; zeros): int or pair; ``count_include_pad`` counts the padding in the divisor;
     ``divisor_override`` replaces the divisor. Returns (N, C, H_out, W_out) or (C, H_out, W_out).
     """
-    _check_pool_input("avg_pool2d", input)
-    kernel_size, stride, padding, _ = _pool_geometry("avg_pool2d", kernel_size, stride, padding)
-    if divisor_override is not None and not (isinstance(divisor_override, int) and divisor_override > 0):
-        raise ValueError(f"avg_pool2d: divisor_override must be a positive int or None, got {divisor_override!r}")
-    return apply_function(
-        "avg_pool2d", input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-    )
+    return apply(AvgPool2dFunction, *_avg_pool2d_arguments(input, kernel_size, stride, padding, ceil_mode,
+                                                           count_include_pad, divisor_override))
+
+
+def _adaptive_avg_pool2d_arguments(input: Tensor, output_size) -> tuple:
+    _check_pool_input("adaptive_avg_pool2d", input)
+    sizes = (output_size, output_size) if isinstance(output_size, int) or output_size is None else output_size
+    if isinstance(sizes, (tuple, list)) and len(sizes) == 2:
+        sizes = tuple(size if size is not None else input.shape[-2 + axis] for axis, size in enumerate(sizes))
+    output_size = int_pair("adaptive_avg_pool2d", "output_size", sizes, 1)
+    return input, output_size
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
@@ -300,9 +310,43 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     input: (N, C, H, W) or (C, H, W); output_size: int or pair (an entry None keeps that input
     size). Returns (N, C, H_out, W_out) or (C, H_out, W_out).
     """
-    _check_pool_input("adaptive_avg_pool2d", input)
-    sizes = (output_size, output_size) if isinstance(output_size, int) or output_size is None else output_size
-    if isinstance(sizes, (tuple, list)) and len(sizes) == 2:
-        sizes = tuple(size if size is not None else input.shape[-2 + axis] for axis, size in enumerate(sizes))
-    output_size = int_pair("adaptive_avg_pool2d", "output_size", sizes, 1)
-    return apply_function("adaptive_avg_pool2d", input, output_size)
+    return apply(AdaptiveAvgPool2dFunction, *_adaptive_avg_pool2d_arguments(input, output_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# The Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class MaxPool2d(torch.nn.MaxPool2d, SharesState, torch_twin=torch.nn.MaxPool2d):
+    """``torch.nn.MaxPool2d`` with the hand-written backward (δ to each window's argmax)."""
+
+    def forward(self, input: Tensor):
+        return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                          self.return_indices)
+
+    def function_and_arguments(self, input: Tensor):
+        return MaxPool2dFunction, _max_pool2d_arguments(input, self.kernel_size, self.stride, self.padding,
+                                                        self.dilation, self.ceil_mode)
+
+
+class AvgPool2d(torch.nn.AvgPool2d, SharesState, torch_twin=torch.nn.AvgPool2d):
+    """``torch.nn.AvgPool2d`` with the hand-written backward δX = A_hᵀ δZ A_w."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                          self.divisor_override)
+
+    def function_and_arguments(self, input: Tensor):
+        return AvgPool2dFunction, _avg_pool2d_arguments(input, self.kernel_size, self.stride, self.padding,
+                                                        self.ceil_mode, self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d, SharesState, torch_twin=torch.nn.AdaptiveAvgPool2d):
+    """``torch.nn.AdaptiveAvgPool2d`` with the hand-written backward δX = A_hᵀ δZ A_w."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return adaptive_avg_pool2d(input, self.output_size)
+
+    def function_and_arguments(self, input: Tensor):
+        return AdaptiveAvgPool2dFunction, _adaptive_avg_pool2d_arguments(input, self.output_size)
