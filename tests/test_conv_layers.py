@@ -173,8 +173,6 @@ CASES = [
     _leaky_case("leaky_relu_negative_slope", -0.5),
 ]
 BY_NAME = {case.name: case for case in CASES}
-ONE_PER_KIND = ["conv_groups", "conv_asymmetric", "max_pool_overlapping", "avg_pool_ceil_mode", "adaptive_uneven",
-                "batch_norm_train_nchw", "batch_norm_eval_nc", "leaky_relu"]
 
 
 def make_inputs(case: Case, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -235,35 +233,8 @@ def test_matches_torch_for_every_subset_of_inputs_requiring_grad(case):
 # most (conv's batching rules loop) and do not depend on stride, padding or layout.
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_gradcheck(case):
-    assert_gradcheck(case.function, make_inputs(case), batched=case.name in ONE_PER_KIND)
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_gradgradcheck(case):
-    assert_gradgradcheck(case.function, make_inputs(case), batched=case.name in ONE_PER_KIND)
-
-
-@pytest.mark.parametrize("name", ONE_PER_KIND)
-def test_vmap_matches_a_loop(name):
-    case = BY_NAME[name]
-    samples = [make_inputs(case, seed) for seed in range(3)]
-    stacked = [torch.stack(column) for column in zip(*samples, strict=True)]
-    batched = torch.func.vmap(case.function)(*stacked)
-    torch.testing.assert_close(batched, torch.stack([case.reference(*sample) for sample in samples]), **EXACT)
-
-
-@pytest.mark.parametrize("name", ONE_PER_KIND)
-@pytest.mark.parametrize("transform", [torch.func.jacrev, torch.func.jacfwd], ids=["jacrev", "jacfwd"])
-def test_jacobians_match_torch(name, transform):
-    case = BY_NAME[name]
-    inputs = make_inputs(case)
-    argnums = tuple(range(len(inputs)))
-    ours = transform(case.function, argnums=argnums)(*inputs)
-    theirs = torch.func.jacrev(case.reference, argnums=argnums)(*inputs)
-    for jacobian, expected in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(jacobian, expected, **EXACT)
+# gradcheck, gradgradcheck, vmap and the Jacobians of every Function: tests/test_gradients.py (CASES,
+# through manualbp.testing.check_function). Here: the layouts it does not make (channels_last, ...).
 
 
 # ----------------------------------------------------------------------------------------------
