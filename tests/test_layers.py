@@ -157,3 +157,24 @@ def test_the_library_imports_no_trainer_dependency():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_manual_engine_runs_a_small_conv_net_like_autograd():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        mnn.Conv2d(1, 3, 3, padding=1), mnn.BatchNorm2d(3), mnn.ReLU(), mnn.MaxPool2d(2),
+        mnn.Conv2d(3, 4, 3, stride=2, bias=False), mnn.LeakyReLU(0.1), mnn.AvgPool2d(2, ceil_mode=True),
+        mnn.Dropout(0.2), mnn.Flatten(), mnn.Linear(4, 3),
+    ).double()
+    loss = mnn.SoftmaxCrossEntropyLoss()
+    inputs = torch.randn(5, 1, 10, 10, dtype=torch.float64)
+    targets = torch.randint(0, 3, (5,))
+    torch.manual_seed(1)
+    loss_value, grads = manual.backprop(net, loss, inputs, targets)
+    torch.manual_seed(1)
+    expected = loss(net(inputs), targets)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+    assert list(grads) == [name for name, _ in net.named_parameters()]
+    torch.testing.assert_close(loss_value, expected.detach(), **EXACT)
+    for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, **EXACT)
