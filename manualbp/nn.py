@@ -19,21 +19,26 @@ import torch
 from manualbp import layers
 from manualbp.errors import NotConvertibleError
 from manualbp.layers.activations import *  # noqa: F403
+from manualbp.layers.activations import ReLU
 from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS
 from manualbp.layers.conv import *  # noqa: F403
+from manualbp.layers.conv import Conv2d
 from manualbp.layers.dropout import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.linear import Linear, LinearReLU, share_parameters
 from manualbp.layers.losses import *  # noqa: F403
 from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.pooling import *  # noqa: F403
+from manualbp.layers.pooling import MaxPool2d
 from manualbp.layers.shape import *  # noqa: F403
+from manualbp.layers.shape import Flatten
 
 __all__ = [
     *(name for family in layers.__all__ for name in getattr(layers, family).__all__),
     "ACTIVATIONS",
     "LOSSES",
     "MLP",
+    "LeNet",
     "convert",
     "unconverted",
     "replace_modules",
@@ -93,6 +98,29 @@ class MLP(torch.nn.Sequential):
         if init == "zeros":
             for parameter in self.parameters():
                 torch.nn.init.zeros_(parameter)
+
+
+class LeNet(torch.nn.Sequential):
+    """A LeNet-5-style conv net of manualbp layers for 28×28 images given as flat rows:
+    (N, 784) → unflatten to (N, 1, 28, 28) → conv 5×5 (6, padding 2) → ReLU → max pool 2 →
+    conv 5×5 (16) → ReLU → max pool 2 → flatten (N, 400) → Linear 120 → ReLU → Linear 84 → ReLU
+    → Linear → (N, num_classes) logits. ``in_channels`` > 1 takes rows of C·784 values."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(
+            torch.nn.Unflatten(1, (in_channels, 28, 28)),  # a view: its backward is a reshape
+            Conv2d(in_channels, 6, 5, padding=2, **factory),
+            ReLU(),
+            MaxPool2d(2),
+            Conv2d(6, 16, 5, **factory),
+            ReLU(),
+            MaxPool2d(2),
+            Flatten(),
+            LinearReLU(400, 120, **factory),
+            LinearReLU(120, 84, **factory),
+            Linear(84, num_classes, **factory),
+        )
 
 
 def replace_modules(
