@@ -21,3 +21,7 @@ class NonFiniteLossError(ManualbpError, FloatingPointError):
 
 class GradientMismatchError(ManualbpError):
     """manualbp's hand-written gradient disagrees with PyTorch's built-in autograd."""
+
+
+class NotConvertibleError(ManualbpError, ValueError):
+    """A torch module whose settings manualbp's twin does not support; ``convert`` leaves it and says why."""

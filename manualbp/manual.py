@@ -42,6 +42,9 @@ class Context:
     def set_materialize_grads(self, value: bool) -> None:
         pass  # the engine passes None itself for the outputs it does not use
 
+    def mark_non_differentiable(self, *tensors: Tensor) -> None:
+        pass  # extra outputs (max pool's argmax, batch norm's batch statistics) get no δ here anyway
+
 
 def _layer_function_and_arguments(layer: torch.nn.Module, input: Tensor):
     """The autograd Function a manualbp layer applies to ``input``, and its checked arguments
@@ -120,8 +123,12 @@ def _backprop(net, loss, inputs, targets):
         context = Context(_needs_grad(arguments, first_input_needs_grad=index > 0))
         output = function.forward(*arguments)
         function.setup_context(context, arguments, output)
-        tape.append((index, function, context))
-        activation = output
+        if hasattr(layer, "after_manual_forward"):  # batch norm: its running statistics
+            layer.after_manual_forward(arguments, output)
+        # A Function with extra outputs (max pool's argmax, batch norm's μ, σ²) passes on the first.
+        extra_outputs = len(output) - 1 if isinstance(output, tuple) else 0
+        tape.append((index, layer, function, context, arguments, extra_outputs))
+        activation = output[0] if extra_outputs else output
     function, arguments = _loss_function_and_arguments(loss, activation, targets)
     loss_context = Context(_needs_grad(arguments, first_input_needs_grad=True))
     loss_value = function.forward(*arguments)
@@ -130,12 +137,13 @@ def _backprop(net, loss, inputs, targets):
     # Backward pass: δYp first, then every layer in reverse.
     grad = _as_tuple(function.backward(loss_context, torch.ones_like(loss_value)))[0]  # δYp = ∂L/∂Yp
     grads: dict[str, Tensor] = {}
-    for index, function, context in reversed(tape):
-        layer_grads = _as_tuple(function.backward(context, grad))
+    for index, layer, function, context, arguments, extra_outputs in reversed(tape):
+        layer_grads = _as_tuple(function.backward(context, grad, *([None] * extra_outputs)))
         grad = layer_grads[0]  # δ(input) = δ(output) of the layer below
-        for name, value in zip(("weight", "bias"), layer_grads[1:], strict=False):
-            if isinstance(value, Tensor):
-                grads[f"{index}.{name}"] = value
+        parameter_names = {id(parameter): name for name, parameter in layer.named_parameters()}
+        for argument, value in zip(arguments, layer_grads, strict=False):
+            if isinstance(value, Tensor) and id(argument) in parameter_names:
+                grads[f"{index}.{parameter_names[id(argument)]}"] = value
     return loss_value, {name: grads[name] for name, _ in net.named_parameters() if name in grads}
 
 

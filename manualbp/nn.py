@@ -10,27 +10,38 @@ model; ``MLP`` builds the slides' nets.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from manualbp import layers
+from manualbp.errors import NotConvertibleError
 from manualbp.layers.activations import *  # noqa: F403
-from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES
+from manualbp.layers.activations import ReLU
+from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS
+from manualbp.layers.conv import *  # noqa: F403
+from manualbp.layers.conv import Conv2d
+from manualbp.layers.dropout import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.linear import Linear, LinearReLU, share_parameters
 from manualbp.layers.losses import *  # noqa: F403
 from manualbp.layers.mlp import *  # noqa: F403
+from manualbp.layers.normalization import *  # noqa: F403
+from manualbp.layers.pooling import *  # noqa: F403
+from manualbp.layers.pooling import MaxPool2d
+from manualbp.layers.shape import *  # noqa: F403
+from manualbp.layers.shape import Flatten
 
 __all__ = [
-    *layers.linear.__all__,
-    *layers.activations.__all__,
-    *layers.losses.__all__,
-    *layers.mlp.__all__,
+    *(name for family in layers.__all__ for name in getattr(layers, family).__all__),
     "ACTIVATIONS",
     "LOSSES",
     "MLP",
+    "LeNet",
     "convert",
+    "unconverted",
     "replace_modules",
     "share_parameters",
 ]
@@ -90,6 +101,29 @@ class MLP(torch.nn.Sequential):
                 torch.nn.init.zeros_(parameter)
 
 
+class LeNet(torch.nn.Sequential):
+    """A LeNet-5-style conv net of manualbp layers for 28×28 images given as flat rows:
+    (N, 784) → unflatten to (N, 1, 28, 28) → conv 5×5 (6, padding 2) → ReLU → max pool 2 →
+    conv 5×5 (16) → ReLU → max pool 2 → flatten (N, 400) → Linear 120 → ReLU → Linear 84 → ReLU
+    → Linear → (N, num_classes) logits. ``in_channels`` > 1 takes rows of C·784 values."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(
+            torch.nn.Unflatten(1, (in_channels, 28, 28)),  # a view: its backward is a reshape
+            Conv2d(in_channels, 6, 5, padding=2, **factory),
+            ReLU(),
+            MaxPool2d(2),
+            Conv2d(6, 16, 5, **factory),
+            ReLU(),
+            MaxPool2d(2),
+            Flatten(),
+            LinearReLU(400, 120, **factory),
+            LinearReLU(120, 84, **factory),
+            Linear(84, num_classes, **factory),
+        )
+
+
 def replace_modules(
     model: torch.nn.Module, replacement: Callable[[torch.nn.Module], torch.nn.Module | None]
 ) -> torch.nn.Module:
@@ -104,20 +138,71 @@ def replace_modules(
 
 
 def _manualbp_twin(module: torch.nn.Module) -> torch.nn.Module | None:
-    """The manualbp layer that replaces ``module``, sharing its parameters; None if none does."""
+    """The manualbp layer that replaces ``module``, sharing its parameters; None if none does (no
+    twin, or settings the twin does not support)."""
     layer = CONVERTIBLE.get(type(module))
-    return None if layer is None else layer.from_torch(module).train(module.training)
+    if layer is None:
+        return None
+    try:
+        return layer.from_torch(module).train(module.training)
+    except NotConvertibleError:
+        return None
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every torch layer that has a manualbp twin (``torch.nn.Linear``, ``ReLU``,
-    ``Sigmoid``, ``ELU``, ...: the keys of ``manualbp.layers.base.CONVERTIBLE``) in ``model`` by
-    that twin, in place and recursively, and return the model.
+# Leaf modules whose backward is a reshape or nothing: keeping PyTorch's is no loss.
+_SHAPE_ONLY = (torch.nn.Identity, torch.nn.Flatten, torch.nn.Unflatten)
 
-    The twins share the original Parameter objects (same values, device, dtype; an optimizer
-    built before the conversion keeps working), so outputs and gradients equal the original's.
-    Only those exact classes are replaced (not their subclasses); any other module, losses
-    included, is left as it is. Hooks registered on a replaced module are not carried over. If
-    ``model`` itself is one of those layers, the returned twin replaces it.
+
+def unconverted(model: torch.nn.Module) -> list[str]:
+    """The modules of ``model`` that keep PyTorch's backward although they compute something: every
+    leaf module that is not a manualbp layer, not a loss and not a pure reshape, as
+    ``"name (Type: why)"`` (why: it has no manualbp twin, or the twin refuses its settings)."""
+    left = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None or type(module) in TORCH_TWINS:
+            continue
+        if isinstance(module, (torch.nn.modules.loss._Loss, *_SHAPE_ONLY)):
+            continue
+        layer = CONVERTIBLE.get(type(module))
+        why = "no manualbp twin"
+        if layer is not None:
+            try:
+                layer.check_convertible(module) if hasattr(layer, "check_convertible") else None
+                why = f"a subclass of {layer.torch_twin.__name__} is not converted"
+            except NotConvertibleError as error:
+                why = str(error).split(";")[0].removeprefix(f"{type(module).__name__}: ")
+        left.append(f"{name or '(the model)'} ({type(module).__name__}: {why})")
+    return left
+
+
+def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
+    """Replace every torch layer that has a manualbp twin (``torch.nn.Linear``, ``Conv2d``,
+    ``BatchNorm2d``, ``ReLU``, ``MaxPool2d``, ...: the keys of ``manualbp.layers.base.CONVERTIBLE``)
+    in ``model`` by that twin, in place and recursively, and return the model.
+
+    The twins share the original Parameter and buffer objects (same values, device, dtype; an
+    optimizer built before the conversion keeps working; batch norm's running statistics are the
+    same tensors), so outputs and gradients equal the original's. Only those exact classes are
+    replaced (not their subclasses), and only with settings the twin supports (a Conv2d with
+    padding_mode "reflect" stays torch's); losses are left as they are. Hooks registered on a
+    replaced module are not carried over. If ``model`` itself is one of those layers, the returned
+    twin replaces it.
+
+    What is left with PyTorch's backward (see :func:`unconverted`) is reported: with
+    ``strict=False`` in one warning, with ``strict=True`` as a ``NotConvertibleError`` (raised
+    before anything is replaced). Call ``unconverted(model)`` for the list itself.
     """
-    return replace_modules(model, _manualbp_twin)
+    if strict:
+        left = unconverted(replace_modules(copy.deepcopy(model), _manualbp_twin))
+        if left:
+            raise NotConvertibleError(
+                f"convert(strict=True): {len(left)} module(s) would keep PyTorch's backward: {'; '.join(left)}; "
+                f"replace them by hand, or use strict=False"
+            )
+    converted = replace_modules(model, _manualbp_twin)
+    left = unconverted(converted)
+    if left and not strict:
+        warnings.warn(
+            f"convert: {len(left)} module(s) keep PyTorch's backward: {'; '.join(left)}", UserWarning, stacklevel=2
+        )
+    return converted

@@ -32,7 +32,11 @@ from manualbp.layers.base import LayerFunction
 from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
 from manualbp.testing import check_function
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # torch's own conv2d warns that padding="same" with an even kernel copies the input (so does manualbp's).
+    pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning"),
+]
 
 DTYPE = torch.float64
 # "Exact" in float64: a few units in the last place (eps = 2.2e-16), the spread of two correct
@@ -48,6 +52,8 @@ NOT_BIT_FOR_BIT = (
 )
 # The losses take (N, C) logits; torch reads (2, N, C) as N classes in dimension 1.
 NO_LEADING_DIMS = ("as_given", "batch_size_1", "non_contiguous")
+# Images are (N, C, H, W): a leading dimension more is not an image batch.
+IMAGE_LAYOUTS = NO_LEADING_DIMS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,6 +88,25 @@ def logits_and_unnormalised_targets():
     return randn(5, 4), 2 * torch.rand(5, 4, dtype=DTYPE)  # rows don't sum to 1
 
 
+def conv_inputs(in_channels=2, out_channels=3, groups=1, kernel=3, size=5, bias=True):
+    """x (2, C_in, size, size), weight (C_out, C_in/groups, k, k), bias (C_out,) or None."""
+    x, weight = randn(2, in_channels, size, size), randn(out_channels, in_channels // groups, kernel, kernel)
+    return x, weight, randn(out_channels) if bias else None
+
+
+def images(*shape: int) -> torch.Tensor:
+    """Distinct values (no ties for max pooling to break differently), shape (N, C, H, W)."""
+    return torch.randperm(int(torch.tensor(shape).prod())).to(DTYPE).reshape(shape) / 10 + 0.01 * randn(*shape)
+
+
+def dropout_inputs():
+    """x (5, 4) and which values dropout keeps (bool, so no gradient): deterministic."""
+    return randn(5, 4), torch.rand(5, 4) > 0.3
+
+
+RUNNING_MEAN, RUNNING_VAR = torch.tensor([0.1, -0.2, 0.3], dtype=DTYPE), torch.tensor([0.5, 1.5, 2.0], dtype=DTYPE)
+
+
 # ----------------------------------------------------------------------------------------------
 # References: the same computation with PyTorch's own ops
 # ----------------------------------------------------------------------------------------------
@@ -97,6 +122,24 @@ def torch_softmax_euclidean_loss(logits, target):
 
 def torch_euclidean_loss(pred, target, reduction="sum"):
     return TorchEuclideanLoss(reduction)(pred, target)
+
+
+def manualbp_dropout(x, keep):
+    return mbf.DropoutFunction.apply(x, keep.to(x.dtype) / 0.7)  # the mask m = keep/(1 − p), p = 0.3
+
+
+def torch_dropout(x, keep):
+    return x * keep / 0.7
+
+
+def conv_case(name, inputs, **settings):
+    return Case(name, lambda x, w, b: mbf.conv2d(x, w, b, **settings), lambda x, w, b: F.conv2d(x, w, b, **settings),
+                inputs, layouts=IMAGE_LAYOUTS)
+
+
+def pool_case(name, function, reference, inputs, **settings):
+    return Case(name, lambda x: function(x, **settings), lambda x: reference(x, **settings), inputs,
+                layouts=IMAGE_LAYOUTS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,6 +180,39 @@ CASES = [
     Case("euclidean_loss_sum", mbf.euclidean_loss, torch_euclidean_loss, lambda: (randn(5, 3), randn(5, 3)),
          bit_for_bit=True),
     Case("euclidean_loss_mean", mbf.euclidean_loss, torch_euclidean_loss, lambda: (randn(5, 3), randn(5, 3), "mean")),
+    Case("leaky_relu", mbf.leaky_relu, F.leaky_relu, lambda: randn(5, 4, away_from_zero=True)),
+    Case("leaky_relu_negative_slope", mbf.leaky_relu, F.leaky_relu, lambda: (randn(5, 4, away_from_zero=True), -0.5)),
+    Case("dropout", manualbp_dropout, torch_dropout, dropout_inputs),
+    Case("flatten", lambda x: mbf.FlattenFunction.apply(x, 1, -1), lambda x: torch.flatten(x, 1, -1),
+         lambda: randn(2, 3, 4)),
+    conv_case("conv2d", conv_inputs),
+    conv_case("conv2d_no_bias", lambda: conv_inputs(bias=False)),
+    conv_case("conv2d_stride_padding", conv_inputs, stride=2, padding=1),
+    conv_case("conv2d_stride_dropping_rows", lambda: conv_inputs(size=6), stride=(2, 3)),
+    conv_case("conv2d_dilation", lambda: conv_inputs(size=6), dilation=2, padding=(1, 2)),
+    conv_case("conv2d_groups", lambda: conv_inputs(in_channels=4, out_channels=6, groups=2), groups=2),
+    conv_case("conv2d_same", lambda: conv_inputs(kernel=2), padding="same"),
+    pool_case("max_pool2d", mbf.max_pool2d, F.max_pool2d, lambda: images(2, 2, 5, 5), kernel_size=2),
+    pool_case("max_pool2d_overlapping_ceil", mbf.max_pool2d, F.max_pool2d, lambda: images(2, 2, 6, 6),
+              kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    pool_case("max_pool2d_dilation", mbf.max_pool2d, F.max_pool2d, lambda: images(2, 2, 6, 6), kernel_size=2,
+              dilation=2),
+    pool_case("avg_pool2d", mbf.avg_pool2d, F.avg_pool2d, lambda: randn(2, 2, 5, 5), kernel_size=2),
+    pool_case("avg_pool2d_padding_ceil", mbf.avg_pool2d, F.avg_pool2d, lambda: randn(2, 2, 6, 6), kernel_size=3,
+              stride=2, padding=1, ceil_mode=True),
+    pool_case("avg_pool2d_exclude_pad", mbf.avg_pool2d, F.avg_pool2d, lambda: randn(2, 2, 6, 6), kernel_size=3,
+              stride=2, padding=1, count_include_pad=False),
+    pool_case("adaptive_avg_pool2d", mbf.adaptive_avg_pool2d, F.adaptive_avg_pool2d, lambda: randn(2, 2, 7, 5),
+              output_size=(3, 2)),
+    Case("batch_norm_train_nc", lambda x, w, b: mbf.batch_norm(x, None, None, w, b, True),
+         lambda x, w, b: F.batch_norm(x, None, None, w, b, True), lambda: (randn(6, 3), randn(3), randn(3)),
+         layouts=NO_LEADING_DIMS),
+    Case("batch_norm_train_nchw", lambda x, w, b: mbf.batch_norm(x, None, None, w, b, True),
+         lambda x, w, b: F.batch_norm(x, None, None, w, b, True), lambda: (randn(2, 3, 3, 3), randn(3), randn(3)),
+         layouts=NO_LEADING_DIMS),
+    Case("batch_norm_eval_nchw", lambda x, w, b: mbf.batch_norm(x, RUNNING_MEAN, RUNNING_VAR, w, b, False),
+         lambda x, w, b: F.batch_norm(x, RUNNING_MEAN, RUNNING_VAR, w, b, False),
+         lambda: (randn(2, 3, 3, 3), randn(3), randn(3)), layouts=NO_LEADING_DIMS),
 ]
 
 

@@ -4,6 +4,7 @@ here with no test to write for it. And the library imports nothing of the traine
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -24,17 +25,47 @@ LOSS_CLASSES = [layer for layer in TORCH_TWINS if issubclass(layer, Loss)]
 FEATURES = 4
 
 
+CHANNELS = 2  # image layers take (6, CHANNELS, FEATURES, FEATURES)
+# Layers of images, with the settings of their example; every other layer maps FEATURES to FEATURES.
+IMAGE_LAYERS = {
+    torch.nn.Conv2d: (CHANNELS, CHANNELS, 3),
+    torch.nn.MaxPool2d: (2,),
+    torch.nn.AvgPool2d: (2,),
+    torch.nn.AdaptiveAvgPool2d: (3,),
+    torch.nn.BatchNorm2d: (CHANNELS,),
+}
+
+
+def _is_image_layer(layer_class) -> bool:
+    return layer_class.torch_twin in IMAGE_LAYERS
+
+
 def _example(layer_class):
-    """An instance of a declared layer, in float64, mapping FEATURES features to FEATURES."""
+    """An instance of a declared layer, in float64."""
     torch.manual_seed(0)
-    if issubclass(layer_class, torch.nn.Linear):
-        return layer_class(FEATURES, FEATURES).double()
+    if _is_image_layer(layer_class):
+        return layer_class(*IMAGE_LAYERS[layer_class.torch_twin]).double()
+    if issubclass(layer_class, (torch.nn.Linear, torch.nn.BatchNorm1d)):
+        return layer_class(*([FEATURES, FEATURES] if issubclass(layer_class, torch.nn.Linear) else [FEATURES])).double()
     return layer_class().double()
 
 
-def _batch(seed=0):
+def _net_around(layer_class) -> torch.nn.Sequential:
+    """A small net with the example layer in the middle (a layer with weights before it, so that
+    its backward feeds them) and a Linear to 3 outputs after it."""
+    torch.manual_seed(0)
+    if _is_image_layer(layer_class):
+        front = torch.nn.Sequential(mnn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), _example(layer_class), mnn.Flatten())
+        features = front.double()(torch.zeros(2, CHANNELS, FEATURES, FEATURES, dtype=torch.float64)).shape[1]
+        return torch.nn.Sequential(*front, mnn.Linear(features, 3)).double()
+    return torch.nn.Sequential(mnn.Linear(FEATURES, FEATURES), _example(layer_class), mnn.Linear(FEATURES, 3)).double()
+
+
+def _batch(seed=0, layer_class=None):
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(6, FEATURES, generator=generator, dtype=torch.float64)
+    image = layer_class is not None and _is_image_layer(layer_class)
+    shape = (6, CHANNELS, FEATURES, FEATURES) if image else (6, FEATURES)
+    inputs = torch.randn(*shape, generator=generator, dtype=torch.float64)
     targets = torch.softmax(torch.randn(6, 3, generator=generator, dtype=torch.float64), dim=1)
     return inputs, targets  # probability targets: every loss here takes them
 
@@ -57,18 +88,27 @@ def test_to_torch_and_convert_are_inverse_and_share_parameters(layer_class):
     for ours, theirs in zip(layer.state_dict().values(), back.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs)
     assert repr(back) == repr(layer)
-    inputs, _ = _batch()
-    torch.testing.assert_close(layer(inputs), twin(inputs), **EXACT)
+    inputs, _ = _batch(layer_class=layer_class)
+    torch.manual_seed(1)  # dropout: the same draw for both
+    ours = layer(inputs)
+    torch.manual_seed(1)
+    torch.testing.assert_close(ours, twin(inputs), **EXACT)
 
 
 @pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
 def test_the_manual_engine_runs_every_layer_like_autograd(layer_class):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(mnn.Linear(FEATURES, FEATURES), _example(layer_class), mnn.Linear(FEATURES, 3)).double()
+    net = _net_around(layer_class)
     loss = mnn.SoftmaxCrossEntropyLoss()
-    inputs, targets = _batch()
+    inputs, targets = _batch(layer_class=layer_class)
+    state = copy.deepcopy(net.state_dict())  # batch norm's running statistics, before either pass
+    torch.manual_seed(1)  # dropout: the same mask for both passes
     loss_value, grads = manual.backprop(net, loss, inputs, targets)
+    manual_state = copy.deepcopy(net.state_dict())
+    net.load_state_dict(state)
+    torch.manual_seed(1)
     expected = loss(net(inputs), targets)
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(manual_state[name], value, **EXACT)  # running statistics updated alike
     expected_grads = torch.autograd.grad(expected, list(net.parameters()))
     assert torch.equal(loss_value, expected.detach())
     assert list(grads) == [name for name, _ in net.named_parameters()]
@@ -119,3 +159,24 @@ def test_the_library_imports_no_trainer_dependency():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_manual_engine_runs_a_small_conv_net_like_autograd():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        mnn.Conv2d(1, 3, 3, padding=1), mnn.BatchNorm2d(3), mnn.ReLU(), mnn.MaxPool2d(2),
+        mnn.Conv2d(3, 4, 3, stride=2, bias=False), mnn.LeakyReLU(0.1), mnn.AvgPool2d(2, ceil_mode=True),
+        mnn.Dropout(0.2), mnn.Flatten(), mnn.Linear(4, 3),
+    ).double()
+    loss = mnn.SoftmaxCrossEntropyLoss()
+    inputs = torch.randn(5, 1, 10, 10, dtype=torch.float64)
+    targets = torch.randint(0, 3, (5,))
+    torch.manual_seed(1)
+    loss_value, grads = manual.backprop(net, loss, inputs, targets)
+    torch.manual_seed(1)
+    expected = loss(net(inputs), targets)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+    assert list(grads) == [name for name, _ in net.named_parameters()]
+    torch.testing.assert_close(loss_value, expected.detach(), **EXACT)
+    for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, **EXACT)

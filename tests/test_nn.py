@@ -130,7 +130,7 @@ def test_convert_torchvision_mlp_keeps_outputs_and_gradients(activation):
     converted = manualbp.convert(copy.deepcopy(original))
     kinds = {type(m) for m in converted.modules()}
     assert torch.nn.Linear not in kinds and activation not in kinds
-    assert mnn.Linear in kinds and torch.nn.Dropout in kinds  # unknown modules are left alone
+    assert mnn.Linear in kinds and mnn.Dropout in kinds and torch.nn.Dropout not in kinds  # (p = 0 here)
     x, target = torch.randn(9, 12, dtype=torch.float64), torch.randint(0, 5, (9,))
     loss, grads = _loss_and_grads(converted, x, target)
     expected_loss, expected_grads = _loss_and_grads(original, x, target)

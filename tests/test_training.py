@@ -72,6 +72,27 @@ def test_mnist_trains_end_to_end_on_idx_files_through_torchvision(config, small_
     assert {"train/loss_step", "train/loss", "val/loss", "val/acc", "test/acc"} <= set(metrics)
 
 
+def test_lenet_trains_end_to_end_with_the_gradient_audit_and_shows_its_filters(config, small_mnist, tmp_path):
+    results = train(config(
+        "model=lenet", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=100",
+        "trainer.max_epochs=3",
+    ))
+    assert RESULT_KEYS <= results.keys()
+    assert results["test/acc"] > 0.8  # the synthetic digits are easy; a broken conv net is not
+    names = {Path(path).name for path in results["figures"]}
+    assert names == {"loss.png", "accuracy.png", "confusion_matrix.png", "misclassified.png", "first_layer_filters.png"}
+
+
+def test_lenet_takes_fashion_mnist(config, tmp_path):
+    root = tmp_path / "data"
+    write_mnist_files(root, dataset="FashionMNIST", train_count=300, test_count=100)
+    results = train(config(
+        "model=lenet", f"data.root={root}", "data.dataset=FashionMNIST", "data.val_size=50",
+        "trainer.max_epochs=1",
+    ))
+    assert "torchvision.datasets.FashionMNIST" in results["data"]
+
+
 @pytest.mark.parametrize("dataset", ["FashionMNIST", "KMNIST"])
 def test_other_mnist_family_datasets_use_the_same_pipeline(config, tmp_path, dataset):
     root = tmp_path / "data"
@@ -90,6 +111,15 @@ def test_default_mnist_config_reaches_98_percent_on_full_mnist(config, monkeypat
     results = train(config("model=mnist"))
     assert "torchvision.datasets.MNIST" in results["data"]
     assert results["test/acc"] >= 0.98, results
+
+
+@pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
+@pytest.mark.slow
+def test_default_lenet_config_reaches_99_percent_on_full_mnist(config, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, FULL_MNIST_ROOT)
+    results = train(config("model=lenet"))
+    assert "torchvision.datasets.MNIST" in results["data"]
+    assert results["test/acc"] >= 0.99, results
 
 
 # ----------------------------------------------------------------------------------------------

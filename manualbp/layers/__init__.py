@@ -1,7 +1,12 @@
 """manualbp's layers, one family per file; each file opens with its formulas.
 
 * ``linear.py``: Z = X Wᵀ + b, and the slides' MNIST layer Z = f(X Wᵀ + b) fused with f = ReLU.
-* ``activations.py``: sigmoid, ReLU, ELU.
+* ``activations.py``: sigmoid, ReLU, ELU, tanh, leaky ReLU.
+* ``conv.py``: 2-D convolution, the linear layer at every patch.
+* ``pooling.py``: max, average and adaptive average 2-D pooling.
+* ``normalization.py``: batch norm (N, C) and (N, C, H, W).
+* ``dropout.py``: dropout (its mask an input of the Function).
+* ``shape.py``: Flatten.
 * ``losses.py``: softmax + cross-entropy, softmax + L2, the Euclidean loss.
 * ``mlp.py``: the MNIST_NN_manualBP slide, an MLP and its softmax cross-entropy, as one node
   (it calls the formulas of the three files above).
@@ -11,6 +16,6 @@
 The public API is :mod:`manualbp.functional` (functions) and :mod:`manualbp.nn` (Modules).
 """
 
-from manualbp.layers import activations, linear, losses, mlp
+from manualbp.layers import activations, conv, dropout, linear, losses, mlp, normalization, pooling, shape
 
-__all__ = ["activations", "linear", "losses", "mlp"]
+__all__ = ["activations", "conv", "dropout", "linear", "losses", "mlp", "normalization", "pooling", "shape"]

@@ -1,4 +1,4 @@
-"""Activations, elementwise: sigmoid, ReLU, ELU, tanh. Any input shape; the output has the same shape.
+"""Activations, elementwise: sigmoid, ReLU, ELU, tanh, leaky ReLU. Any input shape; the output has the same shape.
 
 For an elementwise layer the Jacobian is diagonal, so the backward formula (δX = f'(X)·δZ) also
 pushes a tangent forward (Ẋ ↦ f'(X)·Ẋ): each Function's ``jvp`` calls the same ``<layer>_backward``.
@@ -33,6 +33,11 @@ __all__ = [
     "TanhFunction",
     "tanh",
     "Tanh",
+    "leaky_relu_forward",
+    "leaky_relu_backward",
+    "LeakyReLUFunction",
+    "leaky_relu",
+    "LeakyReLU",
 ]
 
 
@@ -92,6 +97,20 @@ def tanh_forward(input: Tensor) -> Tensor:
 def tanh_backward(grad_output: Tensor, output: Tensor) -> Tensor:
     """δX = (1 − Y²)·δZ, from the saved output Y = tanh X; same shape."""
     return (1 - output * output) * grad_output  # δX = (1 − y²)·δZ
+
+
+def leaky_relu_forward(input: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """Z = X if X > 0 else a·X (a = negative_slope), elementwise; any shape."""
+    return torch.nn.functional.leaky_relu(input, negative_slope)  # Z = X if X>0 else a·X (one fused kernel)
+
+
+def leaky_relu_backward(grad_output: Tensor, saved: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """δX = δZ if X > 0 else a·δZ; any shape.
+
+    ``saved`` is X, or Z when a ≥ 0 (then Z > 0 exactly where X > 0). At X = 0 (and for NaN X)
+    the slope is a, as in torch.
+    """
+    return torch.where(saved > 0, grad_output, grad_output * negative_slope)  # δX = δZ if X>0 else a·δZ
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,3 +327,57 @@ class Tanh(torch.nn.Tanh, Activation, torch_twin=torch.nn.Tanh, name="tanh"):
 
     def function_and_arguments(self, input: Tensor):
         return TanhFunction, (input,)
+
+
+class LeakyReLUFunction(LayerFunction):
+    """Z = X if X > 0 else a·X, with backward δZ if X > 0 else a·δZ."""
+
+    @staticmethod
+    def forward(input, negative_slope):
+        return leaky_relu_forward(input, negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.negative_slope = inputs
+        # Z tells where X > 0 when a ≥ 0, and the next layer often keeps Z anyway (no extra memory).
+        saved = output if ctx.negative_slope >= 0 else input
+        ctx.save_for_backward(saved)
+        ctx.save_for_forward(saved)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (saved,) = ctx.saved_tensors
+        return leaky_relu_backward(grad_output, saved, ctx.negative_slope), None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, slope_tangent):
+        (saved,) = ctx.saved_tensors
+        return leaky_relu_backward(input_tangent, saved, ctx.negative_slope)  # diagonal: Ż = f'(X)·Ẋ
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """X if X > 0 else negative_slope·X elementwise, like ``torch.nn.functional.leaky_relu``; any shape."""
+    check_floating("leaky_relu", "input", input)
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"leaky_relu: expected negative_slope as a number, got {negative_slope!r}")
+    return apply(LeakyReLUFunction, input, float(negative_slope))
+
+
+class LeakyReLU(torch.nn.LeakyReLU, Activation, torch_twin=torch.nn.LeakyReLU, name="leaky_relu"):
+    """X if X > 0 else a·X elementwise with backward δZ if X > 0 else a·δZ; any shape. (Never in place.)"""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__(negative_slope=negative_slope, inplace=False)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return leaky_relu(input, self.negative_slope)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.LeakyReLU) -> LeakyReLU:
+        return cls(module.negative_slope)
+
+    def to_torch(self) -> torch.nn.LeakyReLU:
+        return torch.nn.LeakyReLU(self.negative_slope)
+
+    def function_and_arguments(self, input: Tensor):
+        return LeakyReLUFunction, (input, float(self.negative_slope))

@@ -35,11 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def check_net_fits_data(net: torch.nn.Module, datamodule: LectureDataModule) -> None:
-    """The net's first Linear layer takes the data's features, its last gives the data's outputs."""
+    """The net's first Linear layer takes the data's features (unless a convolution comes first),
+    its last gives the data's outputs."""
     linears = [module for module in net.modules() if isinstance(module, torch.nn.Linear)]
     if not linears:
         return
-    if linears[0].in_features != datamodule.input_size:
+    first_weighted = next(module for module in net.modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)))
+    if first_weighted is linears[0] and linears[0].in_features != datamodule.input_size:
         raise ConfigError(
             f"the net's first layer takes {linears[0].in_features} inputs but the data has "
             f"{datamodule.input_size} features; set model.net.sizes[0]={datamodule.input_size}"

@@ -222,9 +222,15 @@ class MNISTDataModule(LectureDataModule):
         labels = labels.argmax(1) if self.one_hot else labels
         parameter = next(net.parameters())
         predictions = torch.cat([net(chunk.to(parameter)).argmax(1).cpu() for chunk in inputs.split(2000)])
-        first = next(m for m in net.modules() if isinstance(m, torch.nn.Linear))
+        first = next(m for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+        if isinstance(first, torch.nn.Conv2d):  # the learned filters: one (kH, kW) image per output channel
+            weights = figures.plot_first_layer_weights(first.weight[:, 0].flatten(1), tuple(first.weight.shape[-2:]),
+                                                       figure_dir / "first_layer_filters.png")
+        else:
+            weights = figures.plot_first_layer_weights(first.weight, self.image_shape,
+                                                       figure_dir / "first_layer_weights.png")
         return [
             figures.plot_confusion_matrix(predictions, labels, self.num_classes, figure_dir / "confusion_matrix.png"),
             figures.plot_misclassified(self.images(inputs), predictions, labels, figure_dir / "misclassified.png"),
-            figures.plot_first_layer_weights(first.weight, self.image_shape, figure_dir / "first_layer_weights.png"),
+            weights,
         ]

@@ -1,0 +1,307 @@
+"""2-D convolution with a hand-written backward: the slides' linear layer applied at every patch.
+
+Notation (the lecture's, in torch's layout). A patch X_p is the C_in·kH·kW input values under the
+kernel at output position p (for every image of the batch: an (N, C_in·kH·kW) matrix), W is the
+weight seen as a (C_out, C_in·kH·kW) matrix, δZ_p = ∂L/∂Z[:, :, p] is (N, C_out). Then
+
+    Z_p = X_p Wᵀ + b                              (the linear layer, at every patch p)
+    δW  = Σ_p δZ_pᵀ X_p                          (slides, W as (in, out): Σ_p X_pᵀ δZ_p)
+    δX  = Σ_p (δZ_p W scattered back onto patch p) (slides: δZ_p Wᵀ)
+    δb  = Σ_p Σ_n δZ_p
+
+A convolution kernel computes each sum in one call, as matmul does for the linear layer:
+δX is a transposed convolution of δZ with W, δW a convolution of X with δZ over the batch.
+(torch.nn.grad and autograd of the forward are not used.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from manualbp.errors import NotConvertibleError
+from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.sharing import SharesState
+
+__all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "Conv2dFunction", "Conv2d"]
+
+Pair = tuple[int, int]
+
+
+# ----------------------------------------------------------------------------------------------
+# The formulas
+# ----------------------------------------------------------------------------------------------
+
+
+def conv2d_forward(
+    input: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, padding: Pair, dilation: Pair, groups: int
+) -> Tensor:
+    """Z_p = X_p Wᵀ + b at every patch p.
+
+    input X: (N, C_in, H, W) or (C_in, H, W); weight W: (C_out, C_in/groups, kH, kW);
+    bias b: (C_out,) or None. Returns Z: (N, C_out, H_out, W_out) (no N if the input had none),
+    H_out = ⌊(H + 2·padding − dilation·(kH − 1) − 1)/stride⌋ + 1, and likewise W_out.
+    """
+    return torch.conv2d(input, weight, bias, stride, padding, dilation, groups)  # Z_p = X_p Wᵀ + b, every p
+
+
+def conv2d_backward(
+    grad_output: Tensor,
+    input: Tensor | None,
+    weight: Tensor,
+    input_shape: tuple[int, ...],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δX, δW, δb of Z = conv2d(X, W, b), each computed only if ``needs_grad`` asks for it.
+
+    grad_output δZ: (N, C_out, H_out, W_out) or unbatched (C_out, H_out, W_out); input X: the
+    forward's input (may be None if δW is not needed); weight W: (C_out, C_in/groups, kH, kW);
+    input_shape: X's shape. Returns δX: X's shape, δW: W's shape, δb: (C_out,).
+    """
+    if grad_output.dim() == 3:  # unbatched: a batch of one
+        grad_output = grad_output.unsqueeze(0)
+        input = None if input is None else input.unsqueeze(0)
+        grad_input, grad_weight, grad_bias = conv2d_backward(
+            grad_output, input, weight, (1, *input_shape), stride, padding, dilation, groups, needs_grad
+        )
+        return (None if grad_input is None else grad_input.squeeze(0)), grad_weight, grad_bias
+    grad_input = grad_weight = grad_bias = None
+    if needs_grad[0]:
+        # The transposed convolution lands on (H_out − 1)·stride − 2·padding + dilation·(k − 1) + 1
+        # rows; the rows the forward's floor division dropped come back as output_padding (zeros).
+        output_padding = tuple(
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip(
+                input_shape[-2:], grad_output.shape[-2:], stride, padding, dilation, weight.shape[-2:], strict=True
+            )
+        )
+        grad_input = torch.conv_transpose2d(
+            grad_output, weight, None, stride, padding, output_padding, groups, dilation
+        )  # δX = Σ_p δZ_p W scattered onto patch p   (slides: δZ_p Wᵀ)
+    if needs_grad[1]:
+        grad_weight = _sum_over_patches_and_images(grad_output, input, weight.shape, stride, padding, dilation, groups)
+    if needs_grad[2]:
+        grad_bias = grad_output.sum((0, 2, 3))  # δb = Σ_n Σ_p δZ_p
+    return grad_input, grad_weight, grad_bias
+
+
+def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_p δZ_pᵀ X_p, for every group, as one convolution of X with δZ.
+
+    δW[k, c, t] = Σ_n Σ_p δZ[n, k, p] · X[n, c, p·stride + t·dilation − padding] is a correlation
+    of X with δZ in which the images n are the channels summed over, the forward's stride becomes
+    the dilation and the dilation the stride. Layout for ``groups`` G: batch = input channel within
+    its group, channels = (group, image), so one grouped convolution does every group at once.
+    """
+    batch_size, in_channels, height, width = input.shape
+    kernel_height, kernel_width = weight_shape[-2:]
+    images_as_channels = (  # (C_in/G, G·N, H, W)
+        input.reshape(batch_size, groups, in_channels // groups, height, width)
+        .permute(2, 1, 0, 3, 4)
+        .reshape(in_channels // groups, groups * batch_size, height, width)
+    )
+    grads_as_kernels = grad_output.transpose(0, 1)  # (C_out, N, H_out, W_out): the images as its channels
+    correlation = torch.conv2d(images_as_channels, grads_as_kernels, None, dilation, padding, stride, groups)
+    if correlation.shape[-2:] != (kernel_height, kernel_width):  # rows past kH pair patches the forward's
+        correlation = correlation[:, :, :kernel_height, :kernel_width]  # floor division dropped
+    return correlation.transpose(0, 1)  # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in/G, kH, kW)
+
+
+def _conv2d_tangent(input, weight, conv_args, input_tangent, weight_tangent, bias_tangent) -> Tensor:
+    """Forward-mode derivative of Z = conv(X, W) + b: Ż = conv(Ẋ, W) + conv(X, Ẇ) + ḃ (bilinear)."""
+    tangent = 0
+    if input_tangent is not None:
+        tangent = tangent + conv2d_forward(input_tangent, weight, None, *conv_args)  # conv(Ẋ, W)
+    if weight_tangent is not None:
+        tangent = tangent + conv2d_forward(input, weight_tangent, None, *conv_args)  # conv(X, Ẇ)
+    if bias_tangent is not None:
+        tangent = tangent + bias_tangent[:, None, None]  # ḃ, per output channel
+    return tangent
+
+
+# ----------------------------------------------------------------------------------------------
+# The autograd Function
+# ----------------------------------------------------------------------------------------------
+
+
+class Conv2dFunction(LayerFunction):
+    """Z = conv2d(X, W, b) with the hand-written backward of :func:`conv2d_backward`.
+
+    Saves X only when W needs a gradient (δX needs W alone) and W always (a parameter: no extra
+    memory). stride, padding, dilation: pairs of ints; groups: int.
+    """
+
+
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        return conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.conv_args = (stride, padding, dilation, groups)
+        ctx.input_shape = tuple(input.shape)
+        ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        grads = conv2d_backward(grad_output, input, weight, ctx.input_shape, *ctx.conv_args, ctx.needs_input_grad[:3])
+        return *grads, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        input, weight = ctx.saved_tensors
+        return _conv2d_tangent(input, weight, ctx.conv_args, input_tangent, weight_tangent, bias_tangent)
+
+
+# ----------------------------------------------------------------------------------------------
+# The public function: check the arguments, apply the Function
+# ----------------------------------------------------------------------------------------------
+
+
+def int_pair(function: str, name: str, value, minimum: int) -> Pair:
+    """``value`` (an int or a pair of ints, each ≥ minimum) as a pair; a clear error otherwise."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{function}: expected {name} as an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{function}: expected {name} ≥ {minimum}, got {value!r}")
+    return pair
+
+
+def _same_padding(input: Tensor, weight: Tensor, stride: Pair, dilation: Pair) -> tuple[Tensor, Pair]:
+    """padding="same" as torch does it: dilation·(k − 1) split evenly, an odd one out added on the
+    right/bottom by padding the input first (an ordinary autograd op; its backward crops)."""
+    if stride != (1, 1):
+        raise ValueError(
+            f"conv2d: padding='same' needs stride 1 (the output would not keep the input's size), got "
+            f"stride {stride}; give the padding as numbers instead"
+        )
+    totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[-2:], strict=True)]
+    extra_height, extra_width = (total % 2 for total in totals)
+    if extra_height or extra_width:
+        input = torch.nn.functional.pad(input, (0, extra_width, 0, extra_height))
+    return input, (totals[0] // 2, totals[1] // 2)
+
+
+def _check_conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> None:
+    if not (isinstance(groups, int) and groups >= 1):
+        raise ValueError(f"conv2d: expected groups as a positive int, got {groups!r}")
+    if weight.dim() != 4:
+        raise ValueError(
+            f"conv2d: expected a weight of shape (out_channels, in_channels/groups, kH, kW), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"conv2d: expected an input of shape (N, C, H, W) or (C, H, W), got shape {tuple(input.shape)}; "
+            f"for a flat image reshape it, e.g. input.reshape(N, 1, 28, 28)"
+        )
+    for argument, tensor in (("input", input), ("weight", weight), ("bias", bias)):
+        if tensor is not None and not tensor.is_floating_point():
+            raise TypeError(
+                f"conv2d: expected a floating-point {argument}, got dtype {tensor.dtype}; convert it, "
+                f"e.g. {argument}.float()"
+            )
+        if tensor is not None and tensor.dtype != input.dtype:
+            raise TypeError(
+                f"conv2d: input is {input.dtype} but {argument} is {tensor.dtype}; use one dtype for all, "
+                f"e.g. model.to({input.dtype})"
+            )
+    out_channels, channels_per_group = weight.shape[:2]
+    in_channels = input.shape[-3]
+    if out_channels % groups:
+        raise ValueError(f"conv2d: out_channels ({out_channels}) must be divisible by groups ({groups})")
+    if in_channels != channels_per_group * groups:
+        raise ValueError(
+            f"conv2d: expected {channels_per_group * groups} input channels (weight {tuple(weight.shape)}, "
+            f"groups={groups}), got {in_channels} (input shape {tuple(input.shape)}); check the layer's "
+            f"in_channels or the input's channel dimension"
+        )
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(f"conv2d: expected a bias of shape ({out_channels},), got {tuple(bias.shape)}")
+
+
+def conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+                     groups: int = 1) -> tuple:
+    """The checked arguments of :class:`Conv2dFunction` (pairs of ints; padding="same" with an odd
+    total pads the input first), or a clear error."""
+    _check_conv2d_arguments(input, weight, bias, groups)
+    stride = int_pair("conv2d", "stride", stride, 1)
+    dilation = int_pair("conv2d", "dilation", dilation, 1)
+    if padding == "valid":
+        padding = (0, 0)
+    elif padding == "same":
+        input, padding = _same_padding(input, weight, stride, dilation)
+    elif isinstance(padding, str):
+        raise ValueError(f"conv2d: padding must be 'valid', 'same', an int or a pair of ints, got {padding!r}")
+    else:
+        padding = int_pair("conv2d", "padding", padding, 0)
+    for size, pad, d, k, axis in zip(input.shape[-2:], padding, dilation, weight.shape[-2:], "HW", strict=True):
+        if size + 2 * pad < d * (k - 1) + 1:
+            raise ValueError(
+                f"conv2d: the kernel ({d * (k - 1) + 1} with dilation) is larger than the padded input "
+                f"({size} + 2·{pad}) along {axis}; use a smaller kernel or more padding"
+            )
+    return input, weight, bias, stride, padding, dilation, groups
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
+    """2-D convolution like ``torch.nn.functional.conv2d``, with the hand-written backward.
+
+    input: (N, C_in, H, W) or (C_in, H, W); weight: (C_out, C_in/groups, kH, kW); bias: (C_out,)
+    or None; stride, dilation: int or pair (≥ 1); padding: int or pair (≥ 0), "valid" or "same".
+    Returns (N, C_out, H_out, W_out) (no N for an unbatched input). Under autocast it runs in the
+    autocast dtype, as ``torch.nn.functional.conv2d`` does.
+    """
+    arguments = conv2d_arguments(input, weight, bias, stride, padding, dilation, groups)
+    return apply(Conv2dFunction, *arguments, autocast_to="lower")
+
+
+# ----------------------------------------------------------------------------------------------
+# The Module
+# ----------------------------------------------------------------------------------------------
+
+
+class Conv2d(torch.nn.Conv2d, SharesState, torch_twin=torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` (same parameters, init, state_dict, repr) with the hand-written backward;
+    padding_mode "zeros" only. input (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, H_out, W_out)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.check_convertible(self)
+
+    @classmethod
+    def check_convertible(cls, module: torch.nn.Conv2d) -> None:
+        if module.padding_mode != "zeros":
+            raise NotConvertibleError(
+                f"Conv2d: manualbp pads with zeros only, got padding_mode={module.padding_mode!r}; "
+                f"keep torch.nn.Conv2d for this layer (convert leaves it as it is)"
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def function_and_arguments(self, input: Tensor):
+        arguments = conv2d_arguments(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                     self.groups)
+        if arguments[0] is not input:
+            raise ValueError(
+                "Conv2d: padding='same' with an even kernel pads unevenly, which the manual engine does not "
+                "run; give the padding as numbers, or use engine=autograd"
+            )
+        return Conv2dFunction, arguments

@@ -1,0 +1,326 @@
+"""Batch normalization with a hand-written backward, in training and in evaluation mode.
+
+Per channel c, over the M = N·H·W values x of that channel in the batch (M = N for (N, C) input):
+
+    μ = mean(x),  σ² = mean((x − μ)²),  σ = √(σ² + ε),  x̂ = (x − μ)/σ,  y = γ x̂ + β
+
+Backward (training: μ and σ depend on every x of the channel, which adds the two mean terms):
+
+    δβ = Σ δy,   δγ = Σ δy·x̂,   δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂))
+
+In evaluation mode μ and σ² are the running statistics, constants, and δx = (γ/σ)·δy.
+Training also updates the running statistics in place, as torch does:
+running_mean ← (1 − momentum)·running_mean + momentum·μ, and the same for running_var with the
+unbiased variance σ²·M/(M − 1).
+
+Shapes: input (N, C) or (N, C, *) (e.g. (N, C, H, W)); γ, β, μ, σ²: (C,).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.sharing import SharesState
+
+__all__ = [
+    "batch_norm",
+    "batch_norm_statistics",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "BatchNormTrainingFunction",
+    "BatchNormEvalFunction",
+    "update_running_statistics",
+    "BatchNorm1d",
+    "BatchNorm2d",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The formulas
+# ----------------------------------------------------------------------------------------------
+
+
+def _channel_dims(input: Tensor) -> tuple[int, ...]:
+    return (0, *range(2, input.dim()))  # every dimension but the channels'
+
+
+def _per_channel(values: Tensor, input: Tensor) -> Tensor:
+    """(C,) -> (1, C, 1, ...): broadcastable against the input."""
+    return values.reshape(1, -1, *([1] * (input.dim() - 2)))
+
+
+def batch_norm_statistics(input: Tensor) -> tuple[Tensor, Tensor]:
+    """μ = mean(x) and the biased σ² = mean((x − μ)²) per channel. input: (N, C, *) -> (C,), (C,)."""
+    variance, mean = torch.var_mean(input, _channel_dims(input), correction=0)  # μ, σ² over N and *
+    return mean, variance
+
+
+def batch_norm_forward(
+    input: Tensor, mean: Tensor, variance: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """y = γ (x − μ)/√(σ² + ε) + β (γ = 1, β = 0 when None).
+
+    input x: (N, C, *); mean μ, variance σ², weight γ, bias β: (C,). Returns y: x's shape.
+    """
+    scale = torch.rsqrt(variance + eps)  # 1/σ
+    if weight is not None:
+        scale = scale * weight  # γ/σ
+    shift = -mean * scale if bias is None else bias - mean * scale  # β − μγ/σ
+    return torch.addcmul(_per_channel(shift, input), input, _per_channel(scale, input))  # y = γ(x − μ)/σ + β
+
+
+def batch_norm_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    mean: Tensor,
+    variance: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    training: bool,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δx, δγ, δβ of y = γ (x − μ)/σ + β; ``training``: μ, σ² are the batch's own statistics.
+
+    grad_output δy and input x: (N, C, *); mean μ, variance σ², weight γ (or None): (C,).
+    Returns δx: x's shape, δγ: (C,), δβ: (C,) (each None unless ``needs_grad`` asks for it).
+    """
+    dims = _channel_dims(input)
+    inverse_std = torch.rsqrt(variance + eps)  # 1/σ
+    normalized = (input - _per_channel(mean, input)) * _per_channel(inverse_std, input)  # x̂ = (x − μ)/σ
+    sums_needed = training and needs_grad[0]  # the training δx uses both sums
+    grad_bias = grad_output.sum(dims) if needs_grad[2] or sums_needed else None  # δβ = Σ δy
+    grad_weight = (grad_output * normalized).sum(dims) if needs_grad[1] or sums_needed else None  # δγ = Σ δy·x̂
+    grad_input = None
+    if needs_grad[0]:
+        scale = _per_channel(inverse_std if weight is None else weight * inverse_std, input)  # γ/σ
+        if training:
+            count = input.numel() // input.shape[1]  # M
+            mean_grad = _per_channel(grad_bias / count, input)  # mean(δy)
+            mean_grad_x_hat = _per_channel(grad_weight / count, input)  # mean(δy·x̂)
+            projected = grad_output - mean_grad - normalized * mean_grad_x_hat  # δy − mean(δy) − x̂·mean(δy·x̂)
+            grad_input = scale * projected  # δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂))
+        else:
+            grad_input = grad_output * scale  # δx = (γ/σ)·δy
+    return grad_input, (grad_weight if needs_grad[1] else None), (grad_bias if needs_grad[2] else None)
+
+
+def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tangent, weight_tangent, bias_tangent):
+    """ẏ = (∂y/∂x)ẋ + x̂·γ̇ + β̇. ∂y/∂x is symmetric ((γ/σ)(I − 1/M − x̂x̂ᵀ/M) per channel in
+    training, (γ/σ)·I in evaluation), so its product with ẋ is the backward formula with δy = ẋ."""
+    tangent = 0
+    if input_tangent is not None:
+        tangent, _, _ = batch_norm_backward(input_tangent, input, mean, variance, weight, eps, training, (True,) * 3)
+    if weight_tangent is not None:
+        normalized = (input - _per_channel(mean, input)) * _per_channel(torch.rsqrt(variance + eps), input)
+        tangent = tangent + normalized * _per_channel(weight_tangent, input)  # x̂·γ̇
+    if bias_tangent is not None:
+        tangent = tangent + _per_channel(bias_tangent, input)  # β̇
+    return tangent
+
+
+# ----------------------------------------------------------------------------------------------
+# The autograd Functions
+# ----------------------------------------------------------------------------------------------
+
+
+class BatchNormTrainingFunction(LayerFunction):
+    """Training-mode batch norm: normalizes with the batch's own μ, σ². Returns (y, μ, σ²); μ and
+    σ² are for the running statistics only (not differentiable). Saves x and γ (inputs); the
+    backward recomputes μ and σ² from x, so that double backward sees how they depend on x."""
+
+
+    @staticmethod
+    def forward(input, weight, bias, eps):
+        mean, variance = batch_norm_statistics(input)
+        return batch_norm_forward(input, mean, variance, weight, bias, eps), mean, variance
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, ctx.eps = inputs
+        _, mean, variance = output
+        ctx.mark_non_differentiable(mean, variance)
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_mean, grad_variance):
+        input, weight = ctx.saved_tensors
+        mean, variance = batch_norm_statistics(input)
+        grads = batch_norm_backward(grad_output, input, mean, variance, weight, ctx.eps, True, ctx.needs_input_grad[:3])
+        return *grads, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, eps_tangent):
+        input, weight = ctx.saved_tensors
+        mean, variance = batch_norm_statistics(input)
+        tangent = _batch_norm_tangent(
+            input, mean, variance, weight, ctx.eps, True, input_tangent, weight_tangent, bias_tangent
+        )
+        return tangent, None, None
+
+
+class BatchNormEvalFunction(LayerFunction):
+    """Evaluation-mode batch norm: normalizes with given statistics (the running ones), which get
+    no gradient. Saves x, μ, σ², γ (all inputs)."""
+
+
+    @staticmethod
+    def forward(input, mean, variance, weight, bias, eps):
+        return batch_norm_forward(input, mean, variance, weight, bias, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, mean, variance, weight, bias, ctx.eps = inputs
+        ctx.save_for_backward(input, mean, variance, weight)
+        ctx.save_for_forward(input, mean, variance, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, mean, variance, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight, grad_bias = batch_norm_backward(
+            grad_output, input, mean, variance, weight, ctx.eps, False, (needs[0], needs[3], needs[4])
+        )
+        return grad_input, None, None, grad_weight, grad_bias, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, mean_tangent, variance_tangent, weight_tangent, bias_tangent, eps_tangent):
+        input, mean, variance, weight = ctx.saved_tensors
+        return _batch_norm_tangent(
+            input, mean, variance, weight, ctx.eps, False, input_tangent, weight_tangent, bias_tangent
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The public function: check the arguments, apply the Function, update the running statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, training) -> None:
+    if input.dim() < 2:
+        raise ValueError(
+            f"batch_norm: expected an input of shape (N, C) or (N, C, *), got shape {tuple(input.shape)}; "
+            f"for a single feature vector use input.unsqueeze(0) (and a batch of more than one in training)"
+        )
+    if not input.is_floating_point():
+        raise TypeError(f"batch_norm: expected a floating-point input, got dtype {input.dtype}; use input.float()")
+    channels = input.shape[1]
+    for name, tensor in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                         ("bias", bias)):
+        if tensor is not None and tuple(tensor.shape) != (channels,):
+            raise ValueError(
+                f"batch_norm: expected {name} of shape ({channels},) for an input with {channels} channels "
+                f"(dimension 1 of shape {tuple(input.shape)}), got {tuple(tensor.shape)}"
+            )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError(
+            "batch_norm: evaluation mode (training=False) normalizes with the running statistics, but "
+            "running_mean and running_var are None; pass them, or use training=True"
+        )
+    if training and input.numel() // max(channels, 1) <= 1:
+        raise ValueError(
+            f"batch_norm: expected more than 1 value per channel when training, got input size "
+            f"{tuple(input.shape)}; use a batch of more than one, or training=False"
+        )
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalization like ``torch.nn.functional.batch_norm``, with the hand-written backward.
+
+    input: (N, C) or (N, C, *); running_mean, running_var: (C,) or None (updated in place when
+    training); weight γ, bias β: (C,) or None. ``training`` normalizes with the batch's statistics,
+    otherwise with the running ones. Returns y: the input's shape.
+    """
+    _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, training)
+    if not training:
+        return apply(BatchNormEvalFunction, input, running_mean, running_var, weight, bias, eps)
+    output, mean, variance = apply(BatchNormTrainingFunction, input, weight, bias, eps)
+    if running_mean is not None:
+        update_running_statistics(running_mean, running_var, mean, variance, input.numel() // input.shape[1], momentum)
+    return output
+
+
+@torch.no_grad()
+def update_running_statistics(running_mean: Tensor, running_var: Tensor, mean: Tensor, variance: Tensor, count: int,
+                              momentum: float) -> None:
+    """In place, as torch does: running ← (1 − m)·running + m·batch, with the batch variance made
+    unbiased (σ²·M/(M − 1), M = count values per channel). All (C,)."""
+    running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)  # ← (1 − m)·running + m·μ
+    running_var.mul_(1 - momentum).add_(variance * (count / (count - 1)), alpha=momentum)  # m·σ²M/(M−1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class _BatchNorm(SharesState):
+    """What BatchNorm1d and BatchNorm2d share: torch's _BatchNorm.forward with manualbp's batch_norm.
+    (First among the bases, so that its forward wins over torch's.)"""
+
+    def _momentum_for_this_step(self) -> float:
+        """torch's rule: count the batch; momentum None is the cumulative average 1/batches."""
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked)
+        return 0.0 if self.momentum is None else self.momentum
+
+    def _normalizes_with_batch_statistics(self) -> bool:
+        return self.training or (self.running_mean is None and self.running_var is None)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        momentum = self._momentum_for_this_step()
+        updates = not self.training or self.track_running_stats  # else: batch statistics, running ones untouched
+        return batch_norm(
+            input,
+            self.running_mean if updates else None,
+            self.running_var if updates else None,
+            self.weight,
+            self.bias,
+            self._normalizes_with_batch_statistics(),
+            momentum,
+            self.eps,
+        )
+
+    def function_and_arguments(self, input: Tensor):
+        self._check_input_dim(input)
+        training = self._normalizes_with_batch_statistics()
+        _check_batch_norm_arguments(input, self.running_mean, self.running_var, self.weight, self.bias, training)
+        if training:
+            return BatchNormTrainingFunction, (input, self.weight, self.bias, self.eps)
+        return BatchNormEvalFunction, (input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+
+    def after_manual_forward(self, arguments: tuple, outputs) -> None:
+        """The manual engine's counterpart of batch_norm's running-statistics update."""
+        momentum = self._momentum_for_this_step()
+        if isinstance(outputs, tuple) and self.track_running_stats and self.running_mean is not None:
+            input = arguments[0]
+            _, mean, variance = outputs
+            update_running_statistics(
+                self.running_mean, self.running_var, mean, variance, input.numel() // input.shape[1], momentum
+            )
+
+
+class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d, torch_twin=torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` (same parameters, buffers, state_dict) with the hand-written backward
+    δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂)). input (N, C) or (N, C, L)."""
+
+
+class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d, torch_twin=torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` (same parameters, buffers, state_dict) with the hand-written backward
+    δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂)). input (N, C, H, W)."""
