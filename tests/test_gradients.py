@@ -155,6 +155,25 @@ class Case:
     inputs: Callable  # () -> the arguments, tensors and settings, in order
     layouts: tuple[str, ...] = ("as_given", "batch_size_1", "leading_dims", "non_contiguous")
     bit_for_bit: bool = False  # the same kernels in the same order as the reference: identical results
+    skip: tuple[str, ...] = ()  # checks that do not apply, each with its reason at the case
+
+
+def relu_inplace(input):
+    """ReLU(inplace=True) on a copy, so that the case's own input stays as given."""
+    return mbf.relu(input.clone(), inplace=True)
+
+
+def mlp_node(input, target, weight_1, bias_1, weight_2, bias_2):
+    """The MNIST_NN_manualBP slide as one node: softmax cross-entropy of a ReLU MLP."""
+    return mbf.mlp_softmax_cross_entropy(input, target, [weight_1, weight_2], [bias_1, bias_2])
+
+
+def torch_mlp(input, target, weight_1, bias_1, weight_2, bias_2):
+    return F.cross_entropy(F.linear(F.relu(F.linear(input, weight_1, bias_1)), weight_2, bias_2), target)
+
+
+def mlp_inputs():
+    return randn(5, 4), torch.randint(0, 3, (5,)), randn(6, 4), randn(6), randn(3, 6), randn(3)
 
 
 CASES = [
@@ -164,9 +183,14 @@ CASES = [
          bit_for_bit=True),
     Case("sigmoid", mbf.sigmoid, torch.sigmoid, lambda: randn(5, 4)),
     Case("relu", mbf.relu, F.relu, lambda: randn(5, 4, away_from_zero=True), bit_for_bit=True),
+    # gradcheck's batched forward AD (legacy vmap over the jvp) is not a torch.func transform, so the
+    # in-place Function runs there and autograd asks its jvp to write the batched tangent in place.
+    Case("relu_inplace", relu_inplace, F.relu, lambda: randn(5, 4, away_from_zero=True),
+         skip=("batched_forward_ad",)),
     Case("tanh", mbf.tanh, torch.tanh, lambda: randn(5, 4)),
     Case("elu", mbf.elu, F.elu, lambda: randn(5, 4, away_from_zero=True)),
     Case("elu_alpha_0.5", mbf.elu, F.elu, lambda: (randn(5, 4, away_from_zero=True), 0.5)),
+    Case("mlp_softmax_cross_entropy", mlp_node, torch_mlp, mlp_inputs, layouts=NO_LEADING_DIMS),
     Case("softmax_cross_entropy_indices", mbf.softmax_cross_entropy, F.cross_entropy, logits_and_indices,
          layouts=NO_LEADING_DIMS),
     Case("softmax_cross_entropy_probabilities", mbf.softmax_cross_entropy, F.cross_entropy,
@@ -218,7 +242,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_matches_torch_in_every_check(case):
-    check_function(case.function, case.reference, case.inputs, layouts=case.layouts, **EXACT)
+    check_function(case.function, case.reference, case.inputs, layouts=case.layouts, skip=case.skip, **EXACT)
 
 
 @pytest.mark.parametrize("case", [case for case in CASES if case.bit_for_bit], ids=lambda case: case.name)
