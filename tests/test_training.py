@@ -114,8 +114,6 @@ def test_default_mnist_config_reaches_98_percent_on_full_mnist(config, monkeypat
 
 
 @pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
-# Opt-in until the default LeNet config is shown to reach 99 % here (issue 10; ~10 min of CPU).
-@pytest.mark.skipif(not os.environ.get("MANUALBP_LENET_99"), reason="set MANUALBP_LENET_99=1 to run it")
 @pytest.mark.slow
 def test_default_lenet_config_reaches_99_percent_on_full_mnist(config, monkeypatch):
     monkeypatch.setenv(DATA_ENV, FULL_MNIST_ROOT)
