@@ -48,6 +48,9 @@ def test_sigint_just_after_the_last_epoch_is_never_ignored(tmp_path, delay_s):
     time.sleep(delay_s)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0, stderr[-3000:]  # never ignored
+    if (run / "results.json").is_file() and process.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
+        return  # the run had done all its work (XOR's test and report take well under 0.8 s) when it came
     assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
     lines = error_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGINT while "), stderr
