@@ -215,8 +215,8 @@ def test_softmax_losses_pass_a_nan_upstream_gradient_on_like_torch(ours, theirs,
     assert_like_torch(ours, theirs, [logits, target], torch.tensor(NAN, dtype=DTYPE))
 
 
-@pytest.mark.xfail(strict=True, reason="known difference, kept for the slide formula: with g = ±inf, "
-                   "(yp − y)/N·g is ±inf at the target where PyTorch's log_softmax∘nll_loss order gives NaN")
-def test_cross_entropy_with_an_infinite_upstream_gradient_is_not_yet_torchs():
+@pytest.mark.parametrize("grad_output", [INF, -INF])
+def test_cross_entropy_with_an_infinite_upstream_gradient_is_torchs(grad_output):
+    """(yp − y)·s is computed as yp·s − s at the target, PyTorch's order: NaN there for s = ±inf."""
     assert_like_torch(mbf.softmax_cross_entropy, F.cross_entropy, [_randn(4, 3), torch.tensor([0, 2, 1, 2])],
-                      torch.tensor(INF, dtype=DTYPE))
+                      torch.tensor(grad_output, dtype=DTYPE))

@@ -9,7 +9,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import Activation, LayerFunction, apply, apply_inplace, check_floating
+from manualbp.layers.base import (
+    Activation,
+    LayerFunction,
+    apply,
+    apply_inplace,
+    check_floating,
+    multiply,
+    one_minus,
+    owns_buffers,
+)
 
 __all__ = [
     "sigmoid_forward",
@@ -49,14 +58,18 @@ __all__ = [
 def sigmoid_forward(input: Tensor) -> Tensor:
     """σ(a) = 1/(1 + e^(−a)), elementwise; any shape.
 
-    Finite for every a: for a ≪ 0, e^(−a) overflows to inf and 1/(1+inf) is exactly 0.
+    PyTorch's one kernel for it (as ``tanh_forward`` uses ``torch.tanh``): one buffer, where
+    the expression written out would hold three at once, and finite for every a.
     """
-    return 1 / (1 + torch.exp(-input))  # σ(a) = 1/(1+e^(−a))
+    return torch.sigmoid(input)  # σ(a) = 1/(1+e^(−a))
 
 
 def sigmoid_backward(grad_output: Tensor, output: Tensor) -> Tensor:
-    """δA = σ(A)(1 − σ(A))·δZ, from the saved output Z = σ(A); same shape as grad_output."""
-    return output * (1 - output) * grad_output  # δA = σ(1−σ)·δZ
+    """δA = σ(A)(1 − σ(A))·δZ, from the saved output Z = σ(A); same shape as grad_output.
+
+    Multiplied in PyTorch's order, (1 − σ)·δZ·σ (so the values agree to the bit), in one new buffer.
+    """
+    return multiply(1 - output, grad_output, output, into_first=owns_buffers(grad_output))  # δA = σ(1−σ)·δZ
 
 
 def relu_forward(input: Tensor, inplace: bool = False) -> Tensor:
@@ -78,7 +91,7 @@ def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
 
 def elu_forward(input: Tensor, alpha: float = 1.0) -> Tensor:
     """x if x > 0 else α(eˣ − 1), elementwise; any shape."""
-    return torch.where(input > 0, input, alpha * torch.expm1(input))  # Z = X if X>0 else α(e^X − 1)
+    return torch.nn.functional.elu(input, alpha)  # Z = X if X>0 else α(e^X − 1) (one kernel, one buffer)
 
 
 def elu_backward(grad_output: Tensor, input: Tensor, output: Tensor, alpha: float = 1.0) -> Tensor:
@@ -86,7 +99,11 @@ def elu_backward(grad_output: Tensor, input: Tensor, output: Tensor, alpha: floa
 
     Tested as X ≤ 0 (not X > 0), so that a NaN input takes the 1 branch, as in PyTorch's ELU.
     """
-    return torch.where(input <= 0, grad_output * (output + alpha), grad_output)  # δX = δZ·(Z+α | 1)
+    in_place = owns_buffers(grad_output)
+    grad_negative = multiply(output + alpha, grad_output, into_first=in_place)  # δZ·(Z+α), for X ≤ 0
+    # The select, into the same buffer where it is ours (torch.where takes out= aliasing an input).
+    out = grad_negative if in_place else None
+    return torch.where(input <= 0, grad_negative, grad_output, out=out)  # δX = δZ·(Z+α | 1)
 
 
 def tanh_forward(input: Tensor) -> Tensor:
@@ -96,7 +113,8 @@ def tanh_forward(input: Tensor) -> Tensor:
 
 def tanh_backward(grad_output: Tensor, output: Tensor) -> Tensor:
     """δX = (1 − Y²)·δZ, from the saved output Y = tanh X; same shape."""
-    return (1 - output * output) * grad_output  # δX = (1 − y²)·δZ
+    in_place = owns_buffers(grad_output)
+    return multiply(one_minus(output * output, in_place), grad_output, into_first=in_place)  # δX = (1 − y²)·δZ
 
 
 def leaky_relu_forward(input: Tensor, negative_slope: float = 0.01) -> Tensor:

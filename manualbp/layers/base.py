@@ -94,9 +94,36 @@ def is_traced(tensor: Tensor) -> bool:
     """True under torch.compile or a torch.func transform, where a tensor's values can't be read."""
     if torch.compiler.is_compiling():
         return True
-    # torch-private: no public API tells a torch.func-wrapped tensor from a plain one.
-    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(is_wrapped and is_wrapped(tensor))
+    # torch-private: no public API tells a torch.func-wrapped tensor from a plain one, nor one
+    # batched by autograd.grad(..., is_grads_batched=True) (the older vmap, which gradcheck uses).
+    functorch = torch._C._functorch
+    is_wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    is_legacy_batched = getattr(functorch, "is_legacy_batchedtensor", None)
+    return bool((is_wrapped and is_wrapped(tensor)) or (is_legacy_batched and is_legacy_batched(tensor)))
+
+
+def owns_buffers(*tensors: Tensor) -> bool:
+    """Whether a backward formula may overwrite the buffers it has just made itself (saving a
+    buffer and a pass): not when autograd records the backward (``create_graph=True``, double
+    backward), nor under torch.compile or a torch.func transform, where one of ``tensors`` (the
+    incoming gradient, say) may be batched while the buffer is not."""
+    if torch.is_grad_enabled() or _functorch_transforms_active():
+        return False
+    return not any(is_traced(tensor) for tensor in tensors)
+
+
+def multiply(first: Tensor, *factors: Tensor, into_first: bool) -> Tensor:
+    """first · factors[0] · factors[1] · ..., left to right: written into ``first`` (a buffer the
+    caller has just made, see :func:`owns_buffers`) when ``into_first``, else into new tensors."""
+    for factor in factors:
+        first = first.mul_(factor) if into_first else first * factor
+    return first
+
+
+def one_minus(tensor: Tensor, in_place: bool) -> Tensor:
+    """1 − t: written over ``tensor`` (a buffer the caller has just made) when ``in_place``; as
+    −t + 1, which is 1 − t to the bit."""
+    return tensor.neg_().add_(1) if in_place else 1 - tensor
 
 
 def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
@@ -165,6 +192,8 @@ def as_rows(tensor: Tensor) -> Tensor:
     """(*, features) -> (rows, features), rows = the product of the leading sizes (1 for a vector):
     a view where it can be. Sizes are spelled out, not ``reshape(-1, features)``, which fails for
     zero features ("cannot reshape tensor of 0 elements into shape [-1, 0]")."""
+    if tensor.dim() == 2:
+        return tensor  # already rows (the common case, every step: no reshape to dispatch)
     return tensor.reshape(math.prod(tensor.shape[:-1]), tensor.shape[-1])
 
 

@@ -67,7 +67,7 @@ def linear_backward(
     if needs_grad[0]:
         grad_input = grad_output @ weight  # δX = δZ·W   (slides, W as (in, out): δZ Wᵀ)
     if needs_grad[1]:
-        grad_weight = grad_rows.t() @ as_rows(input)  # δW = δZᵀX   (slides: XᵀδZ)
+        grad_weight = grad_rows.t().mm(as_rows(input))  # δW = δZᵀX   (slides: XᵀδZ)
     if needs_grad[2]:
         grad_bias = grad_rows.sum(0)  # δb = Σ_k δZ_k,:
     return grad_input, grad_weight, grad_bias

@@ -9,7 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, Loss, apply, autocast_enabled, check_floating, is_traced
+from manualbp.layers.base import (
+    LayerFunction,
+    Loss,
+    apply,
+    autocast_enabled,
+    check_floating,
+    is_traced,
+    owns_buffers,
+)
 
 __all__ = [
     "log_softmax",
@@ -68,7 +76,9 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> Tensor:
     log_probs = log_softmax(logits)
     if target.is_floating_point():
         return -(target * log_probs).sum() / _cross_entropy_batch_size(logits)  # L = −(1/N) Σ_n Σ_k y_nk log yp_nk
-    return -log_probs.gather(1, target.unsqueeze(1)).mean()  # L = −(1/N) Σ_n log yp_n,target
+    # nll_loss picks and averages, in one kernel: (targets are checked to lie in [0, C) before,
+    # so its ignore_index never applies).
+    return torch.nn.functional.nll_loss(log_probs, target)  # L = −(1/N) Σ_n log yp_n,target
 
 
 def softmax_cross_entropy_backward(
@@ -80,13 +90,25 @@ def softmax_cross_entropy_backward(
 
     grad_output g: scalar; logits: (N, C); target: (N,) indices or (N, C) probabilities.
     Returns δlogits: (N, C) and δy: (N, C) or None.
+
+    For class indices (y one-hot) it is computed as yp·s, then −s added at each row's target
+    (s = g/N): no (N, C) one-hot is built, the buffer of yp is the only one, and the order of the
+    operations is PyTorch's (so values agree to the bit, and an infinite g gives NaN at the target
+    as in PyTorch, where (yp − 1)·g would give −inf).
     """
-    scale = grad_output / _cross_entropy_batch_size(logits)
-    probs = torch.softmax(logits, dim=-1)  # yp = exp(logits) / Σ exp(logits)
-    target_rows = _target_distribution(target, logits)
-    if target.is_floating_point():  # rows need not sum to 1 (F.cross_entropy allows it): Σ_k y_k ≠ 1
-        probs = probs * target_rows.sum(dim=-1, keepdim=True)  # yp·Σy, = yp for the slide's y
-    grad_logits = (probs - target_rows) * scale  # (yp − y)/N · g
+    scale = grad_output / _cross_entropy_batch_size(logits)  # s = g/N
+    probs = log_softmax(logits).exp()  # yp = exp(log yp), the probabilities the loss took the log of
+    if not target.is_floating_point():
+        in_place = owns_buffers(scale)
+        grad_logits = probs.mul_(scale) if in_place else probs * scale  # yp·s ...
+        minus_scale = (-scale).expand(target.shape[0], 1)
+        at_target = target.unsqueeze(1)
+        if in_place:
+            return grad_logits.scatter_add_(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
+        return grad_logits.scatter_add(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
+    # rows need not sum to 1 (F.cross_entropy allows it): Σ_k y_k ≠ 1
+    probs = probs * target.sum(dim=-1, keepdim=True)  # yp·Σy, = yp for the slide's y
+    grad_logits = (probs - target) * scale  # (yp − y)/N · g
     grad_target = -log_softmax(logits) * scale if needs_target_grad else None  # δy = −log(yp)/N · g
     return grad_logits, grad_target
 
