@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m manualbp.bench", description=manualbp.bench.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per batch size (>= 5)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per batch size (>= 5)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--memory", type=int, nargs="?", const=BENCH_ROWS, metavar="ROWS",
                         help=f"peak memory of every Function, manualbp vs torch (default {BENCH_ROWS:,} rows)")

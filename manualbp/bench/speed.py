@@ -39,16 +39,61 @@ def default_mnist_model():
     return module.net, module.loss, module.optimizer_factory
 
 
-def step_function(net, loss, make_optimizer, inputs, targets):
-    """One training step: zero the gradients, forward, loss, backward, optimizer step."""
-    optimizer = make_optimizer(net.parameters())
+STEPS_PER_ROUND = 20  # timed steps per round and side, each on a batch of its own
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        forward_and_loss(net, loss, inputs, targets).backward()
-        optimizer.step()
 
-    return step
+def training_run(net, loss, make_optimizer, batches, compiled: bool = False) -> Callable[[], float]:
+    """A function that times ``net`` training as it trains: each call restores the weights ``net``
+    has now, makes a fresh optimizer, takes one untimed warm-up step on ``batches[0]`` (the optimizer
+    makes its state), then times one step on each further batch and returns the seconds per step.
+    A step is: zero the gradients, forward and loss, backward, optimizer step. ``compiled``: the
+    forward and loss under ``torch.compile(fullgraph=True)``, compiled here, before any timing.
+
+    Why fresh batches and restored weights: a step repeated on one batch overfits it within ~10
+    steps (loss ~1e-5), after which the softmax and the gradients run through subnormal floats, which
+    a CPU computes several times slower (2-4x per step seen here): that would time the subnormal
+    penalty, and unevenly between two nets, not the step.
+    """
+    start = copy.deepcopy(net.state_dict())
+
+    def forward(inputs, targets):
+        return forward_and_loss(net, loss, inputs, targets)
+
+    if compiled:
+        forward = torch.compile(forward, fullgraph=True)
+
+    def run() -> float:
+        net.load_state_dict(start)
+        optimizer = make_optimizer(net.parameters())
+
+        def step(inputs, targets):
+            optimizer.zero_grad(set_to_none=True)
+            forward(inputs, targets).backward()
+            optimizer.step()
+
+        step(*batches[0])
+        started = time.perf_counter()
+        for inputs, targets in batches[1:]:
+            step(inputs, targets)
+        return (time.perf_counter() - started) / (len(batches) - 1)
+
+    run()  # compiles, if compiled, and warms up the allocator
+    return run
+
+
+def random_batches(batch_size: int, count: int = STEPS_PER_ROUND + 1, features: int = 784, classes: int = 10):
+    """``count`` batches of standard-normal inputs (batch_size, features) and random class labels."""
+    return [(torch.randn(batch_size, features), torch.randint(0, classes, (batch_size,))) for _ in range(count)]
+
+
+def interleaved_runs(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """The median over ``rounds`` of each run's seconds per step, the runs taking turns (A B A B ...)
+    so that the machine's changing load falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(run())
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def saved_activation_bytes(net, loss, inputs, targets) -> int:
@@ -90,19 +135,6 @@ def _seconds(function, count: int) -> float:
     return (time.perf_counter() - started) / count
 
 
-def interleaved_medians(functions: dict, rounds: int, round_seconds: float = 0.25) -> dict[str, float]:
-    """Median seconds per call of each function over ``rounds`` interleaved rounds (A B A B ...),
-    after a warm-up; each round runs a function for about ``round_seconds``."""
-    for function in functions.values():  # warm-up, and a calibration of calls per round
-        _seconds(function, 3)
-    counts = {name: max(3, int(round_seconds / _seconds(f, 3))) for name, f in functions.items()}
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, function in functions.items():
-            times[name].append(_seconds(function, counts[name]))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def mnist_nets(seed: int = 0) -> tuple[dict, torch.nn.Module, torch.nn.Module, Callable]:
     """The nets a step is timed on, all with the weights of ``python train.py model=mnist``'s net:
     ``{"node": MLPClassifier (the whole slide as one node), "per_layer": MLP(fuse=True) (one node
@@ -118,25 +150,24 @@ def mnist_nets(seed: int = 0) -> tuple[dict, torch.nn.Module, torch.nn.Module, C
     return nets, manual_loss, to_torch(manual_loss), make_optimizer
 
 
-def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 7, seed: int = 0, compile_batch_sizes=(1024,)) -> dict:
-    """One training step of the MNIST net three ways, interleaved in one process, same weights:
-    the slide as one node (``manual``), one node per layer (``per_layer``) and torch.nn
+def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 15, seed: int = 0, compile_batch_sizes=(1024,)) -> dict:
+    """Training steps of the MNIST net three ways, interleaved in one process, same weights and
+    batches: the slide as one node (``manual``), one node per layer (``per_layer``) and torch.nn
     (``native``); then, for ``compile_batch_sizes``, the node and torch.nn with their forward and
-    loss under ``torch.compile``."""
+    loss under ``torch.compile``. See :func:`training_run` for what one round times."""
     load_before = os.getloadavg()
     nets, manual_loss, native_loss, make_optimizer = mnist_nets(seed)
     losses = {"node": manual_loss, "per_layer": manual_loss, "native": native_loss}
     peak = sgemm_gflops()
     steps = {}
     for batch_size in batch_sizes:
-        inputs = torch.randn(batch_size, 784)
-        targets = torch.randint(0, 10, (batch_size,))
-        # Each side trains its own copy: equal weights at the start, comparable steps after.
+        batches = random_batches(batch_size)
+        # Each side trains its own copy: equal weights at the start of every round.
         copies = {name: copy.deepcopy(net) for name, net in nets.items()}
-        medians = interleaved_medians(
-            {name: step_function(net, losses[name], make_optimizer, inputs, targets) for name, net in copies.items()},
-            rounds,
+        medians = interleaved_runs(
+            {name: training_run(net, losses[name], make_optimizer, batches) for name, net in copies.items()}, rounds
         )
+        inputs, targets = batches[0]
         saved = {name: saved_activation_bytes(net, losses[name], inputs, targets) for name, net in copies.items()}
         flops = flops_per_step(nets["native"], batch_size)
         steps[str(batch_size)] = {
@@ -153,11 +184,10 @@ def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 7, seed: int = 0, compile
         }
     compiled = {}
     for batch_size in compile_batch_sizes:
-        inputs = torch.randn(batch_size, 784)
-        targets = torch.randint(0, 10, (batch_size,))
-        medians = interleaved_medians(
+        batches = random_batches(batch_size)
+        medians = interleaved_runs(
             {
-                name: compiled_step_function(copy.deepcopy(nets[name]), losses[name], make_optimizer, inputs, targets)
+                name: training_run(copy.deepcopy(nets[name]), losses[name], make_optimizer, batches, compiled=True)
                 for name in ("node", "native")
             },
             rounds,
@@ -172,6 +202,7 @@ def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 7, seed: int = 0, compile
         "compiled": compiled,
         "sgemm_gflops": peak,
         "rounds": rounds,
+        "steps_per_round": STEPS_PER_ROUND,
         "model": "conf/model/mnist.yaml: MLP 784-512-256-10 (ReLU), softmax cross-entropy",
         "manual": "MLPClassifier: the MNIST_NN_manualBP slide (net and loss) as one autograd node",
         "per_layer": "MLP(fuse=True): one node per layer (LinearReLU, LinearReLU, Linear) and one for the loss",
@@ -182,26 +213,12 @@ def bench_steps(batch_sizes=BATCH_SIZES, rounds: int = 7, seed: int = 0, compile
     }
 
 
-def compiled_step_function(net, loss, make_optimizer, inputs, targets):
-    """``step_function`` with the forward pass and the loss under ``torch.compile`` (their backward
-    is compiled with them); compiled on the first call, here before timing."""
-    optimizer = make_optimizer(net.parameters())
-    forward = torch.compile(lambda inputs, targets: forward_and_loss(net, loss, inputs, targets), fullgraph=True)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        forward(inputs, targets).backward()
-        optimizer.step()
-
-    step()
-    return step
-
-
 def print_steps(report: dict) -> None:
     print(f"One training step of {report['model']}, optimizer {report['optimizer']}")
     print(f"manualbp: {report['manual']}; per layer: {report['per_layer']}")
     load = report["load_average"]
-    print(f"torch {report['torch']}, {report['threads']} threads, median of {report['rounds']} interleaved rounds, "
+    print(f"torch {report['torch']}, {report['threads']} threads, median of {report['rounds']} interleaved rounds of "
+          f"{report['steps_per_round']} steps on fresh random batches from the same start, "
           f"load average {load[0]:.1f} before, {load[1]:.1f} after")
     print(f"sgemm peak on this machine: {report['sgemm_gflops']:.0f} GFLOP/s\n")
     print("| batch | manualbp µs | torch.nn µs | manualbp / torch.nn | per layer / torch.nn | saved bytes manualbp "

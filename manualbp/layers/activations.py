@@ -77,7 +77,7 @@ def relu_forward(input: Tensor, inplace: bool = False) -> Tensor:
     return input.clamp_min_(0) if inplace else input.clamp_min(0)  # Z = max(0, X)
 
 
-def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
+def relu_backward(grad_output: Tensor, output: Tensor, into_grad_output: bool = False) -> Tensor:
     """δX = 1[X > 0]·δZ, from the saved output Z = max(0, X); same shape.
 
     Read as a select, not a product: δZ where Z > 0, else exactly 0, as PyTorch's ReLU does --
@@ -85,8 +85,15 @@ def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
     (Z = NaN, not ≤ 0) passes δZ through. aten's ``threshold_backward(δZ, Z, 0)`` is that select
     in one pass and one output buffer (``torch.where(output > 0, grad_output, 0)`` is the same
     select, but builds a boolean mask first and runs ~10x slower on CPU).
+    ``into_grad_output``: write δX over δZ, for a caller that made δZ itself and needs it no more
+    (the one-node MLP: no new buffer, and no page faults for one, every layer, every step).
     """
-    return torch.ops.aten.threshold_backward(grad_output, output, 0)  # δX = 1[Z>0]·δZ
+    if into_grad_output:  # the out= overload, named: resolving it from keywords costs ~5 µs a call
+        return _threshold_backward.grad_input(grad_output, output, 0, grad_input=grad_output)  # δX = 1[Z>0]·δZ
+    return _threshold_backward.default(grad_output, output, 0)  # δX = 1[Z>0]·δZ
+
+
+_threshold_backward = torch.ops.aten.threshold_backward
 
 
 def elu_forward(input: Tensor, alpha: float = 1.0) -> Tensor:

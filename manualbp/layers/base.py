@@ -94,12 +94,14 @@ def is_traced(tensor: Tensor) -> bool:
     """True under torch.compile or a torch.func transform, where a tensor's values can't be read."""
     if torch.compiler.is_compiling():
         return True
-    # torch-private: no public API tells a torch.func-wrapped tensor from a plain one, nor one
-    # batched by autograd.grad(..., is_grads_batched=True) (the older vmap, which gradcheck uses).
-    functorch = torch._C._functorch
-    is_wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
-    is_legacy_batched = getattr(functorch, "is_legacy_batchedtensor", None)
-    return bool((is_wrapped and is_wrapped(tensor)) or (is_legacy_batched and is_legacy_batched(tensor)))
+    return _is_functorch_wrapped(tensor) or _is_legacy_batched(tensor)
+
+
+# torch-private: no public API tells a torch.func-wrapped tensor from a plain one, nor one batched
+# by autograd.grad(..., is_grads_batched=True) (the older vmap, which gradcheck uses). Looked up
+# once: is_traced runs several times per layer and step.
+_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda tensor: False)
+_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda tensor: False)
 
 
 def owns_buffers(*tensors: Tensor) -> bool:

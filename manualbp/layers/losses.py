@@ -16,6 +16,7 @@ from manualbp.layers.base import (
     autocast_enabled,
     check_floating,
     is_traced,
+    multiply,
     owns_buffers,
 )
 
@@ -97,20 +98,23 @@ def softmax_cross_entropy_backward(
     as in PyTorch, where (yp − 1)·g would give −inf).
     """
     scale = grad_output / _cross_entropy_batch_size(logits)  # s = g/N
-    probs = log_softmax(logits).exp()  # yp = exp(log yp), the probabilities the loss took the log of
+    in_place = owns_buffers(scale)
+    log_probs = log_softmax(logits)
     if not target.is_floating_point():
-        in_place = owns_buffers(scale)
-        grad_logits = probs.mul_(scale) if in_place else probs * scale  # yp·s ...
-        minus_scale = (-scale).expand(target.shape[0], 1)
-        at_target = target.unsqueeze(1)
+        probs = log_probs.exp_() if in_place else log_probs.exp()  # yp = exp(log yp), as the loss took the log of
+        grad_logits = multiply(probs, scale, into_first=in_place)  # yp·s ...
+        minus_scale, at_target = (-scale).expand(target.shape[0], 1), target.unsqueeze(1)
         if in_place:
             return grad_logits.scatter_add_(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
         return grad_logits.scatter_add(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
-    # rows need not sum to 1 (F.cross_entropy allows it): Σ_k y_k ≠ 1
-    probs = probs * target.sum(dim=-1, keepdim=True)  # yp·Σy, = yp for the slide's y
-    grad_logits = (probs - target) * scale  # (yp − y)/N · g
-    grad_target = -log_softmax(logits) * scale if needs_target_grad else None  # δy = −log(yp)/N · g
-    return grad_logits, grad_target
+    grad_target = None
+    if needs_target_grad:
+        grad_target = multiply(log_probs.neg(), scale, into_first=in_place)  # δy = −log(yp)/N · g
+    probs = log_probs.exp_() if in_place else log_probs.exp()  # yp
+    # rows need not sum to 1 (F.cross_entropy allows it): Σ_k y_k ≠ 1; = yp for the slide's y
+    grad_logits = multiply(probs, target.sum(dim=-1, keepdim=True), into_first=in_place)  # yp·Σy
+    grad_logits = grad_logits.sub_(target) if in_place else grad_logits - target  # yp·Σy − y
+    return multiply(grad_logits, scale, into_first=in_place), grad_target  # (yp·Σy − y)/N · g
 
 
 def softmax_euclidean_forward(logits: Tensor, target: Tensor) -> Tensor:

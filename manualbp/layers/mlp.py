@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.activations import relu_backward, relu_forward
-from manualbp.layers.base import Layer, LayerFunction, apply
+from manualbp.layers.base import Layer, LayerFunction, apply, owns_buffers
 from manualbp.layers.linear import (
     Linear,
     LinearReLU,
@@ -84,7 +84,8 @@ class MLPSoftmaxCrossEntropyFunction(LayerFunction):
         hidden = []
         activation = input
         for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
-            activation = relu_forward(linear_forward(activation, weight, bias))  # Zk = f(Z(k−1) Wk + bk)
+            # A is a fresh buffer: max(0, A) over it, as LinearReLUFunction does
+            activation = relu_forward(linear_forward(activation, weight, bias), inplace=True)  # Zk = f(Z(k−1)Wk + bk)
             hidden.append(activation)
         logits = linear_forward(activation, weights[-1], biases[-1])  # ZL = Z(L−1) WL + bL
         loss = softmax_cross_entropy_forward(logits, target)  # L = −(1/N) Σ y log softmax(ZL)
@@ -118,17 +119,23 @@ class MLPSoftmaxCrossEntropyFunction(LayerFunction):
             grad_output = grad_logits if grad_output is None else grad_output + grad_logits
 
         grad_parameters: list[Tensor | None] = [None] * (2 * layer_count)
+        made_here = False  # is grad_output a buffer this backward made (and may overwrite)?
         for k in reversed(range(layer_count)):  # layer k + 1 of the slide
             anything_below = needs[0] or any(needs[2 : 2 + 2 * k])  # does δZ(k−1) serve anyone?
             if grad_output is not None:
-                if k < layer_count - 1:  # a hidden layer: through f first
-                    grad_output = relu_backward(grad_output, hidden[k])  # f'(Z(k−1)Wk + bk)·δZk
+                if k < layer_count - 1:  # a hidden layer: through f first (over δZk where it is ours)
+                    in_place = made_here and owns_buffers(grad_output)
+                    grad_output = relu_backward(grad_output, hidden[k], in_place)  # f'(Z(k−1)Wk + bk)·δZk
                 # δZ(k−1) = [..] Wkᵀ,  δWk = Z(k−1)ᵀ [..],  δbk = Σ_l [..]_l,:
                 grad_output, grad_parameters[2 * k], grad_parameters[2 * k + 1] = linear_backward(
                     grad_output, layer_inputs[k], weights[k], (anything_below, needs[2 + 2 * k], needs[3 + 2 * k])
                 )
+                made_here = True
             if k > 0 and anything_below and grad_hidden[k - 1] is not None:  # Z(k−1) was used too
-                grad_output = grad_hidden[k - 1] if grad_output is None else grad_output + grad_hidden[k - 1]
+                if grad_output is None:
+                    grad_output, made_here = grad_hidden[k - 1], False  # autograd's tensor: not ours to overwrite
+                else:
+                    grad_output = grad_output + grad_hidden[k - 1]
         return (grad_output if needs[0] else None), grad_target, *grad_parameters
 
     @staticmethod
