@@ -72,11 +72,23 @@ def _eager_entry(function: type[Function]) -> type[Function]:
 
     def forward(ctx, *args):
         output = function.forward(*args)
+        if _forward_ad_level() < 0:  # no dual tensors anywhere: jvp cannot run, keep nothing for it
+            ctx.save_for_forward = _keep_nothing
         function.setup_context(ctx, args, output)
         return output
 
     methods = {"forward": forward, "backward": function.backward, "jvp": function.jvp}
     return type(function.__name__, (Function,), {name: staticmethod(m) for name, m in methods.items()})
+
+
+def _forward_ad_level() -> int:
+    # torch-private: the innermost forward-AD level, -1 outside every ``forward_ad.dual_level()``
+    # (gradcheck's forward-AD checks run inside one; torch.func.jvp takes the original class).
+    return getattr(torch.autograd.forward_ad, "_current_level", 0)
+
+
+def _keep_nothing(*tensors: Tensor) -> None:
+    """``ctx.save_for_forward`` where forward-mode AD is off (it costs µs per node and step)."""
 
 
 def _without_jvp(function: type[Function]) -> type[Function]:
@@ -142,6 +154,8 @@ def apply(function: type[LayerFunction], *args, autocast_to: str | None = None):
     if torch.jit.is_tracing():
         raise torchscript_error(f"torch.jit.trace through {function.__name__}")
     chosen = function.copy_for_this_call()
+    if not _any_autocast_enabled():  # the common case, checked in one call (this runs every layer, every step)
+        return chosen.apply(*args)
     device_type = args[0].device.type
     if not autocast_enabled(device_type):
         return chosen.apply(*args)
@@ -166,6 +180,10 @@ def apply_inplace(inplace_function: type[LayerFunction], function: type[LayerFun
     if torch.compiler.is_compiling() or _functorch_transforms_active():
         return input.copy_(apply(function, input, *args))
     return apply(inplace_function, input, *args)
+
+
+# torch-private: autocast on for any device at all (one C call; the public check wants a device).
+_any_autocast_enabled = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 
 def autocast_enabled(device_type: str) -> bool:

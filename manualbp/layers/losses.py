@@ -94,19 +94,19 @@ def softmax_cross_entropy_backward(
 
     For class indices (y one-hot) it is computed as yp·s, then −s added at each row's target
     (s = g/N): no (N, C) one-hot is built, the buffer of yp is the only one, and the order of the
-    operations is PyTorch's (so values agree to the bit, and an infinite g gives NaN at the target
-    as in PyTorch, where (yp − 1)·g would give −inf).
+    operations is PyTorch's (so an infinite g gives NaN at the target as in PyTorch, where
+    (yp − 1)·g would give −inf).
     """
     scale = grad_output / _cross_entropy_batch_size(logits)  # s = g/N
     in_place = owns_buffers(scale)
-    log_probs = log_softmax(logits)
     if not target.is_floating_point():
-        probs = log_probs.exp_() if in_place else log_probs.exp()  # yp = exp(log yp), as the loss took the log of
+        probs = torch.softmax(logits, dim=-1)  # yp = exp(logits) / Σ exp(logits)
         grad_logits = multiply(probs, scale, into_first=in_place)  # yp·s ...
         minus_scale, at_target = (-scale).expand(target.shape[0], 1), target.unsqueeze(1)
         if in_place:
             return grad_logits.scatter_add_(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
         return grad_logits.scatter_add(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
+    log_probs = log_softmax(logits)
     grad_target = None
     if needs_target_grad:
         grad_target = multiply(log_probs.neg(), scale, into_first=in_place)  # δy = −log(yp)/N · g

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.activations import relu_backward, relu_forward
-from manualbp.layers.base import Layer, LayerFunction, apply, owns_buffers
+from manualbp.layers.base import Layer, LayerFunction, apply, is_traced, owns_buffers
 from manualbp.layers.linear import (
     Linear,
     LinearReLU,
@@ -45,6 +45,7 @@ from manualbp.layers.linear import (
 )
 from manualbp.layers.losses import (
     SoftmaxCrossEntropyLoss,
+    _check_class_range,
     _check_class_targets,
     _loss_tangent,
     softmax_cross_entropy,
@@ -120,11 +121,12 @@ class MLPSoftmaxCrossEntropyFunction(LayerFunction):
 
         grad_parameters: list[Tensor | None] = [None] * (2 * layer_count)
         made_here = False  # is grad_output a buffer this backward made (and may overwrite)?
+        may_overwrite = grad_output is not None and owns_buffers(grad_output)  # asked once, for every layer
         for k in reversed(range(layer_count)):  # layer k + 1 of the slide
             anything_below = needs[0] or any(needs[2 : 2 + 2 * k])  # does δZ(k−1) serve anyone?
             if grad_output is not None:
                 if k < layer_count - 1:  # a hidden layer: through f first (over δZk where it is ours)
-                    in_place = made_here and owns_buffers(grad_output)
+                    in_place = made_here and may_overwrite
                     grad_output = relu_backward(grad_output, hidden[k], in_place)  # f'(Z(k−1)Wk + bk)·δZk
                 # δZ(k−1) = [..] Wkᵀ,  δWk = Z(k−1)ᵀ [..],  δbk = Σ_l [..]_l,:
                 grad_output, grad_parameters[2 * k], grad_parameters[2 * k + 1] = linear_backward(
@@ -188,10 +190,15 @@ def mlp_softmax_cross_entropy(
     ``F.cross_entropy`` do.
     """
     weights, biases = list(weights), list(biases)
-    _check_mlp_arguments(input, weights, biases)
+    if target.dtype == torch.int64 and target.shape == input.shape[:1] and _common_case(input, weights, biases):
+        # Every shape and dtype right (the common case, every step): only the classes' range is left.
+        if target.shape[0] and not is_traced(target):
+            _check_class_range("mlp_softmax_cross_entropy", target, weights[-1].shape[0])
+    else:
+        _check_mlp_arguments(input, weights, biases)
+        target = _check_class_targets("mlp_softmax_cross_entropy", _stand_in(input, weights[-1]), target)
     if torch.is_autocast_enabled(input.device.type):
         return _per_layer_nodes(input, target, weights, biases, return_logits)
-    target = _check_class_targets("mlp_softmax_cross_entropy", _stand_in(input, weights[-1]), target)
     parameters = [tensor for pair in zip(weights, biases, strict=True) for tensor in pair]
     if torch.compiler.is_compiling() and not (
         torch.is_grad_enabled() and any(tensor.requires_grad for tensor in (input, target, *parameters))
@@ -238,16 +245,19 @@ def _check_mlp_arguments(input: Tensor, weights: list[Tensor], biases: list[Tens
 
 
 def _common_case(input: Tensor, weights: list[Tensor], biases: list[Tensor]) -> bool:
-    """Every shape and dtype right, checked in a few comparisons (this runs every step)."""
-    features, dtype = input.shape[-1:], input.dtype
-    if input.dim() != 2 or not input.is_floating_point():
+    """Every shape and dtype right, checked in a few integer comparisons (this runs every step)."""
+    if input.dim() != 2 or not input.is_floating_point() or not weights or len(weights) != len(biases):
         return False
+    dtype, features = input.dtype, input.shape[1]
     for weight, bias in zip(weights, biases, strict=True):
-        if weight.dim() != 2 or weight.shape[1:] != features or weight.dtype != dtype:
+        if bias is None:
             return False
-        if bias.shape != weight.shape[:1] or bias.dtype != dtype:
+        shape = weight.shape
+        if len(shape) != 2 or shape[1] != features or weight.dtype != dtype or bias.dtype != dtype:
             return False
-        features = weight.shape[:1]
+        if bias.dim() != 1 or bias.shape[0] != shape[0]:
+            return False
+        features = shape[0]
     return True
 
 
