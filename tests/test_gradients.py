@@ -209,6 +209,8 @@ CASES = [
     Case("dropout", manualbp_dropout, torch_dropout, dropout_inputs),
     Case("flatten", lambda x: mbf.FlattenFunction.apply(x, 1, -1), lambda x: torch.flatten(x, 1, -1),
          lambda: randn(2, 3, 4)),
+    Case("unflatten", lambda x: mbf.UnflattenFunction.apply(x, 1, (3, 4)), lambda x: x.unflatten(1, (3, 4)),
+         lambda: randn(2, 12)),
     conv_case("conv2d", conv_inputs),
     conv_case("conv2d_no_bias", lambda: conv_inputs(bias=False)),
     conv_case("conv2d_stride_padding", conv_inputs, stride=2, padding=1),

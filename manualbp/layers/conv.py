@@ -108,7 +108,9 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     correlation = torch.conv2d(images_as_channels, grads_as_kernels, None, dilation, padding, stride, groups)
     if correlation.shape[-2:] != (kernel_height, kernel_width):  # rows past kH pair patches the forward's
         correlation = correlation[:, :, :kernel_height, :kernel_width]  # floor division dropped
-    return correlation.transpose(0, 1)  # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in/G, kH, kW)
+    # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in/G, kH, kW), laid out as W is (autograd would copy it so anyway, and an
+    # optimizer handed δW by the manual engine rounds alike only if its layout is the same)
+    return correlation.transpose(0, 1).contiguous()
 
 
 def _conv2d_tangent(input, weight, conv_args, input_tangent, weight_tangent, bias_tangent) -> Tensor:
