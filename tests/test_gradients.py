@@ -223,6 +223,8 @@ CASES = [
               kernel_size=3, stride=2, padding=1, ceil_mode=True),
     pool_case("max_pool2d_dilation", mbf.max_pool2d, F.max_pool2d, lambda: images(2, 2, 6, 6), kernel_size=2,
               dilation=2),
+    pool_case("max_pool2d_8_channels", mbf.max_pool2d, F.max_pool2d, lambda: images(2, 8, 6, 6),  # channels-last
+              kernel_size=3, stride=2, padding=1, ceil_mode=True),
     pool_case("avg_pool2d", mbf.avg_pool2d, F.avg_pool2d, lambda: randn(2, 2, 5, 5), kernel_size=2),
     pool_case("avg_pool2d_padding_ceil", mbf.avg_pool2d, F.avg_pool2d, lambda: randn(2, 2, 6, 6), kernel_size=3,
               stride=2, padding=1, ceil_mode=True),
