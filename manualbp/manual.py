@@ -118,9 +118,13 @@ def _backprop(net, loss, inputs, targets):
     # Forward pass, keeping each layer's context (what its backward needs).
     tape = []
     activation = inputs
+    # δ(input) of a layer is needed only if some layer below it has a parameter to train: not for
+    # the first layer, nor for a conv net's first conv after a reshape of the data (Unflatten).
+    activation_needs_grad = False
     for index, layer in enumerate(layers):
         function, arguments = _layer_function_and_arguments(layer, activation)
-        context = Context(_needs_grad(arguments, first_input_needs_grad=index > 0))
+        context = Context(_needs_grad(arguments, first_input_needs_grad=activation_needs_grad))
+        activation_needs_grad = activation_needs_grad or any(p.requires_grad for p in layer.parameters())
         output = function.forward(*arguments)
         function.setup_context(context, arguments, output)
         if hasattr(layer, "after_manual_forward"):  # batch norm: its running statistics
@@ -138,6 +142,8 @@ def _backprop(net, loss, inputs, targets):
     grad = _as_tuple(function.backward(loss_context, torch.ones_like(loss_value)))[0]  # δYp = ∂L/∂Yp
     grads: dict[str, Tensor] = {}
     for index, layer, function, context, arguments, extra_outputs in reversed(tape):
+        if grad is None:  # the layer above needed no δ(input): nothing below has a parameter to train
+            break
         layer_grads = _as_tuple(function.backward(context, grad, *([None] * extra_outputs)))
         grad = layer_grads[0]  # δ(input) = δ(output) of the layer below
         parameter_names = {id(parameter): name for name, parameter in layer.named_parameters()}

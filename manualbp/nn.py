@@ -32,7 +32,7 @@ from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.pooling import MaxPool2d
 from manualbp.layers.shape import *  # noqa: F403
-from manualbp.layers.shape import Flatten
+from manualbp.layers.shape import Flatten, Unflatten
 
 __all__ = [
     *(name for family in layers.__all__ for name in getattr(layers, family).__all__),
@@ -110,7 +110,7 @@ class LeNet(torch.nn.Sequential):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, device=None, dtype=None) -> None:
         factory = {"device": device, "dtype": dtype}
         super().__init__(
-            torch.nn.Unflatten(1, (in_channels, 28, 28)),  # a view: its backward is a reshape
+            Unflatten(1, (in_channels, 28, 28)),  # a view: its backward is a reshape
             Conv2d(in_channels, 6, 5, padding=2, **factory),
             ReLU(),
             MaxPool2d(2),

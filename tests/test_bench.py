@@ -9,14 +9,15 @@ import sys
 import torch
 
 import manualbp
-from manualbp.bench import speed
+from manualbp.bench import lenet, speed
+from manualbp.layers.base import TORCH_TWINS
 from manualbp.reference import to_torch
 
 
 def test_step_bench_json_has_the_relied_on_keys():
     result = subprocess.run(
         [sys.executable, "-m", "manualbp.bench", "--json", "--batch-sizes", "64", "--rounds", "5",
-         "--compile-batch-sizes", "64", "--threads", "1"],
+         "--compile-batch-sizes", "64", "--lenet-batch-sizes", "16", "--threads", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -31,6 +32,37 @@ def test_step_bench_json_has_the_relied_on_keys():
     compiled = report["compiled"]["64"]
     assert compiled["manual_us"] > 0 and abs(compiled["ratio"] - compiled["manual_us"] / compiled["native_us"]) < 1e-9
     assert report["threads"] == 1 and len(report["load_average"]) == 2
+    lenet = report["lenet"]["steps"]["16"]
+    assert lenet["manual_us"] > 0 and lenet["native_us"] > 0
+    assert abs(lenet["ratio"] - lenet["manual_us"] / lenet["native_us"]) < 1e-9
+    assert 0 < lenet["manual_saved_bytes"] <= lenet["native_saved_bytes"]
+    assert report["lenet"]["optimizer"] == "Adam" and report["lenet"]["rounds"] == 5
+
+
+def test_step_bench_prints_the_lenet_table():
+    result = subprocess.run(
+        [sys.executable, "-m", "manualbp.bench", "--batch-sizes", "16", "--rounds", "5", "--compile-batch-sizes",
+         "--lenet-batch-sizes", "16", "24", "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "One training step of conf/model/lenet.yaml" in result.stdout
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| 16 ", "| 24 "))]
+    lenet_rows = [row for row in rows if len(row) == 6]  # the MLP table has 8 columns
+    assert [row[0].strip() for row in lenet_rows] == ["16", "24"]
+    for row in lenet_rows:
+        manual_us, native_us, ratio = (float(cell.replace(",", "")) for cell in row[1:4])
+        assert manual_us > 0 and native_us > 0 and abs(ratio - manual_us / native_us) < 0.01
+        assert int(row[4].replace(",", "")) <= int(row[5].replace(",", ""))
+
+
+def test_lenet_step_bench_times_the_config_net_against_its_torch_twin():
+    net, loss, make_optimizer = lenet.default_lenet_model()
+    assert isinstance(net, manualbp.nn.LeNet) and isinstance(loss, manualbp.nn.SoftmaxCrossEntropyLoss)
+    twin = to_torch(net)
+    assert not any(type(module) in TORCH_TWINS for module in twin.modules())
+    assert any(isinstance(module, torch.nn.Conv2d) for module in twin.modules())
+    assert isinstance(make_optimizer(net.parameters()), torch.optim.Adam)
 
 
 def test_manualbp_saves_no_more_for_backward_than_torch():

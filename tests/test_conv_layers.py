@@ -242,16 +242,29 @@ def test_matches_torch_for_every_subset_of_inputs_requiring_grad(case):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("channels", [3, 9], ids=["3_channels", "9_channels_through_channels_last"])
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1),
                                     dict(kernel_size=3, stride=2, ceil_mode=True)])
-def test_max_pool_ties_go_where_torch_sends_them(kwargs):
+def test_max_pool_ties_go_where_torch_sends_them(kwargs, channels):
     # Few distinct values: most windows hold their max more than once, and overlapping windows
-    # share argmaxes, whose δ must add up.
-    x = torch.randint(0, 3, (2, 3, 7, 7), generator=torch.Generator().manual_seed(0)).to(DTYPE)
+    # share argmaxes, whose δ must add up. 9 channels: the forward runs torch's channels-last kernel.
+    x = torch.randint(0, 3, (2, channels, 7, 7), generator=torch.Generator().manual_seed(0)).to(DTYPE)
     assert_matches_reference(lambda t: max_pool2d(t, **kwargs), lambda t: TF.max_pool2d(t, **kwargs), (x,))
     ours, indices = max_pool2d(x, **kwargs, return_indices=True)
     theirs, expected_indices = TF.max_pool2d(x, **kwargs, return_indices=True)
     assert torch.equal(indices, expected_indices)
+    assert ours.is_contiguous() and indices.is_contiguous()  # the layout torch's op gives
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_through_channels_last_takes_nan_and_infinities_where_torch_does(dtype):
+    x = torch.randint(-2, 3, (2, 8, 6, 6), generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0, 0, 0, 0] = x[1, 2, 3, 3] = x[1, 2, 3, 2] = float("nan")
+    x[1, 5] = float("-inf")
+    ours, indices = max_pool2d(x, 2, return_indices=True)
+    theirs, expected_indices = TF.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(indices, expected_indices)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -209,6 +209,8 @@ CASES = [
     Case("dropout", manualbp_dropout, torch_dropout, dropout_inputs),
     Case("flatten", lambda x: mbf.FlattenFunction.apply(x, 1, -1), lambda x: torch.flatten(x, 1, -1),
          lambda: randn(2, 3, 4)),
+    Case("unflatten", lambda x: mbf.UnflattenFunction.apply(x, 1, (3, 4)), lambda x: x.unflatten(1, (3, 4)),
+         lambda: randn(2, 12)),
     conv_case("conv2d", conv_inputs),
     conv_case("conv2d_no_bias", lambda: conv_inputs(bias=False)),
     conv_case("conv2d_stride_padding", conv_inputs, stride=2, padding=1),
@@ -221,6 +223,8 @@ CASES = [
               kernel_size=3, stride=2, padding=1, ceil_mode=True),
     pool_case("max_pool2d_dilation", mbf.max_pool2d, F.max_pool2d, lambda: images(2, 2, 6, 6), kernel_size=2,
               dilation=2),
+    pool_case("max_pool2d_8_channels", mbf.max_pool2d, F.max_pool2d, lambda: images(2, 8, 6, 6),  # channels-last
+              kernel_size=3, stride=2, padding=1, ceil_mode=True),
     pool_case("avg_pool2d", mbf.avg_pool2d, F.avg_pool2d, lambda: randn(2, 2, 5, 5), kernel_size=2),
     pool_case("avg_pool2d_padding_ceil", mbf.avg_pool2d, F.avg_pool2d, lambda: randn(2, 2, 6, 6), kernel_size=3,
               stride=2, padding=1, ceil_mode=True),

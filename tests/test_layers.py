@@ -47,6 +47,8 @@ def _example(layer_class):
         return layer_class(*IMAGE_LAYERS[layer_class.torch_twin]).double()
     if issubclass(layer_class, (torch.nn.Linear, torch.nn.BatchNorm1d)):
         return layer_class(*([FEATURES, FEATURES] if issubclass(layer_class, torch.nn.Linear) else [FEATURES])).double()
+    if issubclass(layer_class, torch.nn.Unflatten):
+        return layer_class(1, (2, FEATURES // 2))  # (6, FEATURES) -> (6, 2, FEATURES/2)
     return layer_class().double()
 
 
@@ -58,7 +60,10 @@ def _net_around(layer_class) -> torch.nn.Sequential:
         front = torch.nn.Sequential(mnn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), _example(layer_class), mnn.Flatten())
         features = front.double()(torch.zeros(2, CHANNELS, FEATURES, FEATURES, dtype=torch.float64)).shape[1]
         return torch.nn.Sequential(*front, mnn.Linear(features, 3)).double()
-    return torch.nn.Sequential(mnn.Linear(FEATURES, FEATURES), _example(layer_class), mnn.Linear(FEATURES, 3)).double()
+    middle = [_example(layer_class)]
+    if issubclass(layer_class, torch.nn.Unflatten):
+        middle.append(mnn.Flatten())  # back to FEATURES for the Linear after it
+    return torch.nn.Sequential(mnn.Linear(FEATURES, FEATURES), *middle, mnn.Linear(FEATURES, 3)).double()
 
 
 def _batch(seed=0, layer_class=None):
@@ -180,3 +185,19 @@ def test_the_manual_engine_runs_a_small_conv_net_like_autograd():
     torch.testing.assert_close(loss_value, expected.detach(), **EXACT)
     for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad, **EXACT)
+
+
+def test_the_manual_engine_runs_lenet_like_autograd():
+    # LeNet starts with Unflatten (N, 784) -> (N, 1, 28, 28): the engine runs it as a reshape whose
+    # backward is the reshape back, and computes no δ for the data (its first conv needs none).
+    torch.manual_seed(0)
+    net, loss = mnn.LeNet(), mnn.SoftmaxCrossEntropyLoss()
+    assert type(net[0]) is mnn.Unflatten and type(to_torch(net)[0]) is torch.nn.Unflatten
+    inputs, targets = torch.randn(6, 784), torch.randint(0, 10, (6,))
+    loss_value, grads = manual.backprop(net, loss, inputs, targets)
+    expected = loss(net(inputs), targets)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+    assert torch.equal(loss_value, expected.detach())
+    assert list(grads) == [name for name, _ in net.named_parameters()]
+    for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
+        assert torch.equal(grad, expected_grad)  # the same Function code: bit for bit

@@ -214,6 +214,8 @@ def _layer(layer_class, **factory):
         return layer_class(4, 3, **factory)
     if issubclass(layer_class, torch.nn.BatchNorm1d):
         return layer_class(5, **factory)  # (2, 5, 4): 5 channels
+    if issubclass(layer_class, torch.nn.Unflatten):
+        return layer_class(1, (5, 1))  # (2, 5, 4) -> (2, 5, 1, 4)
     return layer_class()
 
 

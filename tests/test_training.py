@@ -83,6 +83,21 @@ def test_lenet_trains_end_to_end_with_the_gradient_audit_and_shows_its_filters(c
     assert names == {"loss.png", "accuracy.png", "confusion_matrix.png", "misclassified.png", "first_layer_filters.png"}
 
 
+def test_lenet_with_the_manual_engine_ends_with_the_same_weights_as_autograd(config, small_mnist, tmp_path):
+    # python train.py model=lenet engine=manual: the explicit loop runs every LeNet layer, Unflatten included.
+    runs = {}
+    for engine in ("autograd", "manual"):
+        cfg = config("model=lenet", f"engine={engine}", f"data.root={small_mnist}", "data.val_size=100",
+                     "data.batch_size=100", "trainer.max_epochs=1", "figures=false")
+        cfg.paths.output_dir = str(tmp_path / engine)
+        results = train(cfg)
+        assert results["engine"] == engine
+        runs[engine] = torch.load(tmp_path / engine / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert runs["manual"].keys() == runs["autograd"].keys()
+    for name, tensor in runs["autograd"].items():
+        assert torch.equal(runs["manual"][name], tensor), name
+
+
 def test_lenet_takes_fashion_mnist(config, tmp_path):
     root = tmp_path / "data"
     write_mnist_files(root, dataset="FashionMNIST", train_count=300, test_count=100)

@@ -1,5 +1,5 @@
 """The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--e2e] [--time-to-98] [--xor-seeds N]
-[--approx] [--softmax-losses PNG [overrides ...]] (see manualbp/bench/__init__.py)."""
+[--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 import manualbp.bench
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
+from manualbp.bench.lenet import LENET_BATCH_SIZES, bench_lenet_steps, print_lenet_steps
 from manualbp.bench.memory import BENCH_ROWS, bench_memory, print_memory
 from manualbp.bench.speed import BATCH_SIZES, bench_e2e, bench_steps, bench_time_to_98, print_steps
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"peak memory of every Function, manualbp vs torch (default {BENCH_ROWS:,} rows)")
     parser.add_argument("--compile-batch-sizes", type=int, nargs="*", default=[1024],
                         help="batch sizes of the torch.compile rows (none: skip them)")
+    parser.add_argument("--lenet-batch-sizes", type=int, nargs="*", default=list(LENET_BATCH_SIZES),
+                        help="batch sizes of the LeNet step rows (none: skip them)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for every measurement (default: torch's)")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
@@ -92,10 +95,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  ratio                       : {report['ratio']:.2f}x")
         return
     report = bench_steps(args.batch_sizes, args.rounds, compile_batch_sizes=args.compile_batch_sizes)
+    if args.lenet_batch_sizes:
+        report["lenet"] = bench_lenet_steps(args.lenet_batch_sizes, args.rounds)
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        print_steps(report)
+        return
+    print_steps(report)
+    if "lenet" in report:
+        print()
+        print_lenet_steps(report["lenet"])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 * ``pooling.py``: max, average and adaptive average 2-D pooling.
 * ``normalization.py``: batch norm (N, C) and (N, C, H, W).
 * ``dropout.py``: dropout (its mask an input of the Function).
-* ``shape.py``: Flatten.
+* ``shape.py``: Flatten, Unflatten.
 * ``losses.py``: softmax + cross-entropy, softmax + L2, the Euclidean loss.
 * ``mlp.py``: the MNIST_NN_manualBP slide, an MLP and its softmax cross-entropy, as one node
   (it calls the formulas of the three files above).

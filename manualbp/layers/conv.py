@@ -99,6 +99,8 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     """
     batch_size, in_channels, height, width = input.shape
     kernel_height, kernel_width = weight_shape[-2:]
+    if _transposed_form_applies(input, weight_shape, stride, padding, dilation, groups):
+        return _sum_over_patches_and_images_transposed(grad_output, input, padding)
     images_as_channels = (  # (C_in/G, G·N, H, W)
         input.reshape(batch_size, groups, in_channels // groups, height, width)
         .permute(2, 1, 0, 3, 4)
@@ -108,7 +110,34 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     correlation = torch.conv2d(images_as_channels, grads_as_kernels, None, dilation, padding, stride, groups)
     if correlation.shape[-2:] != (kernel_height, kernel_width):  # rows past kH pair patches the forward's
         correlation = correlation[:, :, :kernel_height, :kernel_width]  # floor division dropped
-    return correlation.transpose(0, 1)  # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in/G, kH, kW)
+    # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in/G, kH, kW), laid out as W is (autograd would copy it so anyway, and an
+    # optimizer handed δW by the manual engine rounds alike only if its layout is the same)
+    return correlation.transpose(0, 1).contiguous()
+
+
+def _transposed_form_applies(input, weight_shape, stride, padding, dilation, groups) -> bool:
+    """Whether :func:`_sum_over_patches_and_images_transposed` computes this δW: stride 1, no
+    dilation, one group, and H + padding ≥ kH (likewise W), so that its crop is not negative."""
+    sizes = zip(input.shape[-2:], padding, weight_shape[-2:], strict=True)
+    return stride == (1, 1) and dilation == (1, 1) and groups == 1 and all(h + pad >= k for h, pad, k in sizes)
+
+
+def _sum_over_patches_and_images_transposed(grad_output, input, padding) -> Tensor:
+    """δW = Σ_p δZ_pᵀ X_p for stride 1, no dilation, one group, with δZ in its own layout.
+
+    The correlation of :func:`_sum_over_patches_and_images` wants δZ as (C_out, N, H_out, W_out)
+    kernels: a copy of δZ transposed, the largest tensor of the backward. Read from the far end
+    instead, δW[k, c, kH−1−t] = Σ_n Σ_p X̃[n, c, q] · δZ[n, k, p] with X̃ = X reversed in H and W and
+    q = p + (kH−1−t) − (P−1−padding): a transposed convolution of X̃ (images as its channels) with
+    δZ, whose (N, C_out, H_out, W_out) layout is exactly a transposed convolution's kernel layout
+    (in, out, kH, kW). Only X is reversed and transposed (C_in/C_out of δZ's size); δW comes out
+    reversed, and is turned back (kH·kW values per filter).
+    """
+    reversed_images_as_channels = input.transpose(0, 1).flip(-2, -1)  # X̃: (C_in, N, H, W), one copy
+    crop = tuple(out - 1 - pad for out, pad in zip(grad_output.shape[-2:], padding, strict=True))
+    reversed_grad_weight = torch.conv_transpose2d(reversed_images_as_channels, grad_output, None, 1, crop)
+    grad_weight = reversed_grad_weight.flip(-2, -1).transpose(0, 1)  # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in, kH, kW)
+    return grad_weight.contiguous()  # in W's layout, as below
 
 
 def _conv2d_tangent(input, weight, conv_args, input_tangent, weight_tangent, bias_tangent) -> Tensor:
@@ -167,6 +196,9 @@ class Conv2dFunction(LayerFunction):
 
 def int_pair(function: str, name: str, value, minimum: int) -> Pair:
     """``value`` (an int or a pair of ints, each ≥ minimum) as a pair; a clear error otherwise."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if min(value) >= minimum:
+            return value  # a Module's setting, a pair already: the common case, every layer and step
     pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
     if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise TypeError(f"{function}: expected {name} as an int or a pair of ints, got {value!r}")

@@ -12,10 +12,12 @@ Shapes: input (N, C, H, W) or (C, H, W); output (N, C, H_out, W_out) or (C, H_ou
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.base import LayerFunction, apply, is_traced
 from manualbp.layers.conv import Pair, int_pair
 from manualbp.layers.sharing import SharesState
 
@@ -44,9 +46,35 @@ def max_pool2d_forward(
 
     input X: (N, C, H, W) or (C, H, W). Returns Z: (N, C, H_out, W_out) and the argmax of each
     window as an index into its H·W plane (int64, Z's shape); ties as torch breaks them.
+
+    The kernel: torch's CPU max pool over an (N, C, H, W) layout takes one value at a time, over a
+    channels-last layout a vector of channels at a time (same values, same argmax, NaN and ties
+    alike). With at least a vector's worth of channels (8 float32 with AVX2) the channels-last
+    round trip is 2.5-4x faster on this project's CPU (LeNet's second pool, 16 channels: 1.85 ms
+    -> 0.55 ms at batch 128); with fewer it is not, so they keep the layout they come in.
     """
+    if _channels_last_pays(input):
+        output, indices = torch.nn.functional.max_pool2d(  # Z = max over each window, and its argmax
+            input.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding, dilation, ceil_mode,
+            return_indices=True,
+        )
+        return output.contiguous(), indices.contiguous()  # in the layout torch's op gives this input
     return torch.nn.functional.max_pool2d(  # Z = max over each window, and its argmax
         input, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True
+    )
+
+
+_CHANNELS_PER_VECTOR = 8  # float32 lanes of an AVX2 register
+
+
+def _channels_last_pays(input: Tensor) -> bool:
+    """Whether max pooling ``input`` through a channels-last copy is faster: a plain eager CPU batch
+    (N, C, H, W) with ≥ 8 channels, not channels-last already (torch.compile and torch.func
+    transforms make their own kernels, and read no layout choice)."""
+    return (
+        input.dim() == 4 and input.shape[1] >= _CHANNELS_PER_VECTOR and input.device.type == "cpu"
+        and not is_traced(input)  # first: vmap cannot answer the layout question below
+        and not input.is_contiguous(memory_format=torch.channels_last)
     )
 
 
@@ -56,9 +84,11 @@ def max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_shape: tuple
     grad_output δZ and indices: (N, C, H_out, W_out) or (C, H_out, W_out);
     input_shape: X's shape. Returns δX: X's shape.
     """
-    planes = grad_output.new_zeros(*input_shape[:-2], input_shape[-2] * input_shape[-1])
-    planes.scatter_add_(-1, _planes(indices), _planes(grad_output))  # δX[argmax] += δZ
-    return planes.view(input_shape)
+    planes, windows = math.prod(input_shape[:-2]), grad_output.shape[-2] * grad_output.shape[-1]
+    grad_input = grad_output.new_zeros(planes, input_shape[-2] * input_shape[-1])  # a row per (image, channel)
+    indices, grad_output = indices.reshape(planes, windows), grad_output.reshape(planes, windows)
+    grad_input.scatter_add_(1, indices, grad_output)  # δX[argmax] += δZ
+    return grad_input.view(input_shape)
 
 
 def _planes(tensor: Tensor) -> Tensor:

@@ -1,5 +1,5 @@
-"""Flatten: a reshape, whose backward reshapes δ back. Any input (N, d1, d2, ...) ->
-(N, d1·d2·...) for the default dims."""
+"""Flatten and Unflatten: reshapes, whose backward reshapes δ back. Flatten: (N, d1, d2, ...) ->
+(N, d1·d2·...) for the default dims; Unflatten the inverse, e.g. (N, 784) -> (N, 1, 28, 28)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import Tensor
 from manualbp.layers.base import LayerFunction
 from manualbp.layers.sharing import SharesState
 
-__all__ = ["FlattenFunction", "Flatten"]
+__all__ = ["FlattenFunction", "Flatten", "UnflattenFunction", "Unflatten"]
 
 
 class FlattenFunction(LayerFunction):
@@ -40,3 +40,33 @@ class Flatten(torch.nn.Flatten, SharesState, torch_twin=torch.nn.Flatten):
 
     def function_and_arguments(self, input: Tensor):
         return FlattenFunction, (input, self.start_dim, self.end_dim)
+
+
+class UnflattenFunction(LayerFunction):
+    """Z = X with dim ``dim`` split into ``sizes``; backward δX = δZ reshaped to X's shape (what
+    the explicit engine runs; under autograd Unflatten is torch's own view)."""
+
+    @staticmethod
+    def forward(input, dim, sizes):
+        return input.unflatten(dim, sizes)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, *ctx.dim_and_sizes = inputs
+        ctx.input_shape = tuple(input.shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output.reshape(ctx.input_shape), None, None  # δX = δZ in X's shape
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        return input_tangent.unflatten(*ctx.dim_and_sizes)  # linear: Ż = Ẋ unflattened
+
+
+class Unflatten(torch.nn.Unflatten, SharesState, torch_twin=torch.nn.Unflatten):
+    """``torch.nn.Unflatten``: a view under autograd (nothing to hand-write), UnflattenFunction in
+    the explicit engine. Registered so that convert, strict convert and the engine know it."""
+
+    def function_and_arguments(self, input: Tensor):
+        return UnflattenFunction, (input, self.dim, tuple(self.unflattened_size))
