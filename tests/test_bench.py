@@ -82,3 +82,27 @@ def test_flop_count_is_forward_plus_both_backward_matmuls():
     per_sample += 2 * (784 * 512 + 512 * 256 + 256 * 10)  # δW of every layer
     per_sample += 2 * (512 * 256 + 256 * 10)  # δX of every layer but the first
     assert speed.flops_per_step(net, 3) == 3 * per_sample
+
+
+def test_training_run_restarts_from_the_same_weights_and_takes_each_batch_once_per_round():
+    """What makes the step bench fair: every round the same start and a new batch per step (a
+    batch repeated is overfit within ~10 steps, and then timed through subnormal floats)."""
+    seen = []
+
+    class RecordingLoss(manualbp.nn.SoftmaxCrossEntropyLoss):
+        def forward(self, logits, targets):
+            seen.append(targets)
+            return super().forward(logits, targets)
+
+    torch.manual_seed(0)
+    net = manualbp.nn.MLP([6, 5, 3])
+    start = {name: value.clone() for name, value in net.state_dict().items()}
+    batches = speed.random_batches(4, count=5, features=6, classes=3)
+    run = speed.training_run(net, RecordingLoss(), lambda parameters: torch.optim.SGD(parameters, lr=0.5), batches)
+    after_first = {name: value.clone() for name, value in net.state_dict().items()}
+    assert any(not torch.equal(after_first[name], start[name]) for name in start)  # it trained
+    seen.clear()
+    assert run() > 0
+    assert [id(targets) for targets in seen] == [id(targets) for _, targets in batches]  # each batch once, in turn
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, after_first[name]), name  # the same start, the same steps, the same weights

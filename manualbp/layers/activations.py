@@ -86,7 +86,7 @@ def relu_backward(grad_output: Tensor, output: Tensor, into_grad_output: bool = 
     in one pass and one output buffer (``torch.where(output > 0, grad_output, 0)`` is the same
     select, but builds a boolean mask first and runs ~10x slower on CPU).
     ``into_grad_output``: write δX over δZ, for a caller that made δZ itself and needs it no more
-    (the one-node MLP: no new buffer, and no page faults for one, every layer, every step).
+    (the one-node MLP: no new buffer per hidden layer and step).
     """
     if into_grad_output:  # the out= overload, named: resolving it from keywords costs ~5 µs a call
         return _threshold_backward.grad_input(grad_output, output, 0, grad_input=grad_output)  # δX = 1[Z>0]·δZ

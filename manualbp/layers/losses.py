@@ -103,9 +103,8 @@ def softmax_cross_entropy_backward(
         probs = torch.softmax(logits, dim=-1)  # yp = exp(logits) / Σ exp(logits)
         grad_logits = multiply(probs, scale, into_first=in_place)  # yp·s ...
         minus_scale, at_target = (-scale).expand(target.shape[0], 1), target.unsqueeze(1)
-        if in_place:
-            return grad_logits.scatter_add_(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
-        return grad_logits.scatter_add(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
+        add_at_target = grad_logits.scatter_add_ if in_place else grad_logits.scatter_add
+        return add_at_target(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
     log_probs = log_softmax(logits)
     grad_target = None
     if needs_target_grad:
