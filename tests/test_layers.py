@@ -25,54 +25,34 @@ LOSS_CLASSES = [layer for layer in TORCH_TWINS if issubclass(layer, Loss)]
 FEATURES = 4
 
 
-CHANNELS = 2  # image layers take (6, CHANNELS, FEATURES, FEATURES)
-# Layers of images, with the settings of their example; every other layer maps FEATURES to FEATURES.
-IMAGE_LAYERS = {
-    torch.nn.Conv2d: (CHANNELS, CHANNELS, 3),
-    torch.nn.MaxPool2d: (2,),
-    torch.nn.AvgPool2d: (2,),
-    torch.nn.AdaptiveAvgPool2d: (3,),
-    torch.nn.BatchNorm2d: (CHANNELS,),
-}
-
-
-def _is_image_layer(layer_class) -> bool:
-    return layer_class.torch_twin in IMAGE_LAYERS
-
-
 def _example(layer_class):
-    """An instance of a declared layer, in float64."""
+    """The layer's own example (``Layer.example``): an instance and inputs for it, in float64."""
     torch.manual_seed(0)
-    if _is_image_layer(layer_class):
-        return layer_class(*IMAGE_LAYERS[layer_class.torch_twin]).double()
-    if issubclass(layer_class, (torch.nn.Linear, torch.nn.BatchNorm1d)):
-        return layer_class(*([FEATURES, FEATURES] if issubclass(layer_class, torch.nn.Linear) else [FEATURES])).double()
-    if issubclass(layer_class, torch.nn.Unflatten):
-        return layer_class(1, (2, FEATURES // 2))  # (6, FEATURES) -> (6, 2, FEATURES/2)
-    return layer_class().double()
+    return layer_class.example(torch.float64)
 
 
-def _net_around(layer_class) -> torch.nn.Sequential:
-    """A small net with the example layer in the middle (a layer with weights before it, so that
-    its backward feeds them) and a Linear to 3 outputs after it."""
+def _net_around(layer_class) -> tuple[torch.nn.Sequential, torch.Tensor]:
+    """A small net with the example layer in the middle, and a batch for it: a Linear over the
+    example input's last dimension before it (so that the layer's δ(input) feeds weights; none
+    before a layer that takes integer inputs, such as indices), then Flatten and a Linear to 3
+    outputs."""
+    layer, (inputs,) = _example(layer_class)
     torch.manual_seed(0)
-    if _is_image_layer(layer_class):
-        front = torch.nn.Sequential(mnn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), _example(layer_class), mnn.Flatten())
-        features = front.double()(torch.zeros(2, CHANNELS, FEATURES, FEATURES, dtype=torch.float64)).shape[1]
-        return torch.nn.Sequential(*front, mnn.Linear(features, 3)).double()
-    middle = [_example(layer_class)]
-    if issubclass(layer_class, torch.nn.Unflatten):
-        middle.append(mnn.Flatten())  # back to FEATURES for the Linear after it
-    return torch.nn.Sequential(mnn.Linear(FEATURES, FEATURES), *middle, mnn.Linear(FEATURES, 3)).double()
+    front = [mnn.Linear(inputs.shape[-1], inputs.shape[-1]).double()] if inputs.is_floating_point() else []
+    body = torch.nn.Sequential(*front, layer, mnn.Flatten())
+    features = body(inputs).shape[1]
+    return torch.nn.Sequential(*body, mnn.Linear(features, 3).double()), inputs
 
 
-def _batch(seed=0, layer_class=None):
+def _targets(rows: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    image = layer_class is not None and _is_image_layer(layer_class)
-    shape = (6, CHANNELS, FEATURES, FEATURES) if image else (6, FEATURES)
-    inputs = torch.randn(*shape, generator=generator, dtype=torch.float64)
-    targets = torch.softmax(torch.randn(6, 3, generator=generator, dtype=torch.float64), dim=1)
-    return inputs, targets  # probability targets: every loss here takes them
+    return torch.softmax(torch.randn(rows, 3, generator=generator, dtype=torch.float64), dim=1)  # every loss takes them
+
+
+def _batch(seed=0):
+    """Rows of FEATURES features and probability targets (every loss here takes them)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(6, FEATURES, generator=generator, dtype=torch.float64), _targets(6, seed)
 
 
 def test_the_registry_holds_every_layer_of_the_package():
@@ -85,7 +65,7 @@ def test_the_registry_holds_every_layer_of_the_package():
 
 @pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
 def test_to_torch_and_convert_are_inverse_and_share_parameters(layer_class):
-    layer = _example(layer_class)
+    layer, inputs = _example(layer_class)
     twin = to_torch(torch.nn.Sequential(layer))[0]
     assert type(twin) is layer_class.torch_twin
     back = manualbp.convert(torch.nn.Sequential(twin))[0]
@@ -93,18 +73,17 @@ def test_to_torch_and_convert_are_inverse_and_share_parameters(layer_class):
     for ours, theirs in zip(layer.state_dict().values(), back.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs)
     assert repr(back) == repr(layer)
-    inputs, _ = _batch(layer_class=layer_class)
     torch.manual_seed(1)  # dropout: the same draw for both
-    ours = layer(inputs)
+    ours = layer(*inputs)
     torch.manual_seed(1)
-    torch.testing.assert_close(ours, twin(inputs), **EXACT)
+    torch.testing.assert_close(ours, twin(*inputs), **EXACT)
 
 
 @pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
 def test_the_manual_engine_runs_every_layer_like_autograd(layer_class):
-    net = _net_around(layer_class)
+    net, inputs = _net_around(layer_class)
     loss = mnn.SoftmaxCrossEntropyLoss()
-    inputs, targets = _batch(layer_class=layer_class)
+    targets = _targets(inputs.shape[0])
     state = copy.deepcopy(net.state_dict())  # batch norm's running statistics, before either pass
     torch.manual_seed(1)  # dropout: the same mask for both passes
     loss_value, grads = manual.backprop(net, loss, inputs, targets)

@@ -200,37 +200,16 @@ from manualbp.layers.base import LOSSES, TORCH_TWINS, Loss  # noqa: E402
 LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss) and not hasattr(layer, "fused_loss")]
 
 
-# Settings and input shape of an example of each layer that does not map (*, 4) to (*, 3).
-IMAGE_LAYERS = {  # (N, C, H, W) = (2, 2, 6, 6)
-    torch.nn.Conv2d: (2, 3, 3), torch.nn.MaxPool2d: (2,), torch.nn.AvgPool2d: (2,),
-    torch.nn.AdaptiveAvgPool2d: (3,), torch.nn.BatchNorm2d: (2,),
-}
-
-
-def _layer(layer_class, **factory):
-    if layer_class.torch_twin in IMAGE_LAYERS:
-        return layer_class(*IMAGE_LAYERS[layer_class.torch_twin], **factory)
-    if issubclass(layer_class, torch.nn.Linear):
-        return layer_class(4, 3, **factory)
-    if issubclass(layer_class, torch.nn.BatchNorm1d):
-        return layer_class(5, **factory)  # (2, 5, 4): 5 channels
-    if issubclass(layer_class, torch.nn.Unflatten):
-        return layer_class(1, (5, 1))  # (2, 5, 4) -> (2, 5, 1, 4)
-    return layer_class()
-
-
-def _input_shape(layer_class) -> tuple[int, ...]:
-    return (2, 2, 6, 6) if layer_class.torch_twin in IMAGE_LAYERS else (2, 5, 4)
-
-
 @pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
 def test_every_layer_infers_shapes_on_meta_tensors_forward_and_backward(layer_class):
-    x = torch.randn(*_input_shape(layer_class))
-    expected = _layer(layer_class)(x)
+    torch.manual_seed(0)
+    layer, inputs = layer_class.example(torch.float32)
+    expected = layer(*inputs)
     with torch.device("meta"):
-        layer = _layer(layer_class)
-        meta_input = torch.empty(*_input_shape(layer_class), requires_grad=True)
-    assert all(parameter.is_meta for parameter in layer.parameters())
+        layer, meta_inputs = layer_class.example(torch.float32)
+    (meta_input,) = meta_inputs
+    meta_input.requires_grad_()
+    assert meta_input.is_meta and all(parameter.is_meta for parameter in layer.parameters())
     output = layer(meta_input)
     assert output.is_meta and output.shape == expected.shape and output.dtype == expected.dtype
     output.sum().backward()

@@ -23,6 +23,7 @@ A layer file (``linear.py``, ``activations.py``, ``losses.py``) gives, for each 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -230,6 +231,25 @@ def check_floating(name: str, argument: str, tensor: Tensor) -> None:
 # The Module: what convert, to_torch, the explicit engine, MLP and the configs read
 # ----------------------------------------------------------------------------------------------
 
+# Filled by the layers' own public functions (@hand_writes), never by hand.
+HAND_WRITTEN: dict[Callable, Callable] = {}  # a torch callable -> the manualbp function computing the same
+
+
+def hand_writes(*torch_callables: Callable) -> Callable[[Callable], Callable]:
+    """Decorator of a layer's public function: it computes what each of ``torch_callables``
+    computes (``@hand_writes(torch.nn.functional.gelu)`` above ``def gelu(input, approximate="none")``),
+    taking the same arguments, so that ``manualbp.hand_written()`` may run it in their place
+    inside anyone's forward. A function that cannot take some of the torch callable's arguments
+    raises ``NotImplementedError``; the mode then runs the torch callable instead."""
+
+    def register(function: Callable) -> Callable:
+        for torch_callable in torch_callables:
+            HAND_WRITTEN[torch_callable] = function
+        return function
+
+    return register
+
+
 # Filled by the layers' own class statements (Layer.__init_subclass__), never by hand.
 TORCH_TWINS: dict[type, type[torch.nn.Module]] = {}  # manualbp Module class -> its torch twin class
 CONVERTIBLE: dict[type[torch.nn.Module], type] = {}  # torch twin class -> the manualbp layer convert makes
@@ -274,6 +294,16 @@ class Layer:
         """The Function this Module applies to ``inputs`` and its arguments (checked tensors and
         settings), for the explicit engine, which runs the Function's own forward and backward."""
         raise NotImplementedError(f"{type(self).__name__} does not say how the manual engine runs it")
+
+    @classmethod
+    def example(cls, dtype: torch.dtype = torch.float64) -> tuple[torch.nn.Module, tuple[Tensor, ...]]:
+        """A small instance of this layer and inputs for its forward, floating point ones in
+        ``dtype``: what the tests that run every registered layer build (``tests/test_layers.py``:
+        convert and to_torch, the explicit engine; the meta-tensor test), so that a new layer needs
+        no edit there. Tensors come from the default device (under ``torch.device("meta")``, meta
+        tensors). The default fits a layer without settings on rows of 4 features, (6, 4);
+        override it otherwise (``Conv2d``: ``cls(2, 2, 3)`` on (6, 2, 4, 4) images)."""
+        return cls().to(dtype), (torch.randn(6, 4, dtype=dtype),)
 
 
 class Activation(Layer):

@@ -325,6 +325,10 @@ class Conv2d(torch.nn.Conv2d, SharesState, torch_twin=torch.nn.Conv2d):
                 f"keep torch.nn.Conv2d for this layer (convert leaves it as it is)"
             )
 
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(2, 2, 3).to(dtype), (torch.randn(6, 2, 4, 4, dtype=dtype),)  # (6, 2, 4, 4) images -> (6, 2, 2, 2)
+
     def forward(self, input: Tensor) -> Tensor:
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 

@@ -147,6 +147,10 @@ class Linear(torch.nn.Linear, Layer, torch_twin=torch.nn.Linear):
     def to_torch(self) -> torch.nn.Linear:
         return share_parameters(self, self.torch_twin)
 
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(4, 4).to(dtype), (torch.randn(6, 4, dtype=dtype),)
+
     def function_and_arguments(self, input: Tensor):
         _check_linear_arguments(input, self.weight, self.bias)
         return LinearFunction, (input, self.weight, self.bias)
@@ -216,6 +220,10 @@ class LinearReLU(torch.nn.Linear, Layer, torch_twin=TorchLinearReLU):
 
     def to_torch(self) -> TorchLinearReLU:
         return share_parameters(self, self.torch_twin)
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(4, 4).to(dtype), (torch.randn(6, 4, dtype=dtype),)
 
     def function_and_arguments(self, input: Tensor):
         _check_linear_arguments(input, self.weight, self.bias)

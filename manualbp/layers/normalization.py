@@ -320,7 +320,15 @@ class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d, torch_twin=torch.nn.BatchNor
     """``torch.nn.BatchNorm1d`` (same parameters, buffers, state_dict) with the hand-written backward
     δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂)). input (N, C) or (N, C, L)."""
 
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(4).to(dtype), (torch.randn(6, 4, dtype=dtype),)
+
 
 class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d, torch_twin=torch.nn.BatchNorm2d):
     """``torch.nn.BatchNorm2d`` (same parameters, buffers, state_dict) with the hand-written backward
     δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂)). input (N, C, H, W)."""
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(2).to(dtype), (torch.randn(6, 2, 4, 4, dtype=dtype),)

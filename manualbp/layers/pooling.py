@@ -351,6 +351,10 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
 class MaxPool2d(torch.nn.MaxPool2d, SharesState, torch_twin=torch.nn.MaxPool2d):
     """``torch.nn.MaxPool2d`` with the hand-written backward (δ to each window's argmax)."""
 
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(2), (torch.randn(6, 2, 4, 4, dtype=dtype),)
+
     def forward(self, input: Tensor):
         return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
                           self.return_indices)
@@ -363,6 +367,10 @@ class MaxPool2d(torch.nn.MaxPool2d, SharesState, torch_twin=torch.nn.MaxPool2d):
 class AvgPool2d(torch.nn.AvgPool2d, SharesState, torch_twin=torch.nn.AvgPool2d):
     """``torch.nn.AvgPool2d`` with the hand-written backward δX = A_hᵀ δZ A_w."""
 
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(2), (torch.randn(6, 2, 4, 4, dtype=dtype),)
+
     def forward(self, input: Tensor) -> Tensor:
         return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
                           self.divisor_override)
@@ -374,6 +382,10 @@ class AvgPool2d(torch.nn.AvgPool2d, SharesState, torch_twin=torch.nn.AvgPool2d):
 
 class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d, SharesState, torch_twin=torch.nn.AdaptiveAvgPool2d):
     """``torch.nn.AdaptiveAvgPool2d`` with the hand-written backward δX = A_hᵀ δZ A_w."""
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(3), (torch.randn(6, 2, 4, 4, dtype=dtype),)
 
     def forward(self, input: Tensor) -> Tensor:
         return adaptive_avg_pool2d(input, self.output_size)

@@ -38,6 +38,10 @@ class Flatten(torch.nn.Flatten, SharesState, torch_twin=torch.nn.Flatten):
     """``torch.nn.Flatten``: a view under autograd (nothing to hand-write), FlattenFunction in the
     explicit engine. Registered so that convert, strict convert and the engine know it."""
 
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(), (torch.randn(6, 2, 2, dtype=dtype),)
+
     def function_and_arguments(self, input: Tensor):
         return FlattenFunction, (input, self.start_dim, self.end_dim)
 
@@ -67,6 +71,10 @@ class UnflattenFunction(LayerFunction):
 class Unflatten(torch.nn.Unflatten, SharesState, torch_twin=torch.nn.Unflatten):
     """``torch.nn.Unflatten``: a view under autograd (nothing to hand-write), UnflattenFunction in
     the explicit engine. Registered so that convert, strict convert and the engine know it."""
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(1, (2, 2)), (torch.randn(6, 4, dtype=dtype),)
 
     def function_and_arguments(self, input: Tensor):
         return UnflattenFunction, (input, self.dim, tuple(self.unflattened_size))
