@@ -11,11 +11,13 @@ from manualbp import layers
 from manualbp.layers.activations import *  # noqa: F403
 from manualbp.layers.conv import *  # noqa: F403
 from manualbp.layers.dropout import *  # noqa: F403
+from manualbp.layers.embedding import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.losses import *  # noqa: F403
 from manualbp.layers.mlp import *  # noqa: F403
 from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.shape import *  # noqa: F403
+from manualbp.layers.softmax import *  # noqa: F403
 
 __all__ = [name for family in layers.__all__ for name in getattr(layers, family).__all__]

@@ -24,6 +24,7 @@ from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS
 from manualbp.layers.conv import *  # noqa: F403
 from manualbp.layers.conv import Conv2d
 from manualbp.layers.dropout import *  # noqa: F403
+from manualbp.layers.embedding import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.linear import Linear, LinearReLU, share_parameters
 from manualbp.layers.losses import *  # noqa: F403
@@ -33,6 +34,7 @@ from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.pooling import MaxPool2d
 from manualbp.layers.shape import *  # noqa: F403
 from manualbp.layers.shape import Flatten, Unflatten
+from manualbp.layers.softmax import *  # noqa: F403
 
 __all__ = [
     *(name for family in layers.__all__ for name in getattr(layers, family).__all__),

@@ -104,6 +104,31 @@ def dropout_inputs():
     return randn(5, 4), torch.rand(5, 4) > 0.3
 
 
+def away_from(tensor: torch.Tensor, *kinks: float, margin: float = 0.1) -> torch.Tensor:
+    """``tensor`` with every value within ``margin`` of a kink pushed ``2·margin`` away (finite differences)."""
+    for kink in kinks:
+        near = (tensor - kink).abs() < margin
+        tensor = torch.where(near, tensor + 2 * margin * torch.sign(tensor - kink + 1e-3), tensor)
+    return tensor
+
+
+def hardtanh_inplace(input, min_val, max_val):
+    return mbf.hardtanh(input.clone(), min_val, max_val, inplace=True)
+
+
+def layer_norm_inputs(*shape: int, normalized_dims: int = 1, affine: bool = True):
+    normalized_shape = shape[len(shape) - normalized_dims:]
+    x = randn(*shape)
+    if not affine:
+        return x, normalized_shape
+    return x, normalized_shape, randn(*normalized_shape), randn(*normalized_shape)
+
+
+def embedding_inputs():
+    """indices (3, 4) with repeats and the padding row 1; weight (6, 5)."""
+    return torch.tensor([[0, 1, 2, 2], [5, 1, 3, 0], [2, 2, 2, 4]]), randn(6, 5)
+
+
 RUNNING_MEAN, RUNNING_VAR = torch.tensor([0.1, -0.2, 0.3], dtype=DTYPE), torch.tensor([0.5, 1.5, 2.0], dtype=DTYPE)
 
 
@@ -241,6 +266,26 @@ CASES = [
     Case("batch_norm_eval_nchw", lambda x, w, b: mbf.batch_norm(x, RUNNING_MEAN, RUNNING_VAR, w, b, False),
          lambda x, w, b: F.batch_norm(x, RUNNING_MEAN, RUNNING_VAR, w, b, False),
          lambda: (randn(2, 3, 3, 3), randn(3), randn(3)), layouts=NO_LEADING_DIMS),
+    Case("gelu", mbf.gelu, F.gelu, lambda: randn(5, 4)),
+    Case("gelu_tanh", lambda x: mbf.gelu(x, approximate="tanh"), lambda x: F.gelu(x, approximate="tanh"),
+         lambda: randn(5, 4)),
+    Case("silu", mbf.silu, F.silu, lambda: randn(5, 4)),
+    Case("hardtanh", mbf.hardtanh, F.hardtanh, lambda: (away_from(2 * randn(5, 4), -1, 1), -1.0, 1.0),
+         bit_for_bit=True),
+    Case("relu6", mbf.relu6, F.relu6, lambda: away_from(4 * randn(5, 4), 0, 6)),
+    Case("hardtanh_inplace", hardtanh_inplace, F.hardtanh, lambda: (away_from(4 * randn(5, 4), 0, 6), 0.0, 6.0),
+         skip=("batched_forward_ad",)),  # as relu_inplace
+    Case("softmax", mbf.softmax, F.softmax, lambda: (randn(5, 4), -1), bit_for_bit=True),
+    Case("softmax_dim_0", mbf.softmax, F.softmax, lambda: (randn(5, 4), 0)),
+    Case("log_softmax", mbf.log_softmax, F.log_softmax, lambda: (randn(5, 4), 1)),
+    Case("layer_norm", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 4)),
+    Case("layer_norm_no_affine", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 4, affine=False)),
+    Case("layer_norm_2d", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 3, 4, normalized_dims=2)),
+    Case("embedding", mbf.embedding, F.embedding, embedding_inputs),
+    # padding_idx: the padding row's gradient is 0 by definition, not the derivative (1): finite
+    # differences and forward mode (torch's own jacfwd included) see the true derivative.
+    Case("embedding_padding_idx", lambda i, w: mbf.embedding(i, w, padding_idx=1),
+         lambda i, w: F.embedding(i, w, padding_idx=1), embedding_inputs, skip=("gradcheck", "batched_grad", "jacfwd")),
 ]
 
 

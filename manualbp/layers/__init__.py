@@ -1,10 +1,12 @@
 """manualbp's layers, one family per file; each file opens with its formulas.
 
 * ``linear.py``: Z = X Wᵀ + b, and the slides' MNIST layer Z = f(X Wᵀ + b) fused with f = ReLU.
-* ``activations.py``: sigmoid, ReLU, ELU, tanh, leaky ReLU.
+* ``activations.py``: sigmoid, ReLU, ELU, tanh, leaky ReLU, GELU, SiLU, hardtanh / ReLU6.
+* ``softmax.py``: softmax and log-softmax over any dimension.
+* ``embedding.py``: the table lookup Z = W[i], the linear layer of a one-hot input.
 * ``conv.py``: 2-D convolution, the linear layer at every patch.
 * ``pooling.py``: max, average and adaptive average 2-D pooling.
-* ``normalization.py``: batch norm (N, C) and (N, C, H, W).
+* ``normalization.py``: batch norm (N, C) and (N, C, H, W); layer norm over the last dimensions.
 * ``dropout.py``: dropout (its mask an input of the Function).
 * ``shape.py``: Flatten, Unflatten.
 * ``losses.py``: softmax + cross-entropy, softmax + L2, the Euclidean loss.
@@ -16,6 +18,21 @@
 The public API is :mod:`manualbp.functional` (functions) and :mod:`manualbp.nn` (Modules).
 """
 
-from manualbp.layers import activations, conv, dropout, linear, losses, mlp, normalization, pooling, shape
+from manualbp.layers import (
+    activations,
+    conv,
+    dropout,
+    embedding,
+    linear,
+    losses,
+    mlp,
+    normalization,
+    pooling,
+    shape,
+    softmax,
+)
 
-__all__ = ["activations", "conv", "dropout", "linear", "losses", "mlp", "normalization", "pooling", "shape"]
+__all__ = [
+    "activations", "conv", "dropout", "embedding", "linear", "losses", "mlp", "normalization", "pooling", "shape",
+    "softmax",
+]

@@ -1,10 +1,13 @@
-"""Activations, elementwise: sigmoid, ReLU, ELU, tanh, leaky ReLU. Any input shape; the output has the same shape.
+"""Activations, elementwise: sigmoid, ReLU, ELU, tanh, leaky ReLU, GELU, SiLU, hardtanh / ReLU6. Any input
+shape; the output has the same shape.
 
 For an elementwise layer the Jacobian is diagonal, so the backward formula (δX = f'(X)·δZ) also
 pushes a tangent forward (Ẋ ↦ f'(X)·Ẋ): each Function's ``jvp`` calls the same ``<layer>_backward``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -15,6 +18,7 @@ from manualbp.layers.base import (
     apply,
     apply_inplace,
     check_floating,
+    hand_writes,
     multiply,
     one_minus,
     owns_buffers,
@@ -47,6 +51,24 @@ __all__ = [
     "LeakyReLUFunction",
     "leaky_relu",
     "LeakyReLU",
+    "gelu_forward",
+    "gelu_backward",
+    "GELUFunction",
+    "gelu",
+    "GELU",
+    "silu_forward",
+    "silu_backward",
+    "SiLUFunction",
+    "silu",
+    "SiLU",
+    "hardtanh_forward",
+    "hardtanh_backward",
+    "HardtanhFunction",
+    "HardtanhInplaceFunction",
+    "hardtanh",
+    "relu6",
+    "Hardtanh",
+    "ReLU6",
 ]
 
 
@@ -406,3 +428,273 @@ class LeakyReLU(torch.nn.LeakyReLU, Activation, torch_twin=torch.nn.LeakyReLU, n
 
     def function_and_arguments(self, input: Tensor):
         return LeakyReLUFunction, (input, float(self.negative_slope))
+
+
+# ----------------------------------------------------------------------------------------------
+# The transformer's and MobileNet's activations: GELU, SiLU, hardtanh / ReLU6
+# ----------------------------------------------------------------------------------------------
+
+_TANH_GELU_SCALE = math.sqrt(2 / math.pi)  # √(2/π)
+_TANH_GELU_CUBIC = 0.044715
+_INVERSE_SQRT_2 = 1 / math.sqrt(2)
+_INVERSE_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def gelu_forward(input: Tensor, approximate: str = "none") -> Tensor:
+    """GELU(x) = x·Φ(x), Φ the standard normal CDF; ``approximate="tanh"``: ½x(1 + tanh(√(2/π)(x + 0.044715x³))),
+    GPT-2's. Elementwise; any shape. PyTorch's one kernel for it (one buffer, no temporaries)."""
+    return torch.nn.functional.gelu(input, approximate=approximate)  # Z = x·Φ(x)
+
+
+def gelu_backward(grad_output: Tensor, input: Tensor, approximate: str = "none") -> Tensor:
+    """δX = GELU'(X)·δZ; same shape as grad_output.
+
+    "none": GELU'(x) = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π).
+    "tanh": with u = √(2/π)(x + 0.044715x³), t = tanh u: GELU'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²).
+    """
+    if approximate == "tanh":
+        inner = _TANH_GELU_SCALE * (input + _TANH_GELU_CUBIC * input**3)  # u = √(2/π)(x + 0.044715x³)
+        t = torch.tanh(inner)
+        inner_slope = _TANH_GELU_SCALE * (1 + 3 * _TANH_GELU_CUBIC * input * input)  # du/dx
+        return grad_output * (0.5 * (1 + t) + 0.5 * input * (1 - t * t) * inner_slope)  # δX = GELU'(X)·δZ
+    cdf = 0.5 * (1 + torch.erf(input * _INVERSE_SQRT_2))  # Φ(x)
+    density = torch.exp(-0.5 * input * input) * _INVERSE_SQRT_2PI  # φ(x)
+    return grad_output * (cdf + input * density)  # δX = (Φ(X) + X·φ(X))·δZ
+
+
+class GELUFunction(LayerFunction):
+    """x·Φ(x) (or its tanh form) with backward (Φ(x) + x·φ(x))·δZ from the saved input."""
+
+    @staticmethod
+    def forward(input, approximate):
+        return gelu_forward(input, approximate)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.approximate = inputs
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        return gelu_backward(grad_output, input, ctx.approximate), None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, approximate_tangent):
+        (input,) = ctx.saved_tensors
+        return gelu_backward(input_tangent, input, ctx.approximate)  # diagonal: Ż = GELU'(X)·Ẋ
+
+
+@hand_writes(torch.nn.functional.gelu)
+def gelu(input: Tensor, *, approximate: str = "none") -> Tensor:
+    """x·Φ(x) elementwise, like ``torch.nn.functional.gelu`` (``approximate`` "none" or "tanh"); any shape."""
+    check_floating("gelu", "input", input)
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
+    return apply(GELUFunction, input, approximate)
+
+
+class GELU(torch.nn.GELU, Activation, torch_twin=torch.nn.GELU, name="gelu"):
+    """x·Φ(x) elementwise (``approximate="tanh"``: GPT-2's tanh form) with backward (Φ(x) + x·φ(x))·δZ."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__(approximate=approximate)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return gelu(input, approximate=self.approximate)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.GELU) -> GELU:
+        return cls(module.approximate)
+
+    def to_torch(self) -> torch.nn.GELU:
+        return torch.nn.GELU(self.approximate)
+
+    def function_and_arguments(self, input: Tensor):
+        return GELUFunction, (input, self.approximate)
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls("tanh").to(dtype), (torch.randn(6, 4, dtype=dtype),)
+
+
+def silu_forward(input: Tensor) -> Tensor:
+    """SiLU(x) = x·σ(x) (swish), elementwise; any shape. PyTorch's one kernel."""
+    return torch.nn.functional.silu(input)  # Z = x·σ(x)
+
+
+def silu_backward(grad_output: Tensor, input: Tensor) -> Tensor:
+    """δX = σ(X)(1 + X(1 − σ(X)))·δZ; same shape."""
+    sigma = torch.sigmoid(input)
+    return grad_output * sigma * (1 + input * (1 - sigma))  # δX = σ(1 + X(1 − σ))·δZ
+
+
+class SiLUFunction(LayerFunction):
+    """x·σ(x) with backward σ(x)(1 + x(1 − σ(x)))·δZ from the saved input."""
+
+    @staticmethod
+    def forward(input):
+        return silu_forward(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        return silu_backward(grad_output, input)
+
+    @staticmethod
+    def jvp(ctx, input_tangent):
+        (input,) = ctx.saved_tensors
+        return silu_backward(input_tangent, input)
+
+
+@hand_writes(torch.nn.functional.silu)
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """x·σ(x) elementwise, like ``torch.nn.functional.silu``; any shape. (Never in place: the
+    backward needs the input; ``inplace=True`` raises NotImplementedError.)"""
+    if inplace:
+        raise NotImplementedError("silu: manualbp's SiLU keeps its input for the backward; use inplace=False")
+    check_floating("silu", "input", input)
+    return apply(SiLUFunction, input)
+
+
+class SiLU(torch.nn.SiLU, Activation, torch_twin=torch.nn.SiLU, name="silu"):
+    """x·σ(x) elementwise with backward σ(x)(1 + x(1 − σ(x)))·δZ; any shape. (Never in place.)"""
+
+    def __init__(self) -> None:
+        super().__init__(inplace=False)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return silu(input)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.SiLU) -> SiLU:
+        return cls()  # inplace=True gives the same values unless the model reuses the SiLU's input
+
+    def to_torch(self) -> torch.nn.SiLU:
+        return torch.nn.SiLU()
+
+    def function_and_arguments(self, input: Tensor):
+        return SiLUFunction, (input,)
+
+
+def hardtanh_forward(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
+    """Z = clamp(X, min_val, max_val), elementwise; any shape (ReLU6: min 0, max 6)."""
+    return input.clamp_(min_val, max_val) if inplace else input.clamp(min_val, max_val)  # Z = min(max(X, a), b)
+
+
+def hardtanh_backward(grad_output: Tensor, output: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    """δX = 1[a < X < b]·δZ, from the saved output Z (a < Z < b exactly where a < X < b).
+
+    A select, as in PyTorch: exactly 0 outside (an infinite δZ there gives 0, not NaN), and a NaN
+    input (Z = NaN) passes δZ through, since NaN ≤ a and NaN ≥ b are both false."""
+    return torch.where((output <= min_val) | (output >= max_val), 0, grad_output)  # δX = 1[a<X<b]·δZ
+
+
+class HardtanhFunction(LayerFunction):
+    """clamp(x, a, b) with backward 1[a < x < b]·δZ from the saved output."""
+
+    @staticmethod
+    def forward(input, min_val, max_val):
+        return hardtanh_forward(input, min_val, max_val)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.min_val, ctx.max_val = inputs
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return hardtanh_backward(grad_output, output, ctx.min_val, ctx.max_val), None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, min_tangent, max_tangent):
+        (output,) = ctx.saved_tensors
+        return hardtanh_backward(input_tangent, output, ctx.min_val, ctx.max_val)
+
+
+class HardtanhInplaceFunction(HardtanhFunction):
+    """clamp(x, a, b) written over x (``ReLU6(inplace=True)``, MobileNetV2's), with the same backward
+    from the saved output; the input is marked dirty (see ``ReLUInplaceFunction``)."""
+
+    @staticmethod
+    def forward(input, min_val, max_val):
+        return hardtanh_forward(input, min_val, max_val, inplace=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_dirty(inputs[0])
+        HardtanhFunction.setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def jvp(ctx, input_tangent, min_tangent, max_tangent):
+        (output,) = ctx.saved_tensors
+        return input_tangent.copy_(hardtanh_backward(input_tangent, output, ctx.min_val, ctx.max_val))
+
+
+@hand_writes(torch.nn.functional.hardtanh)
+def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
+    """clamp(x, min_val, max_val) elementwise, like ``torch.nn.functional.hardtanh``; any shape.
+    ``inplace=True`` overwrites ``input`` and returns it, as torch's does."""
+    check_floating("hardtanh", "input", input)
+    if not min_val < max_val:
+        raise ValueError(f"hardtanh: expected min_val < max_val, got min_val={min_val}, max_val={max_val}")
+    min_val, max_val = float(min_val), float(max_val)
+    if inplace:
+        return apply_inplace(HardtanhInplaceFunction, HardtanhFunction, input, min_val, max_val)
+    return apply(HardtanhFunction, input, min_val, max_val)
+
+
+@hand_writes(torch.nn.functional.relu6)
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    """min(max(x, 0), 6) elementwise, like ``torch.nn.functional.relu6`` (hardtanh with a = 0, b = 6)."""
+    return hardtanh(input, 0.0, 6.0, inplace)
+
+
+class Hardtanh(torch.nn.Hardtanh, Activation, torch_twin=torch.nn.Hardtanh, name="hardtanh"):
+    """clamp(x, min_val, max_val) elementwise with backward 1[a < x < b]·δZ; any shape; in place if asked."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Hardtanh) -> Hardtanh:
+        return cls(module.min_val, module.max_val, module.inplace)
+
+    def to_torch(self) -> torch.nn.Hardtanh:
+        return torch.nn.Hardtanh(self.min_val, self.max_val, self.inplace)
+
+    def function_and_arguments(self, input: Tensor):
+        return HardtanhFunction, (input, float(self.min_val), float(self.max_val))  # out of place, as for ReLU
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(), (2 * torch.randn(6, 4, dtype=dtype),)
+
+
+class ReLU6(torch.nn.ReLU6, Activation, torch_twin=torch.nn.ReLU6, name="relu6"):
+    """min(max(x, 0), 6) elementwise with backward 1[0 < x < 6]·δZ (MobileNetV2's); in place if asked."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return hardtanh(input, 0.0, 6.0, self.inplace)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.ReLU6) -> ReLU6:
+        return cls(module.inplace)
+
+    def to_torch(self) -> torch.nn.ReLU6:
+        return torch.nn.ReLU6(self.inplace)
+
+    def function_and_arguments(self, input: Tensor):
+        return HardtanhFunction, (input, 0.0, 6.0)
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(), (4 * torch.randn(6, 4, dtype=dtype),)

@@ -19,9 +19,9 @@ from manualbp.layers.base import (
     multiply,
     owns_buffers,
 )
+from manualbp.layers.softmax import log_softmax_forward
 
 __all__ = [
-    "log_softmax",
     "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
     "softmax_euclidean_forward",
@@ -48,11 +48,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def log_softmax(logits: Tensor) -> Tensor:
-    """log yp_k = logits_k − log Σ_j exp(logits_j), over the last dimension (stable for any size)."""
-    return torch.log_softmax(logits, dim=-1)  # log yp = logits − log Σ exp(logits)
-
-
 def _target_distribution(target: Tensor, logits: Tensor) -> Tensor:
     """Targets as probabilities y: (N, C), like logits. Class indices (N,) become one-hot rows
     (by comparison with 0..C-1, which, unlike ``F.one_hot``, also takes N = 0 or C = 0)."""
@@ -74,7 +69,7 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> Tensor:
     logits: (N, C); target: class indices (N,) or probabilities / one-hot rows (N, C).
     Returns the scalar mean loss over the batch.
     """
-    log_probs = log_softmax(logits)
+    log_probs = log_softmax_forward(logits, -1)  # log yp = logits − log Σ exp(logits)
     if target.is_floating_point():
         return -(target * log_probs).sum() / _cross_entropy_batch_size(logits)  # L = −(1/N) Σ_n Σ_k y_nk log yp_nk
     # nll_loss picks and averages, in one kernel: (targets are checked to lie in [0, C) before,
@@ -105,7 +100,7 @@ def softmax_cross_entropy_backward(
         minus_scale, at_target = (-scale).expand(target.shape[0], 1), target.unsqueeze(1)
         add_at_target = grad_logits.scatter_add_ if in_place else grad_logits.scatter_add
         return add_at_target(1, at_target, minus_scale), None  # ... − y·s: δlogits = (yp − y)·s
-    log_probs = log_softmax(logits)
+    log_probs = log_softmax_forward(logits, -1)  # log yp = logits − log Σ exp(logits)
     grad_target = None
     if needs_target_grad:
         grad_target = multiply(log_probs.neg(), scale, into_first=in_place)  # δy = −log(yp)/N · g

@@ -1,4 +1,5 @@
-"""Batch normalization with a hand-written backward, in training and in evaluation mode.
+"""Batch normalization with a hand-written backward, in training and in evaluation mode; layer
+normalization (the same formulas per row, at the end of this file).
 
 Per channel c, over the M = N·H·W values x of that channel in the batch (M = N for (N, C) input):
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -34,6 +35,11 @@ __all__ = [
     "update_running_statistics",
     "BatchNorm1d",
     "BatchNorm2d",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "LayerNormFunction",
+    "layer_norm",
+    "LayerNorm",
 ]
 
 
@@ -332,3 +338,160 @@ class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d, torch_twin=torch.nn.BatchNor
     @classmethod
     def example(cls, dtype=torch.float64):
         return cls(2).to(dtype), (torch.randn(6, 2, 4, 4, dtype=dtype),)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer normalization: batch norm's formulas per row, over the last dimensions
+# ----------------------------------------------------------------------------------------------
+#
+# For each row x of D values (the last len(normalized_shape) dimensions of the input):
+#     μ = mean(x),  σ = √(mean((x − μ)²) + ε),  x̂ = (x − μ)/σ,  y = γ x̂ + β      (γ, β: normalized_shape)
+# Backward, with g = γ·δy (μ and σ depend on every x of the row, as in training-mode batch norm):
+#     δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)),   δγ = Σ_rows δy·x̂,   δβ = Σ_rows δy
+
+
+def _row_dims(input: Tensor, normalized_dims: int) -> tuple[int, ...]:
+    return tuple(range(input.dim() - normalized_dims, input.dim()))
+
+
+def _row_statistics(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
+    """μ and 1/σ of each row, kept broadcastable against the input."""
+    variance, mean = torch.var_mean(input, dims, correction=0, keepdim=True)  # μ, mean((x − μ)²) per row
+    return mean, torch.rsqrt(variance + eps)  # 1/σ = 1/√(σ² + ε)
+
+
+def layer_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | None, bias: Tensor | None,
+                       eps: float) -> Tensor:
+    """y = γ (x − μ)/σ + β per row of the last ``normalized_dims`` dimensions.
+
+    input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None. Returns y: input's shape.
+    """
+    mean, inverse_std = _row_statistics(input, _row_dims(input, normalized_dims), eps)
+    normalized = (input - mean) * inverse_std  # x̂ = (x − μ)/σ
+    if weight is not None:
+        normalized = normalized * weight  # γ x̂
+    return normalized if bias is None else normalized + bias  # y = γ x̂ + β
+
+
+def layer_norm_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    normalized_dims: int,
+    weight: Tensor | None,
+    eps: float,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δx, δγ, δβ of y = γ (x − μ)/σ + β per row; μ and σ are recomputed from x (so that double
+    backward, which differentiates this function, sees how they depend on x).
+
+    grad_output δy, input x: (*, *normalized_shape); weight γ: normalized_shape or None.
+    Returns δx: x's shape, δγ and δβ: normalized_shape (each None unless ``needs_grad`` asks for it).
+    """
+    dims = _row_dims(input, normalized_dims)
+    mean, inverse_std = _row_statistics(input, dims, eps)
+    normalized = (input - mean) * inverse_std  # x̂
+    batch_dims = tuple(range(input.dim() - normalized_dims))
+    grad_weight = (grad_output * normalized).sum(batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
+    grad_bias = grad_output.sum(batch_dims) if needs_grad[2] else None  # δβ = Σ δy
+    grad_input = None
+    if needs_grad[0]:
+        scaled = grad_output if weight is None else grad_output * weight  # g = γ·δy
+        mean_scaled = scaled.mean(dims, keepdim=True)  # mean(g)
+        mean_scaled_x_hat = (scaled * normalized).mean(dims, keepdim=True)  # mean(g·x̂)
+        grad_input = inverse_std * (scaled - mean_scaled - normalized * mean_scaled_x_hat)  # δx = (1/σ)(g − ...)
+    return grad_input, grad_weight, grad_bias
+
+
+def _layer_norm_tangent(input, normalized_dims, weight, eps, input_tangent, weight_tangent, bias_tangent):
+    """ẏ = γ·(∂x̂/∂x)ẋ + x̂·γ̇ + β̇; ∂x̂/∂x is symmetric per row ((1/σ)(I − 1/D − x̂x̂ᵀ/D)), so its
+    product with ẋ is the backward formula with δy = ẋ and γ = 1."""
+    tangent = 0
+    if input_tangent is not None:
+        tangent, _, _ = layer_norm_backward(input_tangent, input, normalized_dims, None, eps, (True, False, False))
+        if weight is not None:
+            tangent = tangent * weight
+    if weight_tangent is not None:
+        mean, inverse_std = _row_statistics(input, _row_dims(input, normalized_dims), eps)
+        tangent = tangent + (input - mean) * inverse_std * weight_tangent  # x̂·γ̇
+    if bias_tangent is not None:
+        tangent = tangent + bias_tangent  # β̇
+    return tangent
+
+
+class LayerNormFunction(LayerFunction):
+    """y = γ (x − μ)/σ + β per row, with backward (1/σ)(g − mean(g) − x̂·mean(g·x̂)), g = γδy.
+    Saves x and γ (inputs); the backward recomputes μ and σ, one pass over x, as batch norm's does."""
+
+    @staticmethod
+    def forward(input, normalized_dims, weight, bias, eps):
+        return layer_norm_forward(input, normalized_dims, weight, bias, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.normalized_dims, weight, bias, ctx.eps = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight, grad_bias = layer_norm_backward(
+            grad_output, input, ctx.normalized_dims, weight, ctx.eps, (needs[0], needs[2], needs[3])
+        )
+        return grad_input, None, grad_weight, grad_bias, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, dims_tangent, weight_tangent, bias_tangent, eps_tangent):
+        input, weight = ctx.saved_tensors
+        return _layer_norm_tangent(input, ctx.normalized_dims, weight, ctx.eps, input_tangent, weight_tangent,
+                                   bias_tangent)
+
+
+def _normalized_shape(normalized_shape) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    return tuple(int(size) for size in normalized_shape)
+
+
+def _check_layer_norm_arguments(input, normalized_shape, weight, bias) -> None:
+    check_floating("layer_norm", "input", input)
+    count = len(normalized_shape)
+    if count == 0 or tuple(input.shape[input.dim() - count:]) != normalized_shape or input.dim() < count:
+        raise ValueError(
+            f"layer_norm: expected an input whose last dimensions are normalized_shape {list(normalized_shape)}, "
+            f"got shape {tuple(input.shape)}; pass normalized_shape=input.shape[-k:] for the last k dimensions"
+        )
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is not None and tuple(tensor.shape) != normalized_shape:
+            raise ValueError(f"layer_norm: expected {name} of shape {normalized_shape} (normalized_shape), "
+                             f"got {tuple(tensor.shape)}")
+
+
+@hand_writes(torch.nn.functional.layer_norm)
+def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Layer normalization like ``torch.nn.functional.layer_norm``, with the hand-written backward.
+
+    input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None. Returns y: input's shape.
+    """
+    normalized_shape = _normalized_shape(normalized_shape)
+    _check_layer_norm_arguments(input, normalized_shape, weight, bias)
+    return apply(LayerNormFunction, input, len(normalized_shape), weight, bias, float(eps))
+
+
+class LayerNorm(SharesState, torch.nn.LayerNorm, torch_twin=torch.nn.LayerNorm):
+    """``torch.nn.LayerNorm`` (same parameters and state_dict) with the hand-written backward
+    δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)), g = γδy. input (*, *normalized_shape)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def function_and_arguments(self, input: Tensor):
+        shape = _normalized_shape(self.normalized_shape)
+        _check_layer_norm_arguments(input, shape, self.weight, self.bias)
+        return LayerNormFunction, (input, len(shape), self.weight, self.bias, float(self.eps))
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(4).to(dtype), (torch.randn(2, 3, 4, dtype=dtype),)

@@ -1,0 +1,197 @@
+"""Softmax and log-softmax over any dimension, with hand-written backward.
+
+Along ``dim``, for one row x of n values:
+
+    y = softmax(x):      y_i = e^(x_i) / Σ_j e^(x_j)
+    backward:            δx = y·(δy − Σ_j δy_j·y_j)          (the Jacobian diag(y) − y yᵀ times δy)
+    y = log_softmax(x):  y_i = x_i − log Σ_j e^(x_j)
+    backward:            δx = δy − e^y·Σ_j δy_j               (e^y = softmax(x))
+
+Both Jacobians are those of the lecture's softmax layer (its yp − y is the cross-entropy's δ
+through this softmax). Shapes: any; the output has the input's shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from manualbp.errors import NotConvertibleError
+from manualbp.layers.base import Layer, LayerFunction, apply, check_floating, hand_writes
+
+__all__ = [
+    "softmax_forward",
+    "softmax_backward",
+    "log_softmax_forward",
+    "log_softmax_backward",
+    "SoftmaxFunction",
+    "LogSoftmaxFunction",
+    "softmax",
+    "log_softmax",
+    "Softmax",
+    "LogSoftmax",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The formulas
+# ----------------------------------------------------------------------------------------------
+
+
+def softmax_forward(input: Tensor, dim: int) -> Tensor:
+    """y = e^x / Σ e^x along ``dim`` (PyTorch's kernel: it subtracts the row maximum first, so any x is safe)."""
+    return torch.softmax(input, dim)  # y_i = e^(x_i) / Σ_j e^(x_j)
+
+
+def softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
+    """δx = y·(δy − Σ δy·y) along ``dim``, from the saved output y; shape of y."""
+    row_sums = (grad_output * output).sum(dim, keepdim=True)  # Σ_j δy_j·y_j
+    return output * (grad_output - row_sums)  # δx = y·(δy − Σ δy·y)
+
+
+def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
+    """y = x − log Σ e^x along ``dim`` (stable for any x)."""
+    return torch.log_softmax(input, dim)  # y_i = x_i − log Σ_j e^(x_j)
+
+
+def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
+    """δx = δy − e^y·Σ δy along ``dim``, from the saved output y = log softmax(x); shape of y."""
+    return grad_output - torch.exp(output) * grad_output.sum(dim, keepdim=True)  # δx = δy − softmax(x)·Σ δy
+
+
+def _log_softmax_tangent(input_tangent: Tensor, output: Tensor, dim: int) -> Tensor:
+    """ẏ = ẋ − Σ e^y·ẋ (the Jacobian I − 1·softmaxᵀ is not symmetric: its transpose is the backward)."""
+    return input_tangent - (torch.exp(output) * input_tangent).sum(dim, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Functions, public functions and Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class SoftmaxFunction(LayerFunction):
+    """softmax along dim, with backward y·(δy − Σ δy·y) from the saved output."""
+
+    @staticmethod
+    def forward(input, dim):
+        return softmax_forward(input, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return softmax_backward(grad_output, output, ctx.dim), None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, dim_tangent):
+        (output,) = ctx.saved_tensors
+        return softmax_backward(input_tangent, output, ctx.dim)  # the Jacobian is symmetric
+
+
+class LogSoftmaxFunction(LayerFunction):
+    """log softmax along dim, with backward δy − e^y·Σ δy from the saved output."""
+
+    @staticmethod
+    def forward(input, dim):
+        return log_softmax_forward(input, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return log_softmax_backward(grad_output, output, ctx.dim), None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, dim_tangent):
+        (output,) = ctx.saved_tensors
+        return _log_softmax_tangent(input_tangent, output, ctx.dim)
+
+
+def _checked(name: str, input: Tensor, dim: int | None, dtype: torch.dtype | None) -> tuple[Tensor, int]:
+    """The input (cast to ``dtype`` first, as torch does) and ``dim`` as a non-negative index."""
+    if dim is None:  # torch's implicit dim (deprecated there, with a warning): refuse, let torch run it
+        raise NotImplementedError(f"{name}: give dim explicitly (torch's implicit dim choice is deprecated)")
+    if dtype is not None:
+        input = input.to(dtype)
+    check_floating(name, "input", input)
+    rank = max(input.dim(), 1)
+    if not -rank <= dim < rank:
+        raise IndexError(f"{name}: dim {dim} out of range for an input of shape {tuple(input.shape)} "
+                         f"(expected -{rank} ≤ dim < {rank})")
+    return input, dim % rank
+
+
+@hand_writes(torch.nn.functional.softmax, torch.softmax, Tensor.softmax)
+def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Tensor:
+    """softmax along ``dim``, like ``torch.nn.functional.softmax``; any shape (``dtype``: cast the input first)."""
+    input, dim = _checked("softmax", input, dim, dtype)
+    return apply(SoftmaxFunction, input, dim)
+
+
+@hand_writes(torch.nn.functional.log_softmax, torch.log_softmax, Tensor.log_softmax)
+def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
+                dtype: torch.dtype | None = None) -> Tensor:
+    """log softmax along ``dim``, like ``torch.nn.functional.log_softmax``; any shape."""
+    input, dim = _checked("log_softmax", input, dim, dtype)
+    return apply(LogSoftmaxFunction, input, dim)
+
+
+def _module_dim(module: torch.nn.Module) -> int:
+    if module.dim is None:
+        raise NotConvertibleError(
+            f"convert: {module!r} has dim=None (torch picks the dimension from the input's rank, deprecated); "
+            f"build it with an explicit dim, e.g. {type(module).__name__}(dim=-1)"
+        )
+    return module.dim
+
+
+class Softmax(torch.nn.Softmax, Layer, torch_twin=torch.nn.Softmax):
+    """softmax along ``dim`` with backward y·(δy − Σ δy·y); any shape. A drop-in for ``torch.nn.Softmax``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return softmax(input, _module_dim(self))
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Softmax) -> Softmax:
+        return cls(_module_dim(module))
+
+    def to_torch(self) -> torch.nn.Softmax:
+        return torch.nn.Softmax(self.dim)
+
+    def function_and_arguments(self, input: Tensor):
+        return SoftmaxFunction, _checked("softmax", input, _module_dim(self), None)
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(dim=-1).to(dtype), (torch.randn(6, 4, dtype=dtype),)
+
+
+class LogSoftmax(torch.nn.LogSoftmax, Layer, torch_twin=torch.nn.LogSoftmax):
+    """log softmax along ``dim`` with backward δy − e^y·Σ δy; any shape. A drop-in for ``torch.nn.LogSoftmax``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return log_softmax(input, _module_dim(self))
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.LogSoftmax) -> LogSoftmax:
+        return cls(_module_dim(module))
+
+    def to_torch(self) -> torch.nn.LogSoftmax:
+        return torch.nn.LogSoftmax(self.dim)
+
+    def function_and_arguments(self, input: Tensor):
+        return LogSoftmaxFunction, _checked("log_softmax", input, _module_dim(self), None)
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(dim=-1).to(dtype), (torch.randn(6, 4, dtype=dtype),)
