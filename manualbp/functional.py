@@ -9,6 +9,7 @@ e.g. ``import manualbp.functional as mbf`` (``F`` is ``torch.nn.functional``).
 
 from manualbp import layers
 from manualbp.layers.activations import *  # noqa: F403
+from manualbp.layers.attention import *  # noqa: F403
 from manualbp.layers.conv import *  # noqa: F403
 from manualbp.layers.dropout import *  # noqa: F403
 from manualbp.layers.embedding import *  # noqa: F403

@@ -20,6 +20,7 @@ from manualbp import layers
 from manualbp.errors import NotConvertibleError
 from manualbp.layers.activations import *  # noqa: F403
 from manualbp.layers.activations import ReLU
+from manualbp.layers.attention import *  # noqa: F403
 from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS
 from manualbp.layers.conv import *  # noqa: F403
 from manualbp.layers.conv import Conv2d

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode  # torch-private: no public dispatch-mode API
 
 import manualbp.functional as mbf
@@ -127,6 +128,28 @@ def layer_norm_inputs(*shape: int, normalized_dims: int = 1, affine: bool = True
 def embedding_inputs():
     """indices (3, 4) with repeats and the padding row 1; weight (6, 5)."""
     return torch.tensor([[0, 1, 2, 2], [5, 1, 3, 0], [2, 2, 2, 4]]), randn(6, 5)
+
+
+def torch_attention(*args, **settings):
+    """PyTorch's own attention on its math backend: its CPU flash kernel has no double backward
+    ("derivative for _scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(*args, **settings)
+
+
+def attention_inputs(keys: int = 3, value_features: int = 4):
+    """query (2, 2, 3, 4), key (2, 2, keys, 4), value (2, 2, keys, value_features): batch 2, 2 heads."""
+    return randn(2, 2, 3, 4), randn(2, 2, keys, 4), randn(2, 2, keys, value_features)
+
+
+def attention_with_mask(mask_kind: str):
+    query, key, value = attention_inputs(keys=5)
+    if mask_kind == "bool":  # every row keeps at least one key
+        mask = torch.rand(3, 5) > 0.4
+        mask[:, 0] = True
+    else:
+        mask = randn(2, 1, 3, 5)  # broadcast over the heads: its gradient sums over them
+    return query, key, value, mask
 
 
 RUNNING_MEAN, RUNNING_VAR = torch.tensor([0.1, -0.2, 0.3], dtype=DTYPE), torch.tensor([0.5, 1.5, 2.0], dtype=DTYPE)
@@ -281,6 +304,14 @@ CASES = [
     Case("layer_norm", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 4)),
     Case("layer_norm_no_affine", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 4, affine=False)),
     Case("layer_norm_2d", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 3, 4, normalized_dims=2)),
+    Case("attention", mbf.scaled_dot_product_attention, torch_attention, attention_inputs),
+    Case("attention_causal", lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, is_causal=True),
+         lambda q, k, v: torch_attention(q, k, v, is_causal=True), attention_inputs),
+    Case("attention_keys_values_differ", lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, scale=0.3),
+         lambda q, k, v: torch_attention(q, k, v, scale=0.3), lambda: attention_inputs(5, 2)),
+    Case("attention_bool_mask", mbf.scaled_dot_product_attention, torch_attention, lambda: attention_with_mask("bool")),
+    Case("attention_float_mask", mbf.scaled_dot_product_attention, torch_attention,
+         lambda: attention_with_mask("float")),
     Case("embedding", mbf.embedding, F.embedding, embedding_inputs),
     # padding_idx: the padding row's gradient is 0 by definition, not the derivative (1): finite
     # differences and forward mode (torch's own jacfwd included) see the true derivative.

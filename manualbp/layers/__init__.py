@@ -2,6 +2,7 @@
 
 * ``linear.py``: Z = X Wᵀ + b, and the slides' MNIST layer Z = f(X Wᵀ + b) fused with f = ReLU.
 * ``activations.py``: sigmoid, ReLU, ELU, tanh, leaky ReLU, GELU, SiLU, hardtanh / ReLU6.
+* ``attention.py``: scaled dot-product attention, softmax(Q Kᵀ·s + M) V.
 * ``softmax.py``: softmax and log-softmax over any dimension.
 * ``embedding.py``: the table lookup Z = W[i], the linear layer of a one-hot input.
 * ``conv.py``: 2-D convolution, the linear layer at every patch.
@@ -20,6 +21,7 @@ The public API is :mod:`manualbp.functional` (functions) and :mod:`manualbp.nn` 
 
 from manualbp.layers import (
     activations,
+    attention,
     conv,
     dropout,
     embedding,
@@ -33,6 +35,6 @@ from manualbp.layers import (
 )
 
 __all__ = [
-    "activations", "conv", "dropout", "embedding", "linear", "losses", "mlp", "normalization", "pooling", "shape",
-    "softmax",
+    "activations", "attention", "conv", "dropout", "embedding", "linear", "losses", "mlp", "normalization",
+    "pooling", "shape", "softmax",
 ]

@@ -591,9 +591,14 @@ def hardtanh_forward(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
 def hardtanh_backward(grad_output: Tensor, output: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
     """δX = 1[a < X < b]·δZ, from the saved output Z (a < Z < b exactly where a < X < b).
 
-    A select, as in PyTorch: exactly 0 outside (an infinite δZ there gives 0, not NaN), and a NaN
-    input (Z = NaN) passes δZ through, since NaN ≤ a and NaN ≥ b are both false."""
-    return torch.where((output <= min_val) | (output >= max_val), 0, grad_output)  # δX = 1[a<X<b]·δZ
+    A select, not a product: exactly 0 outside (an infinite δZ there gives 0, not NaN). aten's
+    ``hardtanh_backward`` is that select in one pass; given Z instead of X it decides the same,
+    also for a NaN input, where PyTorch's own vectorised and scalar CPU paths differ (0 and δZ):
+    the same kernel gives the same answer as torch's op on every path."""
+    return _hardtanh_backward(grad_output, output, min_val, max_val)  # δX = 1[a<X<b]·δZ
+
+
+_hardtanh_backward = torch.ops.aten.hardtanh_backward.default
 
 
 class HardtanhFunction(LayerFunction):

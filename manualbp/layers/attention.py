@@ -1,0 +1,235 @@
+"""Scaled dot-product attention with a hand-written backward: the lecture's linear layer twice and
+its softmax once.
+
+For queries Q (L, E), keys K (S, E), values V (S, Ev) of one head (any leading dimensions: batch, heads):
+
+    S = Q Kᵀ·s + M          (s = scale, 1/√E by default; M the additive mask: 0 keep, −∞ drop)
+    P = softmax(S)          (per row, over the S keys)
+    O = P V
+
+Backward, from δO (L, Ev), one formula of the lecture per line:
+
+    δV = Pᵀ δO                            (the linear layer's δW = XᵀδZ, X = P)
+    δP = δO Vᵀ                            (its δX = δZ W)
+    δS = P·(δP − rowsum(δP·P))            (the softmax backward, softmax.py)
+    δQ = δS K·s,   δK = δSᵀ Q·s            (the linear layer again, for S = Q Kᵀ·s)
+    δM = δS                               (summed over the dimensions M was broadcast along)
+
+What is kept for backward: only the inputs. P (L × S per head, the largest tensor of a
+transformer's forward) is recomputed in backward from Q and K: one more Q Kᵀ matmul and softmax
+per step, in exchange for no (…, L, S) tensor held between forward and backward, which is what
+PyTorch's CPU kernel keeps too (it saves the row log-sum-exp, (…, L)). The benchmark
+(``python -m manualbp.bench --memory``) measures both.
+
+A row whose keys are all masked (every M = −∞) attends to nothing: its output and gradients
+are 0, as with PyTorch's CPU kernel (the softmax formula alone would give 0/0 = NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes
+
+__all__ = [
+    "attention_forward",
+    "attention_backward",
+    "attention_probabilities",
+    "causal_mask",
+    "AttentionFunction",
+    "scaled_dot_product_attention",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The formulas
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """P = softmax(Q Kᵀ·s + M) over the keys; rows with every key masked are 0. (*, L, E), (*, S, E) -> (*, L, S)."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # S = Q Kᵀ·s
+    if mask is not None:
+        scores = scores + mask  # + M
+    probabilities = torch.softmax(scores, dim=-1)  # P = softmax(S)
+    if mask is not None:
+        attends_to_nothing = scores.amax(dim=-1, keepdim=True) == float("-inf")
+        probabilities = torch.where(attends_to_nothing, 0, probabilities)  # 0, not 0/0, for a fully masked row
+    return probabilities
+
+
+def attention_forward(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """O = softmax(Q Kᵀ·s + M) V. query (*, L, E), key (*, S, E), value (*, S, Ev), mask broadcastable
+    to (*, L, S) or None. Returns O: (*, L, Ev)."""
+    return torch.matmul(attention_probabilities(query, key, mask, scale), value)  # O = P V
+
+
+def attention_backward(
+    grad_output: Tensor,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    scale: float,
+    needs_grad: tuple[bool, bool, bool, bool] = (True, True, True, False),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """δQ, δK, δV and δM (the scores' gradient, (*, L, S)) of O = softmax(Q Kᵀ·s + M) V; P is recomputed.
+
+    grad_output δO: (*, L, Ev); the rest as in :func:`attention_forward`. Each result is None
+    unless ``needs_grad`` asks for it (δM is returned at the scores' shape, unreduced).
+    """
+    probabilities = attention_probabilities(query, key, mask, scale)  # P, recomputed
+    grad_value = torch.matmul(probabilities.transpose(-2, -1), grad_output) if needs_grad[2] else None  # δV = Pᵀ δO
+    if not (needs_grad[0] or needs_grad[1] or needs_grad[3]):
+        return None, None, grad_value, None
+    grad_probabilities = torch.matmul(grad_output, value.transpose(-2, -1))  # δP = δO Vᵀ
+    row_sums = (grad_probabilities * probabilities).sum(dim=-1, keepdim=True)  # rowsum(δP·P)
+    grad_scores = probabilities * (grad_probabilities - row_sums)  # δS = P·(δP − rowsum(δP·P))
+    grad_query = torch.matmul(grad_scores, key) * scale if needs_grad[0] else None  # δQ = δS K·s
+    grad_key = torch.matmul(grad_scores.transpose(-2, -1), query) * scale if needs_grad[1] else None  # δK = δSᵀ Q·s
+    return grad_query, grad_key, grad_value, (grad_scores if needs_grad[3] else None)
+
+
+def _attention_tangent(query, key, value, mask, scale, tangents) -> Tensor:
+    """Ȯ = Ṗ V + P V̇, Ṗ = P·(Ṡ − rowsum(Ṡ·P)), Ṡ = (Q̇ Kᵀ + Q K̇ᵀ)·s + Ṁ (forward mode)."""
+    query_tangent, key_tangent, value_tangent, mask_tangent = tangents
+    probabilities = attention_probabilities(query, key, mask, scale)
+    output_tangent = 0
+    scores_tangent = 0
+    if query_tangent is not None:
+        scores_tangent = scores_tangent + torch.matmul(query_tangent, key.transpose(-2, -1)) * scale
+    if key_tangent is not None:
+        scores_tangent = scores_tangent + torch.matmul(query, key_tangent.transpose(-2, -1)) * scale
+    if mask_tangent is not None:
+        scores_tangent = scores_tangent + mask_tangent
+    if isinstance(scores_tangent, Tensor):
+        row_sums = (scores_tangent * probabilities).sum(dim=-1, keepdim=True)
+        output_tangent = torch.matmul(probabilities * (scores_tangent - row_sums), value)
+    if value_tangent is not None:
+        output_tangent = output_tangent + torch.matmul(probabilities, value_tangent)
+    return output_tangent
+
+
+def _sum_to_shape(gradient: Tensor, shape: torch.Size) -> Tensor:
+    """A gradient of a broadcast result summed back to the operand's ``shape``."""
+    leading = gradient.dim() - len(shape)
+    gradient = gradient.sum(tuple(range(leading))) if leading else gradient
+    dims = tuple(i for i, size in enumerate(shape) if size == 1 and gradient.shape[i] != 1)
+    return gradient.sum(dims, keepdim=True) if dims else gradient
+
+
+def causal_mask(queries: int, keys: int, device=None) -> Tensor:
+    """(L, S) bool, True where query i may see key j: j ≤ i (``is_causal=True``, PyTorch's tril)."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril()
+
+
+# ----------------------------------------------------------------------------------------------
+# The Function and the public function
+# ----------------------------------------------------------------------------------------------
+
+
+class AttentionFunction(LayerFunction):
+    """O = softmax(Q Kᵀ·s + M) V with the hand-written backward; saves Q, K, V and M only (P is recomputed)."""
+
+    @staticmethod
+    def forward(query, key, value, mask, scale):
+        return attention_forward(query, key, value, mask, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        query, key, value, mask, ctx.scale = inputs
+        ctx.save_for_backward(query, key, value, mask)
+        ctx.save_for_forward(query, key, value, mask)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        query, key, value, mask = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        grad_query, grad_key, grad_value, grad_scores = attention_backward(
+            grad_output, query, key, value, mask, ctx.scale, needs
+        )
+        grad_mask = _sum_to_shape(grad_scores, mask.shape) if grad_scores is not None else None  # δM = Σ δS
+        return grad_query, grad_key, grad_value, grad_mask, None
+
+    @staticmethod
+    def jvp(ctx, query_tangent, key_tangent, value_tangent, mask_tangent, scale_tangent):
+        query, key, value, mask = ctx.saved_tensors
+        return _attention_tangent(query, key, value, mask, ctx.scale,
+                                  (query_tangent, key_tangent, value_tangent, mask_tangent))
+
+
+def _additive_mask(attn_mask: Tensor | None, is_causal: bool, query: Tensor, key: Tensor) -> Tensor | None:
+    """M, additive: a float mask as given; a bool mask (True = attend) or is_causal as 0 / −∞."""
+    if is_causal:
+        if attn_mask is not None:
+            raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal=True, not both "
+                             "(PyTorch refuses the pair too); fold the causal mask into attn_mask")
+        attn_mask = causal_mask(query.shape[-2], key.shape[-2], device=query.device)
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~attn_mask, float("-inf"))  # M = 0 where True, −∞ where False
+    if not attn_mask.is_floating_point():
+        raise TypeError(f"scaled_dot_product_attention: expected attn_mask of dtype bool or {query.dtype}, "
+                        f"got {attn_mask.dtype}")
+    return attn_mask
+
+
+def _check_attention_arguments(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> None:
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        check_floating("scaled_dot_product_attention", name, tensor)
+        if tensor.dim() < 2:
+            raise ValueError(f"scaled_dot_product_attention: expected {name} of shape (*, length, features), "
+                             f"got {tuple(tensor.shape)}")
+    if not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
+        # broadcasting batch dimensions is left to PyTorch's kernel (the mode falls back to it)
+        raise NotImplementedError(
+            f"scaled_dot_product_attention: expected query, key and value with the same leading dimensions, "
+            f"got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"scaled_dot_product_attention: expected query (*, L, E), key (*, S, E), value (*, S, Ev), got "
+            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if mask is not None:
+        scores = (*query.shape[:-1], key.shape[-2])
+        try:
+            torch.broadcast_shapes(mask.shape, scores)
+        except RuntimeError:
+            raise ValueError(f"scaled_dot_product_attention: expected attn_mask broadcastable to the scores' "
+                             f"shape {scores}, got {tuple(mask.shape)}") from None
+
+
+@hand_writes(torch.nn.functional.scaled_dot_product_attention)
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """softmax(Q Kᵀ·scale + M) V like ``torch.nn.functional.scaled_dot_product_attention``, with the
+    hand-written backward. query (*, L, E), key (*, S, E), value (*, S, Ev) -> (*, L, Ev).
+
+    attn_mask: bool (True = attend) or float (added to the scores), broadcastable to (*, L, S);
+    is_causal: query i sees keys j ≤ i. dropout_p > 0 and enable_gqa are not supported
+    (NotImplementedError: under ``manualbp.hand_written()`` PyTorch's kernel runs instead).
+    """
+    if dropout_p:
+        raise NotImplementedError("scaled_dot_product_attention: manualbp's attention has no dropout; "
+                                  "use dropout_p=0.0 (or dropout on the output)")
+    if enable_gqa:
+        raise NotImplementedError("scaled_dot_product_attention: manualbp's attention has no grouped-query "
+                                  "form; repeat key and value over the heads (enable_gqa=False)")
+    mask = _additive_mask(attn_mask, is_causal, query, key)
+    _check_attention_arguments(query, key, value, mask)
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    return apply(AttentionFunction, query, key, value, mask, scale, autocast_to="lower")
