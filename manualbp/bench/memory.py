@@ -101,6 +101,21 @@ def _logits(rows: int, targets: str, classes: int = 1000):
     return (_randn(rows, classes), target), None
 
 
+def _layer_norm(rows: int, features: int = 512):
+    return (_randn(rows, features), _randn(features), _randn(features)), _randn(rows, features)
+
+
+def _embedding(rows: int, vocabulary: int = 1000, features: int = 512):
+    return (torch.randint(0, vocabulary, (rows,)), _randn(vocabulary, features)), _randn(rows, features)
+
+
+def _attention(rows: int, heads: int = 4, length: int = 64, features: int = 32):
+    """GPT-shaped (batch, heads, length, features), batch = rows/length: rows tokens in all."""
+    batch = max(rows // length, 1)
+    q, k, v = (_randn(batch, heads, length, features) for _ in range(3))
+    return (q, k, v), _randn(batch, heads, length, features)
+
+
 def _linear_relu_reference(input, weight, bias):
     return F.relu(F.linear(input, weight, bias))
 
@@ -127,6 +142,18 @@ CASES = [
          lambda rows: _logits(rows, "probabilities"), (True,)),
     Case("softmax_euclidean_loss", mbf.softmax_euclidean_loss, TorchSoftmaxEuclideanLoss(),
          lambda rows: _logits(rows, "indices"), (True,)),
+    Case("gelu", mbf.gelu, F.gelu, _elementwise, (True,)),
+    Case("gelu tanh", lambda x: mbf.gelu(x, approximate="tanh"), lambda x: F.gelu(x, approximate="tanh"),
+         _elementwise, (True,)),
+    Case("silu", mbf.silu, F.silu, _elementwise, (True,)),
+    Case("relu6", mbf.relu6, F.relu6, _elementwise, (True,)),
+    Case("softmax", lambda x: mbf.softmax(x, -1), lambda x: F.softmax(x, -1), _elementwise, (True,)),
+    Case("log_softmax", lambda x: mbf.log_softmax(x, -1), lambda x: F.log_softmax(x, -1), _elementwise, (True,)),
+    Case("layer_norm", lambda x, w, b: mbf.layer_norm(x, (512,), w, b), lambda x, w, b: F.layer_norm(x, (512,), w, b),
+         _layer_norm, ALL),
+    Case("embedding", mbf.embedding, F.embedding, _embedding, (False, True)),
+    Case("scaled_dot_product_attention, causal", lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, is_causal=True),
+         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), _attention, ALL),
     Case("euclidean_loss", mbf.euclidean_loss, TorchEuclideanLoss(),
          lambda rows: ((_randn(rows, 512), _randn(rows, 512)), None), (True,)),
 ]

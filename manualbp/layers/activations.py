@@ -452,11 +452,20 @@ def gelu_backward(grad_output: Tensor, input: Tensor, approximate: str = "none")
     "none": GELU'(x) = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π).
     "tanh": with u = √(2/π)(x + 0.044715x³), t = tanh u: GELU'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²).
     """
+    if approximate == "tanh" and owns_buffers(grad_output):  # the same formula, in two buffers of our own
+        t = (input * input).mul_(_TANH_GELU_CUBIC).add_(1).mul_(input).mul_(_TANH_GELU_SCALE).tanh_()  # t = tanh u
+        slope = (input * input).mul_(3 * _TANH_GELU_CUBIC).add_(1).mul_(_TANH_GELU_SCALE)  # du/dx
+        slope.mul_(input).mul_(one_minus(t * t, True)).mul_(0.5)  # ½x(1 − t²)·du/dx
+        return t.add_(1).mul_(0.5).add_(slope).mul_(grad_output)  # δX = GELU'(X)·δZ
     if approximate == "tanh":
         inner = _TANH_GELU_SCALE * (input + _TANH_GELU_CUBIC * input**3)  # u = √(2/π)(x + 0.044715x³)
         t = torch.tanh(inner)
         inner_slope = _TANH_GELU_SCALE * (1 + 3 * _TANH_GELU_CUBIC * input * input)  # du/dx
         return grad_output * (0.5 * (1 + t) + 0.5 * input * (1 - t * t) * inner_slope)  # δX = GELU'(X)·δZ
+    if owns_buffers(grad_output):  # the same products, in two buffers of our own
+        slope = (input * input).mul_(-0.5).exp_().mul_(_INVERSE_SQRT_2PI).mul_(input)  # X·φ(X)
+        cdf = (input * _INVERSE_SQRT_2).erf_().add_(1).mul_(0.5)  # Φ(X)
+        return slope.add_(cdf).mul_(grad_output)  # δX = (Φ(X) + X·φ(X))·δZ
     cdf = 0.5 * (1 + torch.erf(input * _INVERSE_SQRT_2))  # Φ(x)
     density = torch.exp(-0.5 * input * input) * _INVERSE_SQRT_2PI  # φ(x)
     return grad_output * (cdf + input * density)  # δX = (Φ(X) + X·φ(X))·δZ
@@ -527,6 +536,9 @@ def silu_forward(input: Tensor) -> Tensor:
 def silu_backward(grad_output: Tensor, input: Tensor) -> Tensor:
     """δX = σ(X)(1 + X(1 − σ(X)))·δZ; same shape."""
     sigma = torch.sigmoid(input)
+    if owns_buffers(grad_output):  # two buffers of our own: σ, and 1 + X(1 − σ) built over it
+        slope = one_minus(sigma.clone(), True).mul_(input).add_(1)  # 1 + X(1 − σ)
+        return slope.mul_(sigma).mul_(grad_output)  # δX = σ(1 + X(1 − σ))·δZ
     return grad_output * sigma * (1 + input * (1 - sigma))  # δX = σ(1 + X(1 − σ))·δZ
 
 
@@ -648,9 +660,14 @@ class HardtanhInplaceFunction(HardtanhFunction):
 def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
     """clamp(x, min_val, max_val) elementwise, like ``torch.nn.functional.hardtanh``; any shape.
     ``inplace=True`` overwrites ``input`` and returns it, as torch's does."""
-    check_floating("hardtanh", "input", input)
+    return _clamped("hardtanh", input, min_val, max_val, inplace)
+
+
+def _clamped(name: str, input: Tensor, min_val: float, max_val: float, inplace: bool) -> Tensor:
+    """hardtanh's checks (errors named after the public function ``name``) and apply."""
+    check_floating(name, "input", input)
     if not min_val < max_val:
-        raise ValueError(f"hardtanh: expected min_val < max_val, got min_val={min_val}, max_val={max_val}")
+        raise ValueError(f"{name}: expected min_val < max_val, got min_val={min_val}, max_val={max_val}")
     min_val, max_val = float(min_val), float(max_val)
     if inplace:
         return apply_inplace(HardtanhInplaceFunction, HardtanhFunction, input, min_val, max_val)
@@ -660,7 +677,7 @@ def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace
 @hand_writes(torch.nn.functional.relu6)
 def relu6(input: Tensor, inplace: bool = False) -> Tensor:
     """min(max(x, 0), 6) elementwise, like ``torch.nn.functional.relu6`` (hardtanh with a = 0, b = 6)."""
-    return hardtanh(input, 0.0, 6.0, inplace)
+    return _clamped("relu6", input, 0.0, 6.0, inplace)
 
 
 class Hardtanh(torch.nn.Hardtanh, Activation, torch_twin=torch.nn.Hardtanh, name="hardtanh"):
@@ -688,7 +705,7 @@ class ReLU6(torch.nn.ReLU6, Activation, torch_twin=torch.nn.ReLU6, name="relu6")
     """min(max(x, 0), 6) elementwise with backward 1[0 < x < 6]·δZ (MobileNetV2's); in place if asked."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return hardtanh(input, 0.0, 6.0, self.inplace)
+        return relu6(input, self.inplace)
 
     @classmethod
     def from_torch(cls, module: torch.nn.ReLU6) -> ReLU6:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes, is_traced
+from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes, is_traced, owns_buffers
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -35,7 +35,8 @@ def embedding_backward(grad_output: Tensor, indices: Tensor, num_embeddings: int
     """δW = onehot(i)ᵀ δZ: δW_v = Σ_{n: i_n = v} δZ_n; the padding row stays 0. Returns (V, D)."""
     rows = grad_output.reshape(indices.numel(), grad_output.shape[-1])
     grad_weight = grad_output.new_zeros(num_embeddings, grad_output.shape[-1])
-    grad_weight = grad_weight.index_add(0, indices.reshape(-1), rows)  # δW_v = Σ_{i_n = v} δZ_n
+    add = grad_weight.index_add_ if owns_buffers(grad_output) else grad_weight.index_add  # in place where ours
+    grad_weight = add(0, indices.reshape(-1), rows)  # δW_v = Σ_{i_n = v} δZ_n
     if padding_idx is not None:
         grad_weight[padding_idx] = 0  # the padding row is not trained (torch.nn.Embedding's padding_idx)
     return grad_weight

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes
+from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes, owns_buffers
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -388,9 +388,11 @@ def layer_norm_backward(
     Returns δx: x's shape, δγ and δβ: normalized_shape (each None unless ``needs_grad`` asks for it).
     """
     dims = _row_dims(input, normalized_dims)
+    batch_dims = tuple(range(input.dim() - normalized_dims))
+    if owns_buffers(grad_output):
+        return _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad)
     mean, inverse_std = _row_statistics(input, dims, eps)
     normalized = (input - mean) * inverse_std  # x̂
-    batch_dims = tuple(range(input.dim() - normalized_dims))
     grad_weight = (grad_output * normalized).sum(batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
     grad_bias = grad_output.sum(batch_dims) if needs_grad[2] else None  # δβ = Σ δy
     grad_input = None
@@ -400,6 +402,23 @@ def layer_norm_backward(
         mean_scaled_x_hat = (scaled * normalized).mean(dims, keepdim=True)  # mean(g·x̂)
         grad_input = inverse_std * (scaled - mean_scaled - normalized * mean_scaled_x_hat)  # δx = (1/σ)(g − ...)
     return grad_input, grad_weight, grad_bias
+
+
+def _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad):
+    """:func:`layer_norm_backward`'s formulas in three buffers of the input's size (x̂, g, one
+    product), each product written over a buffer already made (see ``owns_buffers``)."""
+    mean, inverse_std = _row_statistics(input, dims, eps)
+    normalized = torch.sub(input, mean).mul_(inverse_std)  # x̂ = (x − μ)/σ
+    product = grad_output * normalized  # δy·x̂
+    grad_weight = product.sum(batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
+    grad_bias = grad_output.sum(batch_dims) if needs_grad[2] else None  # δβ = Σ δy
+    if not needs_grad[0]:
+        return None, grad_weight, grad_bias
+    scaled = grad_output.clone() if weight is None else grad_output * weight  # g = γ·δy
+    mean_scaled = scaled.mean(dims, keepdim=True)  # mean(g)
+    mean_scaled_x_hat = torch.mul(scaled, normalized, out=product).mean(dims, keepdim=True)  # mean(g·x̂)
+    correction = torch.mul(normalized, mean_scaled_x_hat, out=product)  # x̂·mean(g·x̂)
+    return scaled.sub_(mean_scaled).sub_(correction).mul_(inverse_std), grad_weight, grad_bias  # δx = (1/σ)(g − …)
 
 
 def _layer_norm_tangent(input, normalized_dims, weight, eps, input_tangent, weight_tangent, bias_tangent):

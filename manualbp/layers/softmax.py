@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import Layer, LayerFunction, apply, check_floating, hand_writes
+from manualbp.layers.base import Layer, LayerFunction, apply, check_floating, hand_writes, owns_buffers
 
 __all__ = [
     "softmax_forward",
@@ -44,9 +44,15 @@ def softmax_forward(input: Tensor, dim: int) -> Tensor:
 
 
 def softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
-    """δx = y·(δy − Σ δy·y) along ``dim``, from the saved output y; shape of y."""
-    row_sums = (grad_output * output).sum(dim, keepdim=True)  # Σ_j δy_j·y_j
-    return output * (grad_output - row_sums)  # δx = y·(δy − Σ δy·y)
+    """δx = y·(δy − Σ δy·y) along ``dim``, from the saved output y; shape of y.
+
+    One buffer where it is ours (:func:`owns_buffers`): δy·y, then δy − Σ, then ·y, in place."""
+    if not owns_buffers(grad_output):
+        row_sums = (grad_output * output).sum(dim, keepdim=True)  # Σ_j δy_j·y_j
+        return output * (grad_output - row_sums)  # δx = y·(δy − Σ δy·y)
+    buffer = grad_output * output
+    row_sums = buffer.sum(dim, keepdim=True)  # Σ_j δy_j·y_j
+    return torch.sub(grad_output, row_sums, out=buffer).mul_(output)  # δx = y·(δy − Σ δy·y)
 
 
 def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
@@ -56,7 +62,11 @@ def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
 
 def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
     """δx = δy − e^y·Σ δy along ``dim``, from the saved output y = log softmax(x); shape of y."""
-    return grad_output - torch.exp(output) * grad_output.sum(dim, keepdim=True)  # δx = δy − softmax(x)·Σ δy
+    row_sums = grad_output.sum(dim, keepdim=True)  # Σ_j δy_j
+    if not owns_buffers(grad_output):
+        return grad_output - torch.exp(output) * row_sums  # δx = δy − softmax(x)·Σ δy
+    buffer = torch.exp(output).mul_(row_sums)  # one buffer: e^y·Σ δy, then δy minus it
+    return torch.sub(grad_output, buffer, out=buffer)  # δx = δy − softmax(x)·Σ δy
 
 
 def _log_softmax_tangent(input_tangent: Tensor, output: Tensor, dim: int) -> Tensor:
