@@ -42,7 +42,7 @@ EXTRA_BYTES = {
     "silu": _input_buffers(1),
     "gelu tanh": _input_buffers(2),
     "layer_norm": _input_buffers(2),
-    "scaled_dot_product_attention, causal": _score_buffers(2),
+    "attention, causal": _score_buffers(2),
 }
 
 

@@ -152,7 +152,7 @@ CASES = [
     Case("layer_norm", lambda x, w, b: mbf.layer_norm(x, (512,), w, b), lambda x, w, b: F.layer_norm(x, (512,), w, b),
          _layer_norm, ALL),
     Case("embedding", mbf.embedding, F.embedding, _embedding, (False, True)),
-    Case("scaled_dot_product_attention, causal", lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, is_causal=True),
+    Case("attention, causal", lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, is_causal=True),
          lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), _attention, ALL),
     Case("euclidean_loss", mbf.euclidean_loss, TorchEuclideanLoss(),
          lambda rows: ((_randn(rows, 512), _randn(rows, 512)), None), (True,)),
