@@ -6,6 +6,8 @@ gathers the public functions, formula pairs and autograd Functions, ``manualbp.n
 """
 
 from manualbp import functional
+from manualbp.coverage import CoverageReport, backward_coverage
+from manualbp.mode import hand_written
 from manualbp.nn import (
     ELU,
     MLP,
@@ -22,6 +24,9 @@ from manualbp.nn import (
 __all__ = [
     "functional",
     "convert",
+    "hand_written",
+    "backward_coverage",
+    "CoverageReport",
     "Linear",
     "LinearReLU",
     "Sigmoid",

@@ -15,7 +15,9 @@ from manualbp.layers.dropout import *  # noqa: F403
 from manualbp.layers.embedding import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.losses import *  # noqa: F403
+from manualbp.layers.matmul import *  # noqa: F403
 from manualbp.layers.mlp import *  # noqa: F403
+from manualbp.layers.multihead_attention import *  # noqa: F403
 from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.shape import *  # noqa: F403

@@ -21,7 +21,7 @@ from manualbp.errors import NotConvertibleError
 from manualbp.layers.activations import *  # noqa: F403
 from manualbp.layers.activations import ReLU
 from manualbp.layers.attention import *  # noqa: F403
-from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS
+from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, HAND_WRITTEN, LOSSES, TORCH_TWINS
 from manualbp.layers.conv import *  # noqa: F403
 from manualbp.layers.conv import Conv2d
 from manualbp.layers.dropout import *  # noqa: F403
@@ -29,7 +29,9 @@ from manualbp.layers.embedding import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.linear import Linear, LinearReLU, share_parameters
 from manualbp.layers.losses import *  # noqa: F403
+from manualbp.layers.matmul import *  # noqa: F403
 from manualbp.layers.mlp import *  # noqa: F403
+from manualbp.layers.multihead_attention import *  # noqa: F403
 from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.pooling import MaxPool2d
@@ -46,6 +48,7 @@ __all__ = [
     "convert",
     "unconverted",
     "replace_modules",
+    "replace_functions",
     "share_parameters",
 ]
 
@@ -140,6 +143,21 @@ def replace_modules(
     return model
 
 
+def replace_functions(model: torch.nn.Module, replacements: dict[Callable, Callable]) -> torch.nn.Module:
+    """In every submodule of ``model``, replace each setting that is one of the functions in
+    ``replacements`` (``nn.TransformerEncoderLayer.activation = F.relu``) by its replacement, in place."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if callable(value) and not isinstance(value, (torch.nn.Module, torch.Tensor, type)):
+                try:
+                    replacement = replacements.get(value)
+                except TypeError:  # an unhashable callable: nothing of ours
+                    continue
+                if replacement is not None:
+                    module.__dict__[name] = replacement
+    return model
+
+
 def _manualbp_twin(module: torch.nn.Module) -> torch.nn.Module | None:
     """The manualbp layer that replaces ``module``, sharing its parameters; None if none does (no
     twin, or settings the twin does not support)."""
@@ -161,8 +179,14 @@ def unconverted(model: torch.nn.Module) -> list[str]:
     leaf module that is not a manualbp layer, not a loss and not a pure reshape, as
     ``"name (Type: why)"`` (why: it has no manualbp twin, or the twin refuses its settings)."""
     left = []
+    inside_layers: list[str] = []  # a manualbp layer's own submodules (MultiheadAttention's out_proj) are its business
     for name, module in model.named_modules():
-        if next(module.children(), None) is not None or type(module) in TORCH_TWINS:
+        if any(name.startswith(prefix) for prefix in inside_layers):
+            continue
+        if type(module) in TORCH_TWINS:
+            inside_layers.append(f"{name}." if name else "")
+            continue
+        if next(module.children(), None) is not None:
             continue
         if isinstance(module, (torch.nn.modules.loss._Loss, *_SHAPE_ONLY)):
             continue
@@ -189,7 +213,8 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
     replaced (not their subclasses), and only with settings the twin supports (a Conv2d with
     padding_mode "reflect" stays torch's); losses are left as they are. Hooks registered on a
     replaced module are not carried over. If ``model`` itself is one of those layers, the returned
-    twin replaces it.
+    twin replaces it. A module's setting that is a torch function manualbp implements
+    (``nn.TransformerEncoderLayer``'s ``activation=F.relu``) becomes manualbp's function.
 
     What is left with PyTorch's backward (see :func:`unconverted`) is reported: with
     ``strict=False`` in one warning, with ``strict=True`` as a ``NotConvertibleError`` (raised
@@ -202,7 +227,7 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
                 f"convert(strict=True): {len(left)} module(s) would keep PyTorch's backward: {'; '.join(left)}; "
                 f"replace them by hand, or use strict=False"
             )
-    converted = replace_modules(model, _manualbp_twin)
+    converted = replace_functions(replace_modules(model, _manualbp_twin), HAND_WRITTEN)
     left = unconverted(converted)
     if left and not strict:
         warnings.warn(

@@ -14,10 +14,10 @@ import copy
 
 import torch
 
-from manualbp.layers.base import TORCH_TWINS
+from manualbp.layers.base import HAND_WRITTEN, TORCH_TWINS
 from manualbp.layers.linear import TorchLinearReLU
 from manualbp.layers.losses import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
-from manualbp.nn import replace_modules
+from manualbp.nn import replace_functions, replace_modules
 
 __all__ = ["to_torch", "TorchLinearReLU", "TorchEuclideanLoss", "TorchSoftmaxEuclideanLoss"]
 
@@ -32,4 +32,10 @@ def to_torch(model: torch.nn.Module) -> torch.nn.Module:
     Same structure and parameter names, so ``torch.func.functional_call(copy, params, ...)``
     runs it on the original's parameters. Other modules are copied as they are.
     """
-    return replace_modules(copy.deepcopy(model), _torch_twin)
+    return replace_functions(replace_modules(copy.deepcopy(model), _torch_twin), _TORCH_FUNCTIONS)
+
+
+# manualbp function -> the torch function it replaces (the first declared: F.relu, not torch.relu)
+_TORCH_FUNCTIONS = {}
+for _torch_function, _manualbp_function in HAND_WRITTEN.items():
+    _TORCH_FUNCTIONS.setdefault(_manualbp_function, _torch_function)

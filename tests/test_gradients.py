@@ -81,6 +81,11 @@ def logits_and_indices():
     return randn(5, 4), torch.randint(0, 4, (5,))
 
 
+def sequence_logits_and_indices():
+    """logits (N=2, C=4, T=3), class indices (2, 3) with the ignored class 1 among them."""
+    return randn(2, 4, 3), torch.tensor([[0, 1, 3], [2, 2, 1]])
+
+
 def logits_and_probabilities():
     return randn(5, 4), torch.softmax(randn(5, 4), dim=1)
 
@@ -152,12 +157,21 @@ def attention_with_mask(mask_kind: str):
     return query, key, value, mask
 
 
+def attention_weights_inputs():
+    query, key, _, mask = attention_with_mask("float")
+    return query, key, mask
+
+
 RUNNING_MEAN, RUNNING_VAR = torch.tensor([0.1, -0.2, 0.3], dtype=DTYPE), torch.tensor([0.5, 1.5, 2.0], dtype=DTYPE)
 
 
 # ----------------------------------------------------------------------------------------------
 # References: the same computation with PyTorch's own ops
 # ----------------------------------------------------------------------------------------------
+
+
+def torch_attention_weights(query, key, mask):
+    return torch.softmax(query @ key.mT / query.shape[-1] ** 0.5 + mask, dim=-1)
 
 
 def torch_linear_relu(x, weight, bias):
@@ -312,7 +326,20 @@ CASES = [
     Case("attention_bool_mask", mbf.scaled_dot_product_attention, torch_attention, lambda: attention_with_mask("bool")),
     Case("attention_float_mask", mbf.scaled_dot_product_attention, torch_attention,
          lambda: attention_with_mask("float")),
+    Case("attention_weights", lambda q, k, m: mbf.attention_weights(q, k, m), torch_attention_weights,
+         attention_weights_inputs),
     Case("embedding", mbf.embedding, F.embedding, embedding_inputs),
+    Case("cross_entropy_sequence_ignore_smoothing",
+         lambda x, t: mbf.cross_entropy(x, t, ignore_index=1, label_smoothing=0.1),
+         lambda x, t: F.cross_entropy(x, t, ignore_index=1, label_smoothing=0.1), sequence_logits_and_indices,
+         layouts=NO_LEADING_DIMS),
+    Case("cross_entropy_none", lambda x, t: mbf.cross_entropy(x, t, reduction="none"),
+         lambda x, t: F.cross_entropy(x, t, reduction="none"), sequence_logits_and_indices, layouts=NO_LEADING_DIMS),
+    Case("cross_entropy_sum_probabilities", lambda x, t: mbf.cross_entropy(x, t, reduction="sum", label_smoothing=0.2),
+         lambda x, t: F.cross_entropy(x, t, reduction="sum", label_smoothing=0.2), logits_and_probabilities,
+         layouts=NO_LEADING_DIMS),
+    Case("matmul", mbf.matmul, torch.matmul, lambda: (randn(2, 3, 4), randn(2, 4, 5)), bit_for_bit=True),
+    Case("matmul_broadcast", mbf.matmul, torch.matmul, lambda: (randn(2, 1, 3, 4), randn(3, 4, 2))),
     # padding_idx: the padding row's gradient is 0 by definition, not the derivative (1): finite
     # differences and forward mode (torch's own jacfwd included) see the true derivative.
     Case("embedding_padding_idx", lambda i, w: mbf.embedding(i, w, padding_idx=1),

@@ -21,6 +21,7 @@ EXACT = {"rtol": 1e-13, "atol": 1e-15}
 # Whole nets that compute their loss in one node (MLPClassifier) are not layers to put in a
 # Sequential: tests/test_mlp_node.py checks them through convert/to_torch and the manual engine.
 LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss) and not hasattr(layer, "fused_loss")]
+ENGINE_LAYERS = [layer for layer in LAYERS if layer.runs_in_manual_engine]
 LOSS_CLASSES = [layer for layer in TORCH_TWINS if issubclass(layer, Loss)]
 FEATURES = 4
 
@@ -76,10 +77,14 @@ def test_to_torch_and_convert_are_inverse_and_share_parameters(layer_class):
     torch.manual_seed(1)  # dropout: the same draw for both
     ours = layer(*inputs)
     torch.manual_seed(1)
-    torch.testing.assert_close(ours, twin(*inputs), **EXACT)
+    torch.testing.assert_close(ours, twin(*inputs), **EXACT)  # MultiheadAttention: (output, weights) both
 
 
-@pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
+def test_only_layers_of_several_nodes_stay_out_of_the_manual_engine():
+    assert {layer for layer in LAYERS if not layer.runs_in_manual_engine} == {mnn.MultiheadAttention}
+
+
+@pytest.mark.parametrize("layer_class", ENGINE_LAYERS, ids=lambda layer: layer.__name__)
 def test_the_manual_engine_runs_every_layer_like_autograd(layer_class):
     net, inputs = _net_around(layer_class)
     loss = mnn.SoftmaxCrossEntropyLoss()

@@ -204,20 +204,24 @@ LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss) and not 
 def test_every_layer_infers_shapes_on_meta_tensors_forward_and_backward(layer_class):
     torch.manual_seed(0)
     layer, inputs = layer_class.example(torch.float32)
-    expected = layer(*inputs)
+    expected = _first(layer(*inputs))  # MultiheadAttention: (output, weights)
     with torch.device("meta"):
         layer, meta_inputs = layer_class.example(torch.float32)
-    (meta_input,) = meta_inputs
-    differentiable = meta_input.is_floating_point()  # not Embedding's indices
-    meta_input.requires_grad_(differentiable)
-    assert meta_input.is_meta and all(parameter.is_meta for parameter in layer.parameters())
-    output = layer(meta_input)
+    differentiable = [x for x in dict.fromkeys(meta_inputs) if x.is_floating_point()]  # not Embedding's indices
+    for meta_input in differentiable:
+        meta_input.requires_grad_()
+    assert all(x.is_meta for x in meta_inputs) and all(parameter.is_meta for parameter in layer.parameters())
+    output = _first(layer(*meta_inputs))
     assert output.is_meta and output.shape == expected.shape and output.dtype == expected.dtype
     output.sum().backward()
-    if differentiable:
+    for meta_input in differentiable:
         assert meta_input.grad.is_meta and meta_input.grad.shape == meta_input.shape
     for parameter in layer.parameters():
         assert parameter.grad.is_meta and parameter.grad.shape == parameter.shape
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
 
 
 @pytest.mark.parametrize("name", LOSSES)

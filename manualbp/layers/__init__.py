@@ -2,7 +2,9 @@
 
 * ``linear.py``: Z = X Wᵀ + b, and the slides' MNIST layer Z = f(X Wᵀ + b) fused with f = ReLU.
 * ``activations.py``: sigmoid, ReLU, ELU, tanh, leaky ReLU, GELU, SiLU, hardtanh / ReLU6.
+* ``matmul.py``: the matrix product C = A B, the linear layer for two inputs that learn.
 * ``attention.py``: scaled dot-product attention, softmax(Q Kᵀ·s + M) V.
+* ``multihead_attention.py``: multi-head attention, from the linear and attention layers.
 * ``softmax.py``: softmax and log-softmax over any dimension.
 * ``embedding.py``: the table lookup Z = W[i], the linear layer of a one-hot input.
 * ``conv.py``: 2-D convolution, the linear layer at every patch.
@@ -27,7 +29,9 @@ from manualbp.layers import (
     embedding,
     linear,
     losses,
+    matmul,
     mlp,
+    multihead_attention,
     normalization,
     pooling,
     shape,
@@ -35,6 +39,6 @@ from manualbp.layers import (
 )
 
 __all__ = [
-    "activations", "attention", "conv", "dropout", "embedding", "linear", "losses", "mlp", "normalization",
-    "pooling", "shape", "softmax",
+    "activations", "attention", "conv", "dropout", "embedding", "linear", "losses", "matmul", "mlp",
+    "multihead_attention", "normalization", "pooling", "shape", "softmax",
 ]

@@ -32,15 +32,19 @@ import math
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes
+from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes, owns_buffers
+from manualbp.layers.matmul import sum_to_shape
 
 __all__ = [
     "attention_forward",
     "attention_backward",
     "attention_probabilities",
     "causal_mask",
+    "attention_probabilities_backward",
     "AttentionFunction",
     "scaled_dot_product_attention",
+    "AttentionWeightsFunction",
+    "attention_weights",
 ]
 
 
@@ -86,18 +90,42 @@ def attention_backward(
     if not (needs_grad[0] or needs_grad[1] or needs_grad[3]):
         return None, None, grad_value, None
     grad_probabilities = torch.matmul(grad_output, value.transpose(-2, -1))  # δP = δO Vᵀ
-    row_sums = (grad_probabilities * probabilities).sum(dim=-1, keepdim=True)  # rowsum(δP·P)
-    grad_scores = probabilities * (grad_probabilities - row_sums)  # δS = P·(δP − rowsum(δP·P))
+    grad_query, grad_key, grad_scores = attention_probabilities_backward(
+        grad_probabilities, probabilities, query, key, scale, (needs_grad[0], needs_grad[1], needs_grad[3]),
+        grad_probabilities_is_ours=True,
+    )
+    return grad_query, grad_key, grad_value, grad_scores
+
+
+def attention_probabilities_backward(
+    grad_probabilities: Tensor,
+    probabilities: Tensor,
+    query: Tensor,
+    key: Tensor,
+    scale: float,
+    needs_grad: tuple[bool, bool, bool] = (True, True, False),
+    grad_probabilities_is_ours: bool = False,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δQ, δK and δM (= δS, at the scores' shape (*, L, S)) of P = softmax(Q Kᵀ·s + M), from δP.
+
+    grad_probabilities δP, probabilities P: (*, L, S); query (*, L, E), key (*, S, E). Each result is
+    None unless ``needs_grad`` asks for it. ``grad_probabilities_is_ours``: δP is a buffer the caller
+    made, which δS may be written over (where :func:`owns_buffers` allows)."""
+    if grad_probabilities_is_ours and owns_buffers(grad_probabilities):  # δS written over δP
+        product = grad_probabilities * probabilities
+        row_sums = product.sum(dim=-1, keepdim=True)  # rowsum(δP·P)
+        del product
+        grad_scores = grad_probabilities.sub_(row_sums).mul_(probabilities)  # δS = P·(δP − rowsum(δP·P))
+    else:
+        row_sums = (grad_probabilities * probabilities).sum(dim=-1, keepdim=True)  # rowsum(δP·P)
+        grad_scores = probabilities * (grad_probabilities - row_sums)  # δS = P·(δP − rowsum(δP·P))
     grad_query = torch.matmul(grad_scores, key) * scale if needs_grad[0] else None  # δQ = δS K·s
     grad_key = torch.matmul(grad_scores.transpose(-2, -1), query) * scale if needs_grad[1] else None  # δK = δSᵀ Q·s
-    return grad_query, grad_key, grad_value, (grad_scores if needs_grad[3] else None)
+    return grad_query, grad_key, (grad_scores if needs_grad[2] else None)
 
 
-def _attention_tangent(query, key, value, mask, scale, tangents) -> Tensor:
-    """Ȯ = Ṗ V + P V̇, Ṗ = P·(Ṡ − rowsum(Ṡ·P)), Ṡ = (Q̇ Kᵀ + Q K̇ᵀ)·s + Ṁ (forward mode)."""
-    query_tangent, key_tangent, value_tangent, mask_tangent = tangents
-    probabilities = attention_probabilities(query, key, mask, scale)
-    output_tangent = 0
+def _probabilities_tangent(probabilities, query, key, scale, query_tangent, key_tangent, mask_tangent):
+    """Ṗ = P·(Ṡ − rowsum(Ṡ·P)), Ṡ = (Q̇ Kᵀ + Q K̇ᵀ)·s + Ṁ (forward mode); None if no tangent."""
     scores_tangent = 0
     if query_tangent is not None:
         scores_tangent = scores_tangent + torch.matmul(query_tangent, key.transpose(-2, -1)) * scale
@@ -105,20 +133,24 @@ def _attention_tangent(query, key, value, mask, scale, tangents) -> Tensor:
         scores_tangent = scores_tangent + torch.matmul(query, key_tangent.transpose(-2, -1)) * scale
     if mask_tangent is not None:
         scores_tangent = scores_tangent + mask_tangent
-    if isinstance(scores_tangent, Tensor):
-        row_sums = (scores_tangent * probabilities).sum(dim=-1, keepdim=True)
-        output_tangent = torch.matmul(probabilities * (scores_tangent - row_sums), value)
+    if not isinstance(scores_tangent, Tensor):
+        return None
+    row_sums = (scores_tangent * probabilities).sum(dim=-1, keepdim=True)
+    return probabilities * (scores_tangent - row_sums)
+
+
+def _attention_tangent(query, key, value, mask, scale, tangents) -> Tensor:
+    """Ȯ = Ṗ V + P V̇ (forward mode)."""
+    query_tangent, key_tangent, value_tangent, mask_tangent = tangents
+    probabilities = attention_probabilities(query, key, mask, scale)
+    output_tangent = 0
+    probabilities_tangent = _probabilities_tangent(probabilities, query, key, scale, query_tangent, key_tangent,
+                                                   mask_tangent)
+    if probabilities_tangent is not None:
+        output_tangent = torch.matmul(probabilities_tangent, value)
     if value_tangent is not None:
         output_tangent = output_tangent + torch.matmul(probabilities, value_tangent)
     return output_tangent
-
-
-def _sum_to_shape(gradient: Tensor, shape: torch.Size) -> Tensor:
-    """A gradient of a broadcast result summed back to the operand's ``shape``."""
-    leading = gradient.dim() - len(shape)
-    gradient = gradient.sum(tuple(range(leading))) if leading else gradient
-    dims = tuple(i for i, size in enumerate(shape) if size == 1 and gradient.shape[i] != 1)
-    return gradient.sum(dims, keepdim=True) if dims else gradient
 
 
 def causal_mask(queries: int, keys: int, device=None) -> Tensor:
@@ -151,7 +183,7 @@ class AttentionFunction(LayerFunction):
         grad_query, grad_key, grad_value, grad_scores = attention_backward(
             grad_output, query, key, value, mask, ctx.scale, needs
         )
-        grad_mask = _sum_to_shape(grad_scores, mask.shape) if grad_scores is not None else None  # δM = Σ δS
+        grad_mask = sum_to_shape(grad_scores, mask.shape) if grad_scores is not None else None  # δM = Σ δS
         return grad_query, grad_key, grad_value, grad_mask, None
 
     @staticmethod
@@ -159,6 +191,49 @@ class AttentionFunction(LayerFunction):
         query, key, value, mask = ctx.saved_tensors
         return _attention_tangent(query, key, value, mask, ctx.scale,
                                   (query_tangent, key_tangent, value_tangent, mask_tangent))
+
+
+class AttentionWeightsFunction(LayerFunction):
+    """P = softmax(Q Kᵀ·s + M) with the hand-written backward δS = P·(δP − rowsum(δP·P)), δQ = δS K·s,
+    δK = δSᵀ Q·s, δM = δS; saves Q, K, M and its output P."""
+
+    @staticmethod
+    def forward(query, key, mask, scale):
+        return attention_probabilities(query, key, mask, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        query, key, mask, ctx.scale = inputs
+        ctx.save_for_backward(query, key, mask, output)
+        ctx.save_for_forward(query, key, mask, output)
+
+    @staticmethod
+    def backward(ctx, grad_probabilities):
+        query, key, mask, probabilities = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_query, grad_key, grad_scores = attention_probabilities_backward(
+            grad_probabilities, probabilities, query, key, ctx.scale, (needs[0], needs[1], needs[2])
+        )
+        grad_mask = sum_to_shape(grad_scores, mask.shape) if grad_scores is not None else None  # δM = Σ δS
+        return grad_query, grad_key, grad_mask, None
+
+    @staticmethod
+    def jvp(ctx, query_tangent, key_tangent, mask_tangent, scale_tangent):
+        query, key, mask, probabilities = ctx.saved_tensors
+        tangent = _probabilities_tangent(probabilities, query, key, ctx.scale, query_tangent, key_tangent, mask_tangent)
+        return torch.zeros_like(probabilities) if tangent is None else tangent
+
+
+def attention_weights(query: Tensor, key: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+                      scale: float | None = None) -> Tensor:
+    """P = softmax(Q Kᵀ·scale + M) over the keys, with the hand-written backward: the attention
+    weights on their own, for when they are needed (``MultiheadAttention(need_weights=True)``,
+    dropout on them, a picture). query (*, L, E), key (*, S, E) -> (*, L, S); masks as in
+    :func:`scaled_dot_product_attention`. A fully masked row is 0."""
+    mask = _additive_mask(attn_mask, is_causal, query, key)
+    _check_attention_arguments(query, key, key[..., :1], mask, "attention_weights")
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+    return apply(AttentionWeightsFunction, query, key, mask, scale, autocast_to="lower")
 
 
 def _additive_mask(attn_mask: Tensor | None, is_causal: bool, query: Tensor, key: Tensor) -> Tensor | None:
@@ -179,21 +254,22 @@ def _additive_mask(attn_mask: Tensor | None, is_causal: bool, query: Tensor, key
     return attn_mask
 
 
-def _check_attention_arguments(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> None:
+def _check_attention_arguments(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+                               function: str = "scaled_dot_product_attention") -> None:
     for name, tensor in (("query", query), ("key", key), ("value", value)):
-        check_floating("scaled_dot_product_attention", name, tensor)
+        check_floating(function, name, tensor)
         if tensor.dim() < 2:
-            raise ValueError(f"scaled_dot_product_attention: expected {name} of shape (*, length, features), "
+            raise ValueError(f"{function}: expected {name} of shape (*, length, features), "
                              f"got {tuple(tensor.shape)}")
     if not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
         # broadcasting batch dimensions is left to PyTorch's kernel (the mode falls back to it)
         raise NotImplementedError(
-            f"scaled_dot_product_attention: expected query, key and value with the same leading dimensions, "
+            f"{function}: expected query, key and value with the same leading dimensions, "
             f"got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
     if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
         raise ValueError(
-            f"scaled_dot_product_attention: expected query (*, L, E), key (*, S, E), value (*, S, Ev), got "
+            f"{function}: expected query (*, L, E), key (*, S, E), value (*, S, Ev), got "
             f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
     if mask is not None:
@@ -201,7 +277,7 @@ def _check_attention_arguments(query: Tensor, key: Tensor, value: Tensor, mask: 
         try:
             torch.broadcast_shapes(mask.shape, scores)
         except RuntimeError:
-            raise ValueError(f"scaled_dot_product_attention: expected attn_mask broadcastable to the scores' "
+            raise ValueError(f"{function}: expected attn_mask broadcastable to the scores' "
                              f"shape {scores}, got {tuple(mask.shape)}") from None
 
 

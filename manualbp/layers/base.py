@@ -53,6 +53,7 @@ class LayerFunction(Function):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.manualbp_function = cls  # what every copy names too: manualbp.coverage reads it from a graph's nodes
         eager_copy, compile_copy = _eager_entry(cls), _without_jvp(cls)
 
         def copy_for_this_call() -> type[Function]:
@@ -79,7 +80,8 @@ def _eager_entry(function: type[Function]) -> type[Function]:
         return output
 
     methods = {"forward": forward, "backward": function.backward, "jvp": function.jvp}
-    return type(function.__name__, (Function,), {name: staticmethod(m) for name, m in methods.items()})
+    attributes = {name: staticmethod(m) for name, m in methods.items()}
+    return type(function.__name__, (Function,), attributes | {"manualbp_function": function})
 
 
 def _forward_ad_level() -> int:
@@ -95,7 +97,7 @@ def _keep_nothing(*tensors: Tensor) -> None:
 def _without_jvp(function: type[Function]) -> type[Function]:
     """``function`` minus its ``jvp``, for torch.compile."""
     methods = {name: staticmethod(getattr(function, name)) for name in ("forward", "setup_context", "backward")}
-    return type(function.__name__, (Function,), methods | {"generate_vmap_rule": True})
+    return type(function.__name__, (Function,), methods | {"generate_vmap_rule": True, "manualbp_function": function})
 
 
 def _functorch_transforms_active() -> bool:
@@ -267,6 +269,9 @@ class Layer:
     """
 
     torch_twin: type[torch.nn.Module]
+    # The explicit engine (manualbp.manual) runs a Sequential of layers that each apply one Function
+    # to one input; a layer made of several nodes (MultiheadAttention) says False.
+    runs_in_manual_engine: bool = True
 
     def __init_subclass__(cls, torch_twin: type[torch.nn.Module] | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -15,15 +15,22 @@ from manualbp.layers.base import (
     apply,
     autocast_enabled,
     check_floating,
+    hand_writes,
     is_traced,
     multiply,
     owns_buffers,
 )
+from manualbp.layers.sharing import share_state
 from manualbp.layers.softmax import log_softmax_forward
 
 __all__ = [
     "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "CrossEntropyFunction",
+    "cross_entropy",
+    "CrossEntropyLoss",
     "softmax_euclidean_forward",
     "softmax_euclidean_backward",
     "euclidean_loss_forward",
@@ -109,6 +116,37 @@ def softmax_cross_entropy_backward(
     grad_logits = multiply(probs, target.sum(dim=-1, keepdim=True), into_first=in_place)  # yp·Σy
     grad_logits = grad_logits.sub_(target) if in_place else grad_logits - target  # yp·Σy − y
     return multiply(grad_logits, scale, into_first=in_place), grad_target  # (yp·Σy − y)/N · g
+
+
+def cross_entropy_forward(logits: Tensor, target: Tensor, reduction: str, divisor: Tensor) -> Tensor:
+    """Per row l_n = −Σ_k y_nk log yp_nk, yp = softmax(logits); summed, divided by ``divisor``
+    ("mean") or kept per row ("none").
+
+    logits: (M, C); target y: (M, C) rows of weights (probabilities, a smoothed one-hot, or 0 for a
+    row that is ignored); divisor: a 0-d tensor (the rows that count). Returns a scalar, or (M,).
+    """
+    row_losses = -(target * log_softmax_forward(logits, -1)).sum(-1)  # l_n = −Σ_k y_nk log yp_nk
+    if reduction == "none":
+        return row_losses
+    total = row_losses.sum()  # Σ_n l_n
+    return total / divisor if reduction == "mean" else total  # L = (1/N) Σ_n l_n
+
+
+def cross_entropy_backward(
+    grad_output: Tensor, logits: Tensor, target: Tensor, reduction: str, divisor: Tensor,
+    needs_target_grad: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """δlogits = (yp·Σ_k y_k − y)·s and δy = −log(yp)·s, with s = g/N ("mean"), g ("sum") or g_n per
+    row ("none"): for rows y that sum to 1, the slide's (yp − y)/N · g. Shapes as in
+    :func:`cross_entropy_forward`; δy is None unless ``needs_target_grad``."""
+    if reduction == "none":
+        scale = grad_output.unsqueeze(-1)  # s_n = g_n
+    else:
+        scale = grad_output / divisor if reduction == "mean" else grad_output  # s = g/N
+    log_probs = log_softmax_forward(logits, -1)  # log yp
+    grad_target = -log_probs * scale if needs_target_grad else None  # δy = −log(yp)·s
+    grad_logits = log_probs.exp() * target.sum(-1, keepdim=True) - target  # yp·Σy − y
+    return grad_logits * scale, grad_target  # δlogits = (yp·Σy − y)·s
 
 
 def softmax_euclidean_forward(logits: Tensor, target: Tensor) -> Tensor:
@@ -218,6 +256,150 @@ class SoftmaxCrossEntropyLoss(
 
     def function_and_arguments(self, logits: Tensor, target: Tensor):
         return SoftmaxCrossEntropyFunction, (logits, _check_class_targets("softmax_cross_entropy", logits, target))
+
+
+class CrossEntropyFunction(LayerFunction):
+    """Softmax cross-entropy against rows of target weights (smoothed, ignored rows 0), reduced by
+    "mean" (over ``divisor`` rows), "sum" or "none", with backward (yp·Σy − y)·s."""
+
+    @staticmethod
+    def forward(logits, target, reduction, divisor):
+        return cross_entropy_forward(logits, target, reduction, divisor)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target, ctx.reduction, divisor = inputs
+        ctx.save_for_backward(logits, target, divisor)
+        ctx.save_for_forward(logits, target, divisor)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, target, divisor = ctx.saved_tensors
+        grad_logits, grad_target = cross_entropy_backward(
+            grad_output, logits, target, ctx.reduction, divisor, ctx.needs_input_grad[1]
+        )
+        return (grad_logits if ctx.needs_input_grad[0] else None), grad_target, None, None
+
+    @staticmethod
+    def jvp(ctx, logits_tangent, target_tangent, reduction_tangent, divisor_tangent):
+        logits, target, divisor = ctx.saved_tensors
+        ones = torch.ones(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
+        grads = cross_entropy_backward(ones, logits, target, "none", divisor, target_tangent is not None)
+        row_tangents = sum((grad * tangent).sum(-1) for grad, tangent in zip(grads, (logits_tangent, target_tangent),
+                                                                                strict=True) if tangent is not None)
+        if ctx.reduction == "none":
+            return row_tangents  # l̇_n = Σ_k ∂l_n/∂logits_nk · ḟ_nk (+ the target's)
+        total = row_tangents.sum()
+        return total / divisor if ctx.reduction == "mean" else total
+
+
+@hand_writes(torch.nn.functional.cross_entropy)
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Softmax cross-entropy like ``torch.nn.functional.cross_entropy``, with the hand-written
+    backward (yp − y)/N: logits (C,), (N, C) or (N, C, d1, ...) with class indices (), (N,) or
+    (N, d1, ...), or probabilities of the logits' shape; ``ignore_index`` (rows with that class
+    index count for nothing, and not in N), ``label_smoothing`` ε (y = (1 − ε)·y + ε/C), reduction
+    "mean", "sum" or "none" ((N, d1, ...) per position). Class ``weight`` and the legacy
+    size_average / reduce are not supported (NotImplementedError).
+
+    The common case (class indices, mean, no smoothing, nothing ignored) is
+    :func:`softmax_cross_entropy`; otherwise the targets become (rows, C) weights (a one-hot,
+    smoothed, 0 for an ignored row) for :class:`CrossEntropyFunction`.
+    """
+    function, arguments, positions = _cross_entropy_function_and_arguments(
+        input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+    loss = apply(function, *arguments, autocast_to="float32")
+    return loss.reshape(positions) if reduction == "none" else loss
+
+
+def _cross_entropy_function_and_arguments(input, target, weight, size_average, ignore_index, reduce, reduction,
+                                          label_smoothing):
+    """:func:`cross_entropy`'s checks; the Function it applies, its arguments, and the shape of
+    the per-position losses."""
+    if weight is not None or size_average is not None or reduce is not None:
+        raise NotImplementedError("cross_entropy: manualbp's cross-entropy has no class weights and no legacy "
+                                  "size_average / reduce; use reduction= (and torch's for class weights)")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
+    check_floating("cross_entropy", "input", input)
+    logits, rows_target, positions = _cross_entropy_rows(input, target)
+    if not rows_target.is_floating_point():
+        kept = rows_target != ignore_index
+        common = reduction == "mean" and not label_smoothing and input.dim() == 2
+        if common and (is_traced(kept) or input.device.type != "cpu" or bool(kept.all())):
+            return SoftmaxCrossEntropyFunction, (logits, _check_class_targets("cross_entropy", logits, rows_target)), \
+                positions
+        safe = torch.where(kept, rows_target, 0)  # an ignored row's index, any valid class (its weight is 0)
+        _check_class_targets("cross_entropy", logits, safe)
+        counts = kept.unsqueeze(-1).to(logits.dtype)  # 1 for a row that counts, 0 for an ignored one
+        distribution = _target_distribution(safe.long(), logits) * counts  # one-hot, 0 if ignored
+        divisor = kept.sum().to(logits.dtype)  # N: the rows that count
+    else:
+        _check_class_targets("cross_entropy", logits, rows_target)
+        distribution, counts = rows_target, 1.0
+        divisor = torch.tensor(float(logits.shape[0]), dtype=logits.dtype, device=logits.device)
+    if label_smoothing:
+        classes = logits.shape[-1]
+        distribution = distribution * (1 - label_smoothing) + counts * (label_smoothing / classes)  # (1−ε)y + ε/C
+    return CrossEntropyFunction, (logits, distribution, reduction, divisor), positions
+
+
+def _cross_entropy_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+    """Logits as (rows, C), targets as (rows,) indices or (rows, C) probabilities, and the shape of
+    the per-position losses ((), (N,) or (N, d1, ...)): the class dimension moved last (views)."""
+    if input.dim() == 0:
+        raise ValueError("cross_entropy: expected logits of shape (C,), (N, C) or (N, C, d1, ...), got a scalar")
+    if input.dim() == 1:  # one example: (C,) with a class index () or probabilities (C,)
+        return input.unsqueeze(0), target.unsqueeze(0), ()
+    classes = input.shape[1]
+    positions = (input.shape[0], *input.shape[2:])
+    logits = input.movedim(1, -1).reshape(-1, classes) if input.dim() > 2 else input
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(f"cross_entropy: probability targets must have the logits' shape {tuple(input.shape)}, "
+                             f"got {tuple(target.shape)}")
+        return logits, (target.movedim(1, -1).reshape(-1, classes) if input.dim() > 2 else target), positions
+    if tuple(target.shape) != positions:
+        raise ValueError(f"cross_entropy: expected class targets of shape {positions} for logits of shape "
+                         f"{tuple(input.shape)}, got {tuple(target.shape)}")
+    return logits, target.reshape(-1), positions
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss, Loss, torch_twin=torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` (same settings: ignore_index, reduction, label_smoothing) with
+    the hand-written backward of :func:`cross_entropy`. logits (N, C) or (N, C, d1, ...), targets
+    class indices (N,) / (N, d1, ...) or probabilities -> a scalar, or per position for "none"."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                             label_smoothing=self.label_smoothing)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.CrossEntropyLoss) -> CrossEntropyLoss:
+        return share_state(module, cls)
+
+    def to_torch(self) -> torch.nn.CrossEntropyLoss:
+        return share_state(self, torch.nn.CrossEntropyLoss)
+
+    def function_and_arguments(self, input: Tensor, target: Tensor):
+        function, arguments, _ = _cross_entropy_function_and_arguments(
+            input, target, self.weight, None, self.ignore_index, None, self.reduction, self.label_smoothing)
+        return function, arguments
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(ignore_index=1, label_smoothing=0.1), (torch.randn(6, 4, dtype=dtype), torch.randint(0, 4, (6,)))
 
 
 class SoftmaxEuclideanFunction(LayerFunction):

@@ -1,0 +1,197 @@
+"""Which backward formulas a loss really runs: manualbp's hand-written ones, or PyTorch's.
+
+``backward_coverage(loss)`` walks the autograd graph behind ``loss`` (any tensor that requires grad)
+and sorts its nodes:
+
+* hand-written: the backward of a manualbp Function (``LinearFunction``, ``AttentionFunction``, ...);
+* structure: nodes whose backward moves or adds gradients without computing a derivative of
+  their own -- views, reshapes, transposes, slicing, indexing, concatenation, copies and dtype
+  casts, and the residual add (``AddBackward0``: a gradient passed to both operands);
+* PyTorch's: every other node, an arithmetic op whose backward is PyTorch's formula.
+
+The report counts the arithmetic nodes (hand-written + PyTorch's) and lists PyTorch's by type, so
+it says what ``convert`` and ``hand_written()`` left::
+
+    report = manualbp.backward_coverage(loss)
+    print(report)          # 22 of 22 arithmetic backward nodes hand-written ...
+    assert report.complete
+
+From the command line, for a model factory (``python -m manualbp.coverage torchvision.models:resnet18``)
+it prints the report for the model as built, after ``manualbp.convert``, and after ``convert``
+under ``manualbp.hand_written()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["CoverageReport", "backward_coverage", "STRUCTURE"]
+
+# PyTorch's backward nodes that carry gradients without a derivative of their own (node type
+# names without the trailing overload number: "ViewBackward0" is "ViewBackward").
+STRUCTURE = frozenset({
+    "AddBackward",  # AddBackward0 only (tensor + tensor: the residual add); see _structural
+    "AliasBackward", "AsStridedBackward", "CatBackward", "CloneBackward", "ExpandBackward",
+    "IndexBackward", "NarrowBackward", "PermuteBackward", "ReshapeAliasBackward", "SelectBackward",
+    "SliceBackward", "SplitBackward", "SplitWithSizesBackward", "SqueezeBackward", "StackBackward",
+    "TBackward", "ToCopyBackward", "TransposeBackward", "UnbindBackward", "UnsafeSplitBackward",
+    "UnsafeViewBackward", "UnsqueezeBackward", "ViewBackward",
+})
+
+
+@dataclass
+class CoverageReport:
+    """What a graph's backward runs. ``hand_written``: manualbp Function name -> node count;
+    ``pytorch``: PyTorch's arithmetic node type -> count; ``structure``: the reshape/copy/add nodes."""
+
+    hand_written: Counter = field(default_factory=Counter)
+    pytorch: Counter = field(default_factory=Counter)
+    structure: Counter = field(default_factory=Counter)
+
+    @property
+    def arithmetic(self) -> int:
+        """Nodes that compute a derivative: hand-written ones and PyTorch's."""
+        return sum(self.hand_written.values()) + sum(self.pytorch.values())
+
+    @property
+    def complete(self) -> bool:
+        """True when no arithmetic node is left to PyTorch."""
+        return not self.pytorch
+
+    def __str__(self) -> str:
+        written = sum(self.hand_written.values())
+        lines = [f"{written} of {self.arithmetic} arithmetic backward nodes hand-written"
+                 f" ({sum(self.structure.values())} structural nodes: views, slicing, copies, residual adds)"]
+        if self.hand_written:
+            lines.append("  manualbp:  " + _counts(self.hand_written))
+        if self.pytorch:
+            lines.append("  PyTorch's: " + _counts(self.pytorch))
+        return "\n".join(lines)
+
+
+def _counts(counter: Counter) -> str:
+    ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))  # most frequent first
+    return ", ".join(f"{name} ×{count}" for name, count in ordered)
+
+
+def backward_coverage(*outputs: torch.Tensor) -> CoverageReport:
+    """Walk the autograd graph behind ``outputs`` (a loss, or a model's outputs) and sort its
+    nodes into hand-written, PyTorch's arithmetic and structure (see :mod:`manualbp.coverage`).
+    Each node is counted once, however many paths reach it; leaves are not nodes."""
+    for output in outputs:
+        if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+            raise ValueError(
+                "backward_coverage: expected tensors computed from something that requires grad (a loss, a "
+                f"model's output), got {_describe(output)}; call it on the tensor you would call .backward() on"
+            )
+    report = CoverageReport()
+    seen: set[int] = set()
+    stack = [output.grad_fn for output in outputs]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+        name = type(node).__name__
+        if name == "AccumulateGrad":
+            continue
+        function = getattr(getattr(type(node), "_forward_cls", None), "manualbp_function", None)
+        if function is not None:
+            report.hand_written[function.__name__] += 1
+        elif _structural(name):
+            report.structure[name] += 1
+        else:
+            report.pytorch[name] += 1
+    return report
+
+
+def _structural(node_name: str) -> bool:
+    if node_name == "AddBackward1":  # tensor + scalar·other, a scaled add: arithmetic
+        return False
+    return node_name.rstrip("0123456789") in STRUCTURE
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} with no grad_fn (requires_grad={value.requires_grad})"
+    return f"a {type(value).__name__}"
+
+
+# ----------------------------------------------------------------------------------------------
+# python -m manualbp.coverage MODULE:FACTORY
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_factory(spec: str):
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"coverage: expected MODULE:FACTORY (e.g. torchvision.models:resnet18), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SystemExit(f"coverage: cannot import {module_name!r}: {error}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise SystemExit(f"coverage: {module_name} has no callable {attribute!r}")
+    return factory
+
+
+def _outputs(model: torch.nn.Module, inputs: tuple) -> tuple[torch.Tensor, ...]:
+    output = model(*inputs)
+    if isinstance(output, torch.Tensor):
+        return (output,)
+    if isinstance(output, dict):
+        output = tuple(output.values())
+    return tuple(value for value in output if isinstance(value, torch.Tensor) and value.grad_fn is not None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import manualbp  # the library, imported here so that ``import manualbp.coverage`` stays light
+
+    parser = argparse.ArgumentParser(
+        prog="python -m manualbp.coverage",
+        description="Count the hand-written backward nodes of a model: as built, after manualbp.convert, and "
+                    "after convert under manualbp.hand_written().")
+    parser.add_argument("factory", help="MODULE:FACTORY; FACTORY() returns a model, or (model, example inputs)")
+    parser.add_argument("--shape", default="2,3,224,224",
+                        help="shape of a random float input when FACTORY returns a model only (default 2,3,224,224)")
+    arguments = parser.parse_args(argv)
+    built = _load_factory(arguments.factory)()
+    model, inputs = built if isinstance(built, tuple) else (built, None)
+    if inputs is None:
+        try:
+            shape = tuple(int(size) for size in arguments.shape.split(","))
+        except ValueError:
+            raise SystemExit(f"coverage: --shape takes sizes separated by commas, got {arguments.shape!r}") from None
+        inputs = (torch.randn(shape),)
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    model.train()
+    print(f"{arguments.factory}:")
+    print("as built:\n" + _indent(backward_coverage(*_outputs(model, inputs))))
+    converted = copy.deepcopy(model)
+    with warnings.catch_warnings():  # convert's warning lists what is left: the report below says it
+        warnings.simplefilter("ignore")
+        converted = manualbp.convert(converted)
+    print("manualbp.convert(model):\n" + _indent(backward_coverage(*_outputs(converted, inputs))))
+    with manualbp.hand_written():
+        outputs = _outputs(converted, inputs)
+    report = backward_coverage(*outputs)
+    print("manualbp.convert(model) under manualbp.hand_written():\n" + _indent(report))
+    return 0 if report.complete else 1
+
+
+def _indent(report: CoverageReport) -> str:
+    return "\n".join("  " + line for line in str(report).splitlines())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
