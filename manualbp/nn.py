@@ -18,6 +18,7 @@ import torch
 
 from manualbp import layers
 from manualbp.errors import NotConvertibleError
+from manualbp.gpt import GPT
 from manualbp.layers.activations import *  # noqa: F403
 from manualbp.layers.activations import ReLU
 from manualbp.layers.attention import *  # noqa: F403
@@ -45,6 +46,7 @@ __all__ = [
     "LOSSES",
     "MLP",
     "LeNet",
+    "GPT",
     "convert",
     "unconverted",
     "replace_modules",

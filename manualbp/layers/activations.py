@@ -452,11 +452,8 @@ def gelu_backward(grad_output: Tensor, input: Tensor, approximate: str = "none")
     "none": GELU'(x) = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π).
     "tanh": with u = √(2/π)(x + 0.044715x³), t = tanh u: GELU'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²).
     """
-    if approximate == "tanh" and owns_buffers(grad_output):  # the same formula, in two buffers of our own
-        t = (input * input).mul_(_TANH_GELU_CUBIC).add_(1).mul_(input).mul_(_TANH_GELU_SCALE).tanh_()  # t = tanh u
-        slope = (input * input).mul_(3 * _TANH_GELU_CUBIC).add_(1).mul_(_TANH_GELU_SCALE)  # du/dx
-        slope.mul_(input).mul_(one_minus(t * t, True)).mul_(0.5)  # ½x(1 − t²)·du/dx
-        return t.add_(1).mul_(0.5).add_(slope).mul_(grad_output)  # δX = GELU'(X)·δZ
+    if approximate == "tanh" and owns_buffers(grad_output):
+        return _tanh_gelu_backward_in_buffers(grad_output, input)
     if approximate == "tanh":
         inner = _TANH_GELU_SCALE * (input + _TANH_GELU_CUBIC * input**3)  # u = √(2/π)(x + 0.044715x³)
         t = torch.tanh(inner)
@@ -469,6 +466,16 @@ def gelu_backward(grad_output: Tensor, input: Tensor, approximate: str = "none")
     cdf = 0.5 * (1 + torch.erf(input * _INVERSE_SQRT_2))  # Φ(x)
     density = torch.exp(-0.5 * input * input) * _INVERSE_SQRT_2PI  # φ(x)
     return grad_output * (cdf + input * density)  # δX = (Φ(X) + X·φ(X))·δZ
+
+
+def _tanh_gelu_backward_in_buffers(grad_output: Tensor, input: Tensor) -> Tensor:
+    """The tanh form's δX in two buffers and 13 passes (the formula above takes ~20 passes and
+    five buffers), with GELU'(x) = ½(1 + t)(1 + x·(1 − t)·du/dx), since 1 − t² = (1 − t)(1 + t)."""
+    square = input * input  # x²
+    t = torch.addcmul(input, square, input, value=_TANH_GELU_CUBIC).mul_(_TANH_GELU_SCALE).tanh_()  # t = tanh u
+    slope = square.mul_(3 * _TANH_GELU_CUBIC * _TANH_GELU_SCALE).add_(_TANH_GELU_SCALE).mul_(input)  # x·du/dx
+    slope.addcmul_(slope, t, value=-1).add_(1)  # 1 + x·(1 − t)·du/dx
+    return slope.mul_(t.add_(1)).mul_(grad_output).mul_(0.5)  # δX = ½(1 + t)(1 + x(1 − t)du/dx)·δZ
 
 
 class GELUFunction(LayerFunction):

@@ -53,9 +53,13 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """P = softmax(Q Kᵀ·s + M) over the keys; rows with every key masked are 0. (*, L, E), (*, S, E) -> (*, L, S)."""
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # S = Q Kᵀ·s
+def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
+                            causal: bool = False) -> Tensor:
+    """P = softmax(Q Kᵀ·s + M) over the keys; rows with every key masked are 0. (*, L, E), (*, S, E) -> (*, L, S).
+    ``causal``: M = −∞ above the diagonal (key j > query i), written into the scores in place."""
+    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # S = Q Kᵀ·s (a fresh tensor: scaled in place)
+    if causal:  # every row sees its own key at least: none is fully masked
+        return torch.softmax(scores.masked_fill_(~causal_mask(*scores.shape[-2:], scores.device), float("-inf")), -1)
     if mask is not None:
         scores = scores + mask  # + M
     probabilities = torch.softmax(scores, dim=-1)  # P = softmax(S)
@@ -65,10 +69,11 @@ def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, sca
     return probabilities
 
 
-def attention_forward(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+def attention_forward(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float,
+                      causal: bool = False) -> Tensor:
     """O = softmax(Q Kᵀ·s + M) V. query (*, L, E), key (*, S, E), value (*, S, Ev), mask broadcastable
     to (*, L, S) or None. Returns O: (*, L, Ev)."""
-    return torch.matmul(attention_probabilities(query, key, mask, scale), value)  # O = P V
+    return torch.matmul(attention_probabilities(query, key, mask, scale, causal), value)  # O = P V
 
 
 def attention_backward(
@@ -79,13 +84,14 @@ def attention_backward(
     mask: Tensor | None,
     scale: float,
     needs_grad: tuple[bool, bool, bool, bool] = (True, True, True, False),
+    causal: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """δQ, δK, δV and δM (the scores' gradient, (*, L, S)) of O = softmax(Q Kᵀ·s + M) V; P is recomputed.
 
     grad_output δO: (*, L, Ev); the rest as in :func:`attention_forward`. Each result is None
     unless ``needs_grad`` asks for it (δM is returned at the scores' shape, unreduced).
     """
-    probabilities = attention_probabilities(query, key, mask, scale)  # P, recomputed
+    probabilities = attention_probabilities(query, key, mask, scale, causal)  # P, recomputed
     grad_value = torch.matmul(probabilities.transpose(-2, -1), grad_output) if needs_grad[2] else None  # δV = Pᵀ δO
     if not (needs_grad[0] or needs_grad[1] or needs_grad[3]):
         return None, None, grad_value, None
@@ -139,10 +145,10 @@ def _probabilities_tangent(probabilities, query, key, scale, query_tangent, key_
     return probabilities * (scores_tangent - row_sums)
 
 
-def _attention_tangent(query, key, value, mask, scale, tangents) -> Tensor:
+def _attention_tangent(query, key, value, mask, scale, causal, tangents) -> Tensor:
     """Ȯ = Ṗ V + P V̇ (forward mode)."""
     query_tangent, key_tangent, value_tangent, mask_tangent = tangents
-    probabilities = attention_probabilities(query, key, mask, scale)
+    probabilities = attention_probabilities(query, key, mask, scale, causal)
     output_tangent = 0
     probabilities_tangent = _probabilities_tangent(probabilities, query, key, scale, query_tangent, key_tangent,
                                                    mask_tangent)
@@ -167,12 +173,12 @@ class AttentionFunction(LayerFunction):
     """O = softmax(Q Kᵀ·s + M) V with the hand-written backward; saves Q, K, V and M only (P is recomputed)."""
 
     @staticmethod
-    def forward(query, key, value, mask, scale):
-        return attention_forward(query, key, value, mask, scale)
+    def forward(query, key, value, mask, scale, causal):
+        return attention_forward(query, key, value, mask, scale, causal)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        query, key, value, mask, ctx.scale = inputs
+        query, key, value, mask, ctx.scale, ctx.causal = inputs
         ctx.save_for_backward(query, key, value, mask)
         ctx.save_for_forward(query, key, value, mask)
 
@@ -181,15 +187,15 @@ class AttentionFunction(LayerFunction):
         query, key, value, mask = ctx.saved_tensors
         needs = ctx.needs_input_grad[:4]
         grad_query, grad_key, grad_value, grad_scores = attention_backward(
-            grad_output, query, key, value, mask, ctx.scale, needs
+            grad_output, query, key, value, mask, ctx.scale, needs, ctx.causal
         )
         grad_mask = sum_to_shape(grad_scores, mask.shape) if grad_scores is not None else None  # δM = Σ δS
-        return grad_query, grad_key, grad_value, grad_mask, None
+        return grad_query, grad_key, grad_value, grad_mask, None, None
 
     @staticmethod
-    def jvp(ctx, query_tangent, key_tangent, value_tangent, mask_tangent, scale_tangent):
+    def jvp(ctx, query_tangent, key_tangent, value_tangent, mask_tangent, scale_tangent, causal_tangent):
         query, key, value, mask = ctx.saved_tensors
-        return _attention_tangent(query, key, value, mask, ctx.scale,
+        return _attention_tangent(query, key, value, mask, ctx.scale, ctx.causal,
                                   (query_tangent, key_tangent, value_tangent, mask_tangent))
 
 
@@ -198,12 +204,12 @@ class AttentionWeightsFunction(LayerFunction):
     δK = δSᵀ Q·s, δM = δS; saves Q, K, M and its output P."""
 
     @staticmethod
-    def forward(query, key, mask, scale):
-        return attention_probabilities(query, key, mask, scale)
+    def forward(query, key, mask, scale, causal):
+        return attention_probabilities(query, key, mask, scale, causal)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        query, key, mask, ctx.scale = inputs
+        query, key, mask, ctx.scale, _ = inputs
         ctx.save_for_backward(query, key, mask, output)
         ctx.save_for_forward(query, key, mask, output)
 
@@ -215,10 +221,10 @@ class AttentionWeightsFunction(LayerFunction):
             grad_probabilities, probabilities, query, key, ctx.scale, (needs[0], needs[1], needs[2])
         )
         grad_mask = sum_to_shape(grad_scores, mask.shape) if grad_scores is not None else None  # δM = Σ δS
-        return grad_query, grad_key, grad_mask, None
+        return grad_query, grad_key, grad_mask, None, None
 
     @staticmethod
-    def jvp(ctx, query_tangent, key_tangent, mask_tangent, scale_tangent):
+    def jvp(ctx, query_tangent, key_tangent, mask_tangent, scale_tangent, causal_tangent):
         query, key, mask, probabilities = ctx.saved_tensors
         tangent = _probabilities_tangent(probabilities, query, key, ctx.scale, query_tangent, key_tangent, mask_tangent)
         return torch.zeros_like(probabilities) if tangent is None else tangent
@@ -230,26 +236,25 @@ def attention_weights(query: Tensor, key: Tensor, attn_mask: Tensor | None = Non
     weights on their own, for when they are needed (``MultiheadAttention(need_weights=True)``,
     dropout on them, a picture). query (*, L, E), key (*, S, E) -> (*, L, S); masks as in
     :func:`scaled_dot_product_attention`. A fully masked row is 0."""
-    mask = _additive_mask(attn_mask, is_causal, query, key)
+    mask = _additive_mask(attn_mask, is_causal, query.dtype)
     _check_attention_arguments(query, key, key[..., :1], mask, "attention_weights")
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    return apply(AttentionWeightsFunction, query, key, mask, scale, autocast_to="lower")
+    return apply(AttentionWeightsFunction, query, key, mask, scale, is_causal, autocast_to="lower")
 
 
-def _additive_mask(attn_mask: Tensor | None, is_causal: bool, query: Tensor, key: Tensor) -> Tensor | None:
-    """M, additive: a float mask as given; a bool mask (True = attend) or is_causal as 0 / −∞."""
-    if is_causal:
-        if attn_mask is not None:
-            raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal=True, not both "
-                             "(PyTorch refuses the pair too); fold the causal mask into attn_mask")
-        attn_mask = causal_mask(query.shape[-2], key.shape[-2], device=query.device)
+def _additive_mask(attn_mask: Tensor | None, is_causal: bool, dtype: torch.dtype) -> Tensor | None:
+    """M, additive: a float mask as given; a bool mask (True = attend) as 0 / −∞. None for
+    is_causal (the Function writes −∞ above the diagonal itself)."""
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal=True, not both "
+                         "(PyTorch refuses the pair too); fold the causal mask into attn_mask")
     if attn_mask is None:
         return None
     if attn_mask.dtype == torch.bool:
-        return torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+        return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
             ~attn_mask, float("-inf"))  # M = 0 where True, −∞ where False
     if not attn_mask.is_floating_point():
-        raise TypeError(f"scaled_dot_product_attention: expected attn_mask of dtype bool or {query.dtype}, "
+        raise TypeError(f"scaled_dot_product_attention: expected attn_mask of dtype bool or {dtype}, "
                         f"got {attn_mask.dtype}")
     return attn_mask
 
@@ -305,7 +310,7 @@ def scaled_dot_product_attention(
     if enable_gqa:
         raise NotImplementedError("scaled_dot_product_attention: manualbp's attention has no grouped-query "
                                   "form; repeat key and value over the heads (enable_gqa=False)")
-    mask = _additive_mask(attn_mask, is_causal, query, key)
+    mask = _additive_mask(attn_mask, is_causal, query.dtype)
     _check_attention_arguments(query, key, value, mask)
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    return apply(AttentionFunction, query, key, value, mask, scale, autocast_to="lower")
+    return apply(AttentionFunction, query, key, value, mask, scale, is_causal, autocast_to="lower")

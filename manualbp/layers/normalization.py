@@ -354,10 +354,15 @@ def _row_dims(input: Tensor, normalized_dims: int) -> tuple[int, ...]:
     return tuple(range(input.dim() - normalized_dims, input.dim()))
 
 
-def _row_statistics(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
-    """μ and 1/σ of each row, kept broadcastable against the input."""
-    variance, mean = torch.var_mean(input, dims, correction=0, keepdim=True)  # μ, mean((x − μ)²) per row
-    return mean, torch.rsqrt(variance + eps)  # 1/σ = 1/√(σ² + ε)
+def _normalized_rows(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
+    """x̂ = (x − μ)/σ per row, and 1/σ (broadcastable against the input): μ = mean(x),
+    σ = √(mean((x − μ)²) + ε), in two passes (torch.var_mean is ~10x slower on rows this short)."""
+    centered = input - input.mean(dims, keepdim=True)  # x − μ
+    variance = (centered * centered).mean(dims, keepdim=True)  # mean((x − μ)²)
+    inverse_std = torch.rsqrt(variance + eps)  # 1/σ = 1/√(σ² + ε)
+    if torch.is_grad_enabled():  # recorded (double backward): centered is saved by the product above
+        return centered * inverse_std, inverse_std  # x̂ = (x − μ)/σ
+    return centered.mul_(inverse_std), inverse_std  # x̂ = (x − μ)/σ, over its own fresh buffer
 
 
 def layer_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | None, bias: Tensor | None,
@@ -366,8 +371,7 @@ def layer_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | Non
 
     input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None. Returns y: input's shape.
     """
-    mean, inverse_std = _row_statistics(input, _row_dims(input, normalized_dims), eps)
-    normalized = (input - mean) * inverse_std  # x̂ = (x − μ)/σ
+    normalized, _ = _normalized_rows(input, _row_dims(input, normalized_dims), eps)  # x̂ = (x − μ)/σ
     if weight is not None:
         normalized = normalized * weight  # γ x̂
     return normalized if bias is None else normalized + bias  # y = γ x̂ + β
@@ -391,8 +395,7 @@ def layer_norm_backward(
     batch_dims = tuple(range(input.dim() - normalized_dims))
     if owns_buffers(grad_output):
         return _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad)
-    mean, inverse_std = _row_statistics(input, dims, eps)
-    normalized = (input - mean) * inverse_std  # x̂
+    normalized, inverse_std = _normalized_rows(input, dims, eps)  # x̂, 1/σ
     grad_weight = (grad_output * normalized).sum(batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
     grad_bias = grad_output.sum(batch_dims) if needs_grad[2] else None  # δβ = Σ δy
     grad_input = None
@@ -407,8 +410,7 @@ def layer_norm_backward(
 def _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad):
     """:func:`layer_norm_backward`'s formulas in three buffers of the input's size (x̂, g, one
     product), each product written over a buffer already made (see ``owns_buffers``)."""
-    mean, inverse_std = _row_statistics(input, dims, eps)
-    normalized = torch.sub(input, mean).mul_(inverse_std)  # x̂ = (x − μ)/σ
+    normalized, inverse_std = _normalized_rows(input, dims, eps)  # x̂ = (x − μ)/σ, 1/σ
     product = grad_output * normalized  # δy·x̂
     grad_weight = product.sum(batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
     grad_bias = grad_output.sum(batch_dims) if needs_grad[2] else None  # δβ = Σ δy
@@ -430,8 +432,8 @@ def _layer_norm_tangent(input, normalized_dims, weight, eps, input_tangent, weig
         if weight is not None:
             tangent = tangent * weight
     if weight_tangent is not None:
-        mean, inverse_std = _row_statistics(input, _row_dims(input, normalized_dims), eps)
-        tangent = tangent + (input - mean) * inverse_std * weight_tangent  # x̂·γ̇
+        normalized, _ = _normalized_rows(input, _row_dims(input, normalized_dims), eps)
+        tangent = tangent + normalized * weight_tangent  # x̂·γ̇
     if bias_tangent is not None:
         tangent = tangent + bias_tangent  # β̇
     return tangent
