@@ -63,6 +63,9 @@ class GPT(torch.nn.Module):
     def __init__(self, vocab_size: int, block_size: int = 64, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
                  dropout: float = 0.0, bias: bool = False) -> None:
         super().__init__()
+        if vocab_size is None:
+            raise ValueError("GPT: vocab_size is None; give the number of distinct tokens (train() fills "
+                             "model.net.vocab_size in from the data)")
         if vocab_size < 1 or block_size < 1 or n_layer < 1 or n_head < 1 or n_embd % n_head:
             raise ValueError(f"GPT: expected positive sizes with n_embd divisible by n_head, got vocab_size="
                              f"{vocab_size}, block_size={block_size}, n_layer={n_layer}, n_head={n_head}, "

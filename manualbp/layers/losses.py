@@ -31,6 +31,7 @@ __all__ = [
     "CrossEntropyFunction",
     "cross_entropy",
     "CrossEntropyLoss",
+    "positions_as_rows",
     "softmax_euclidean_forward",
     "softmax_euclidean_backward",
     "euclidean_loss_forward",
@@ -353,6 +354,14 @@ def _cross_entropy_function_and_arguments(input, target, weight, size_average, i
         classes = logits.shape[-1]
         distribution = distribution * (1 - label_smoothing) + counts * (label_smoothing / classes)  # (1−ε)y + ε/C
     return CrossEntropyFunction, (logits, distribution, reduction, divisor), positions
+
+
+def positions_as_rows(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """A sequence model's logits (B, T, C) and class targets (B, T) as B·T rows, (B·T, C) and
+    (B·T,), the way a loss over (N, C) takes them (views); anything else as it is."""
+    if outputs.dim() == 3 and targets.dim() == 2 and not targets.is_floating_point():
+        return outputs.flatten(0, 1), targets.flatten()
+    return outputs, targets
 
 
 def _cross_entropy_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:

@@ -48,6 +48,7 @@ from manualbp.layers.losses import (
     _check_class_range,
     _check_class_targets,
     _loss_tangent,
+    positions_as_rows,
     softmax_cross_entropy,
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
@@ -334,7 +335,8 @@ def fuses(net: torch.nn.Module, loss: torch.nn.Module) -> bool:
 
 def forward_and_loss(net: torch.nn.Module, loss: torch.nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
     """``loss(net(inputs), targets)``; in one node when the net fuses that loss (``MLPClassifier``
-    with ``SoftmaxCrossEntropyLoss``): the forward pass and the loss are one call."""
+    with ``SoftmaxCrossEntropyLoss``): the forward pass and the loss are one call. A sequence
+    model's logits (B, T, C) with targets (B, T) are taken as B·T rows."""
     if fuses(net, loss):
         return net.loss(inputs, targets)
-    return loss(net(inputs), targets)
+    return loss(*positions_as_rows(net(inputs), targets))  # a sequence's (B, T, C) logits: B·T rows

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, 
 from torch.func import functional_call
 
 from manualbp.errors import GradientMismatchError, NonFiniteLossError
+from manualbp.nn import positions_as_rows
 from manualbp.reference import to_torch
 from manualbp.regression import ridge_solution
 from manualbp.training.module import class_indices
@@ -62,13 +63,14 @@ class GradientAudit(Callback):
         """Max relative difference per parameter between the run's gradient and PyTorch's, in
         float64 on copies of the current weights."""
         net = copy.deepcopy(pl_module.net).double()
-        inputs = inputs.double()
+        inputs = inputs.double() if inputs.is_floating_point() else inputs  # token indices stay indices
         targets = targets.double() if targets.is_floating_point() else targets
         ours = pl_module.gradients(inputs, targets, net)
         parameters = {name: p for name, p in net.named_parameters() if p.requires_grad}
         with torch.enable_grad():
             outputs = functional_call(self.torch_net, parameters, (inputs,))
-            theirs = torch.autograd.grad(self.torch_loss(outputs, targets), list(parameters.values()))
+            theirs = torch.autograd.grad(self.torch_loss(*positions_as_rows(outputs, targets)),
+                                         list(parameters.values()))
         return {name: max_relative_difference(ours[name], grad) for name, grad in zip(parameters, theirs, strict=True)}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -195,10 +197,18 @@ class LineProgressBar(ProgressBar):
         self._last_line = now
         rate = self._epoch_samples / (now - self._epoch_started)
         self._print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step "
-            f"{batch_idx + 1}/{self.total_train_batches}  "
+            f"{self._where(trainer, trainer.current_epoch, batch_idx)}  "
             f"{self._metrics(trainer, ['train/loss_step'])}  {rate:,.0f} samples/s"
         )
+
+    def _where(self, trainer: L.Trainer, epoch: int, batch_idx: int | None = None) -> str:
+        """"epoch 3/12  step 40/54" for a run of epochs; "epoch 3  step 540/2000" (steps of the
+        run) for a run of ``max_steps``."""
+        if trainer.max_steps > 0:
+            return f"epoch {epoch + 1}" + (f"  step {trainer.global_step}/{trainer.max_steps}"
+                                           if batch_idx is not None else "")
+        step = f"  step {batch_idx + 1}/{self.total_train_batches}" if batch_idx is not None else ""
+        return f"epoch {epoch + 1}/{trainer.max_epochs}{step}"
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._finished_epoch = (trainer.current_epoch, time.perf_counter() - self._epoch_started)
@@ -212,7 +222,7 @@ class LineProgressBar(ProgressBar):
         epoch, seconds = self._finished_epoch
         self._finished_epoch = None
         self._print(
-            f"epoch {epoch + 1}/{trainer.max_epochs} done in {seconds:.1f} s  "
+            f"{self._where(trainer, epoch)} done in {seconds:.1f} s  "
             + self._metrics(trainer, ["train/loss", "val/loss", "val/acc"])
         )
 

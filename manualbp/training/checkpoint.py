@@ -18,7 +18,8 @@ class DescribeNetInCheckpoint(L.Callback):
 
     ``net``: the model's ``net`` config (``conf/model/<name>.yaml``), resolved; ``data``: what the
     data module tells (``mean``/``std``: the standardisation of its training images; the image
-    entries are None for data that are not images).
+    entries are None for data that are not images; ``vocabulary``: a text's characters in index
+    order, for ``python -m manualbp.sample``).
     """
 
     def __init__(self, net: DictConfig | dict) -> None:
@@ -39,5 +40,6 @@ class DescribeNetInCheckpoint(L.Callback):
                 "image_shape": list(image_shape) if image_shape is not None else None,
                 "mean": getattr(data, "mean", None),
                 "std": getattr(data, "std", None),
+                "vocabulary": getattr(data, "vocabulary", None),  # a text's characters, in index order
             },
         }

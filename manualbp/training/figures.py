@@ -142,3 +142,18 @@ def plot_function_fit(inputs: Tensor, targets: Tensor, fitted: Tensor, train_poi
     axes.grid(alpha=0.3)
     axes.legend()
     return _save(figure, path)
+
+
+def plot_attention_map(weights: Tensor, text: str, path: Path) -> Path:
+    """One head's attention weights (T, T) over a window of ``text`` (T characters): row i, query
+    character i; column j, the key character j it attends to (0 above the diagonal: causal)."""
+    shown = [repr(character)[1:-1] or " " for character in text]  # "\n" as \n, visible
+    figure, axes = plt.subplots(figsize=(7, 6.3))
+    image = axes.imshow(weights.numpy(), cmap="viridis", vmin=0)
+    axes.set_xticks(range(len(shown)), shown, fontsize=6, family="monospace")
+    axes.set_yticks(range(len(shown)), shown, fontsize=6, family="monospace")
+    axes.set_xlabel("key (the character attended to)")
+    axes.set_ylabel("query (the character predicting the next)")
+    axes.set_title("attention weights, block 0, head 0, on a validation window")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    return _save(figure, path)

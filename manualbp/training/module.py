@@ -18,7 +18,7 @@ from torchmetrics.classification import Accuracy
 
 from manualbp.errors import ConfigError
 from manualbp.manual import backprop
-from manualbp.nn import LOSSES, forward_and_loss
+from manualbp.nn import LOSSES, forward_and_loss, positions_as_rows
 from manualbp.training.data.base import LectureDataModule
 
 ENGINES = ("autograd", "manual")
@@ -96,7 +96,7 @@ class LitNet(L.LightningModule):
                 "LitNet takes its task from a LectureDataModule (manualbp.training.data); pass "
                 "one as trainer.fit(module, datamodule=...)"
             )
-        if data.task == "regression" or self.val_acc is not None:
+        if data.task in ("regression", "next_token") or self.val_acc is not None:
             return
         if data.task == "binary":
             accuracy = {"task": "binary"}
@@ -174,7 +174,7 @@ class LitNet(L.LightningModule):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: Accuracy | None) -> None:
         inputs, targets = batch
-        outputs = self.net(inputs)
+        outputs, targets = positions_as_rows(self.net(inputs), targets)  # a sequence's logits: B·T rows
         loss = self.loss(outputs, targets)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(inputs))
         if accuracy is not None:

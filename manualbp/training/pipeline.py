@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from manualbp.errors import ConfigError
 from manualbp.training import figures
@@ -41,7 +41,8 @@ def check_net_fits_data(net: torch.nn.Module, datamodule: LectureDataModule) -> 
     if not linears:
         return
     first_weighted = next(module for module in net.modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)))
-    if first_weighted is linears[0] and linears[0].in_features != datamodule.input_size:
+    takes_features = datamodule.input_size is not None  # text: token indices, no features
+    if takes_features and first_weighted is linears[0] and linears[0].in_features != datamodule.input_size:
         raise ConfigError(
             f"the net's first layer takes {linears[0].in_features} inputs but the data has "
             f"{datamodule.input_size} features; set model.net.sizes[0]={datamodule.input_size}"
@@ -51,6 +52,19 @@ def check_net_fits_data(net: torch.nn.Module, datamodule: LectureDataModule) -> 
             f"the net's last layer has {linears[-1].out_features} outputs but the data needs "
             f"{datamodule.output_size}; set the last of model.net.sizes to {datamodule.output_size}"
         )
+
+
+def fill_net_settings(cfg: DictConfig, datamodule: LectureDataModule) -> None:
+    """Put the settings the data fixes (a text's ``vocab_size``) into ``cfg.model.net`` where the
+    config leaves them null; a value given that differs is refused (the net would not fit)."""
+    for key, value in datamodule.net_settings().items():
+        given = OmegaConf.select(cfg, f"model.net.{key}", default=None)
+        if given is None:
+            with open_dict(cfg):
+                OmegaConf.update(cfg, f"model.net.{key}", value, merge=False)
+        elif given != value:
+            raise ConfigError(f"model.net.{key}={given} but the data needs {value}; leave model.net.{key} null "
+                              f"(the data fills it in)")
 
 
 def check_engine_fits_trainer(module: LitNet, trainer: L.Trainer) -> None:
@@ -91,6 +105,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule: LectureDataModule = build(cfg.data)
+    fill_net_settings(cfg, datamodule)
     module: LitNet = build(cfg.model)
     check_net_fits_data(module.net, datamodule)
     if resumed is not None:
@@ -124,9 +139,10 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     if trainer.is_global_zero:
         resuming = f", resuming epoch {resumed['epoch'] + 2} from {ckpt_path}" if resumed is not None else ""
+        length = f"{trainer.max_steps} steps" if trainer.max_steps > 0 else f"{trainer.max_epochs} epochs"
         log.info(
-            "training %s (engine %s) for %s epochs%s; outputs in %s",
-            module.name, module.engine, trainer.max_epochs, resuming, output_dir,
+            "training %s (engine %s) for %s%s; outputs in %s",
+            module.name, module.engine, length, resuming, output_dir,
         )
     with stop_on_signals() as signals:
         stage, last = "training", ckpt_path

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-TASKS = ("multiclass", "binary", "regression")
+TASKS = ("multiclass", "binary", "regression", "next_token")
 
 
 class LectureDataModule(L.LightningDataModule):
@@ -27,6 +27,10 @@ class LectureDataModule(L.LightningDataModule):
     * ``num_classes``: C for classification, None for regression.
     * ``description``: where the data came from, for results.json (``"data"``).
 
+    ``next_token`` (text): inputs (B, T) token indices, targets (B, T) the next tokens; the net
+    gives logits (B, T, C) and the loss takes them as B·T rows; no accuracy, the loss is the
+    measure. ``input_size`` may be None where the net's first layer is not a Linear over features.
+
     and may override ``report`` (results.json entries about the trained net on this data) and
     ``draw_figures`` (the task's own pictures of the trained net).
     """
@@ -39,6 +43,11 @@ class LectureDataModule(L.LightningDataModule):
     @property
     def description(self) -> str:
         return type(self).__name__
+
+    def net_settings(self) -> dict:
+        """Settings of the net that the data fixes (a text's ``vocab_size``): ``train()`` fills
+        them into ``model.net`` where the config leaves them null (none by default)."""
+        return {}
 
     def report(self, module: L.LightningModule) -> dict:
         """Entries for results.json about the trained ``module`` on this data (none by default)."""
