@@ -394,7 +394,9 @@ async function start() {
   $("points").disabled = true; // XOR first: the slide's four points
   try {
     const info = await api("digit/info");
-    $("digit-info").textContent = info.ready ? `checkpoint ${info.checkpoint}: ${info.layers.join(" → ")}` : info.message;
+    const name = info.ready ? info.checkpoint.split(/[\\/]/).pop() : "";
+    $("digit-info").textContent = info.ready ? `checkpoint ${name}: ${info.layers.join(" → ")}` : info.message;
+    $("digit-info").title = info.ready ? info.checkpoint : "";
   } catch (e) { /* shown */ }
   try {
     const state = await api("session", { config: readConfig() });
