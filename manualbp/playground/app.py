@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from manualbp.errors import ManualbpError
-from manualbp.playground.lab import MAX_STEPS_PER_CALL, Lab, ParameterError, parse_config
+from manualbp.playground.lab import MAX_STEPS_PER_CALL, Lab, ParameterError, json_safe, parse_config
 
 STATIC = Path(__file__).parent / "static"
 MAX_SESSIONS = 64  # the oldest unused tab's net is dropped beyond this
@@ -53,8 +53,8 @@ class Sessions:
             return self.labs[session]
 
     def replace(self, session: str, lab: Lab) -> None:
-        with self.lock:
-            self.labs[session] = (lab, self.labs[session][1])
+        with self.lock:  # (a tab dropped meanwhile by the limit comes back with its new net)
+            self.labs[session] = (lab, self.labs[session][1] if session in self.labs else threading.Lock())
 
 
 def _integer(body: dict, name: str, low: int, high: int, default: int) -> int:
@@ -160,7 +160,7 @@ def create_app(digits=None, digits_error: str | None = None) -> Starlette:
                 return JSONResponse({"error": str(error)}, status_code=400)
             except Exception as error:  # noqa: BLE001 -- a message for the page, never a traceback
                 return JSONResponse({"error": f"internal error ({type(error).__name__}): {error}"}, status_code=500)
-            return JSONResponse(result)
+            return JSONResponse(json_safe(result))  # NaN and ±inf (a diverged net) as null
 
         return endpoint
 

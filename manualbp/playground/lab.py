@@ -185,18 +185,19 @@ def _matrix(values) -> str:
 
 
 def _finite(values) -> list:
-    """A tensor or array as nested lists, with NaN and ±inf as None (JSON has no such numbers)."""
+    """A tensor or array as nested lists of floats (:func:`json_safe` turns NaN and ±inf into None)."""
     array = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
-    return np.where(np.isfinite(array), array, np.nan).round(12).tolist() if array.size else []
+    return array.round(12).tolist() if array.size else []
 
 
-def _json_safe(data):
+def json_safe(data):
+    """``data`` with every NaN and ±inf float as None (JSON has no such numbers)."""
     if isinstance(data, float):
         return data if math.isfinite(data) else None
     if isinstance(data, list):
-        return [_json_safe(item) for item in data]
+        return [json_safe(item) for item in data]
     if isinstance(data, dict):
-        return {key: _json_safe(value) for key, value in data.items()}
+        return {key: json_safe(value) for key, value in data.items()}
     return data
 
 
@@ -386,7 +387,7 @@ class Lab:
             "diverged": not math.isfinite(loss),
         }
         state.update(self._surface())
-        return _json_safe(state)
+        return json_safe(state)
 
     @torch.no_grad()
     def _surface(self) -> dict:
