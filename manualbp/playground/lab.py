@@ -173,7 +173,7 @@ def make_data(config: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.4g}".replace("-", "−") if math.isfinite(value) else str(value)
+    return f"{value + 0.0:.4g}".replace("-", "−") if math.isfinite(value) else str(value)  # −0 as 0
 
 
 def _vector(values) -> str:

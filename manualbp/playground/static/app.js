@@ -160,7 +160,8 @@ function drawSurface(state) {
   }
   pg.pointPixels = state.points.map((p, k) => [toX(p[0]), toY(state.boundary ? p[1] : state.labels[k])]);
   pg.pointPixels.forEach(([x, y], k) => {
-    ctx.beginPath(); ctx.arc(x, y, k === state.point ? 6 : 3.5, 0, 2 * Math.PI);
+    const radius = state.points.length <= 20 ? 7 : 3.5; // the XOR slide's four points: large
+    ctx.beginPath(); ctx.arc(x, y, k === state.point ? radius + 2.5 : radius, 0, 2 * Math.PI);
     ctx.fillStyle = state.classify ? classColour(state.labels[k], 1) : "#f57c00";
     ctx.fill(); ctx.lineWidth = k === state.point ? 2.5 : 1; ctx.strokeStyle = k === state.point ? "#000" : "#fff"; ctx.stroke();
   });
@@ -177,7 +178,7 @@ function drawLosses(state) {
     ctx.strokeStyle = colour; ctx.lineWidth = 1.5; ctx.beginPath();
     values.forEach((v, k) => {
       if (v === null || v <= 0) return;
-      const x = 4 + (k / (n - 1)) * (W - 8), y = H - 6 - ((Math.log(v) - lo) / (hi - lo || 1)) * (H - 12);
+      const x = 4 + (k / (n - 1)) * (W - 8), y = H - 6 - ((Math.log(v) - lo) / (hi - lo || 1)) * (H - 24); // below the title
       ctx[k ? "lineTo" : "moveTo"](x, y);
     });
     ctx.stroke();
@@ -205,6 +206,10 @@ function drawGraph(state) {
   const items = state.nodes.concat([{ name: "Loss", kind: "loss", forward: state.lossNode.forward, backward: "δL = 1" }]);
   const gap = 92, width = items.length * gap + 20, y = 120;
   svg.setAttribute("viewBox", `0 0 ${width} 190`);
+  // shrunk to fit the panel down to 70 %; a deeper net's graph is wider than the panel, which then scrolls
+  const panel = svg.parentElement.clientWidth - 2;
+  svg.style.width = Math.max(panel, 0.7 * width) + "px";
+  svg.style.height = Math.min(190, (190 * Math.max(panel, 0.7 * width)) / width) + "px";
   const defs = svgElement("defs", {}, svg);
   const marker = svgElement("marker", { id: "head", markerWidth: 8, markerHeight: 8, refX: 7, refY: 4, orient: "auto" }, defs);
   svgElement("path", { d: "M0,0 L8,4 L0,8 z", fill: mode() === "backward" ? "#d84315" : "#546e7a" }, marker);
