@@ -362,6 +362,21 @@ def test_ctrl_c_stops_the_server_cleanly_and_it_binds_localhost(tmp_path):
     assert "playground stopped" in output and "Traceback" not in output
 
 
+def test_a_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = subprocess.run([sys.executable, "-m", "manualbp.playground", "--no-browser", "--port", str(port)],
+                                   capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    assert completed.stderr.splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}; give another --port (or --port 0 for any free one)"
+    )
+
+
 def test_a_bad_checkpoint_is_a_one_line_error(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "manualbp.playground", "--no-browser", "--checkpoint", str(tmp_path / "no.ckpt")],

@@ -70,5 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         server.run()  # on Ctrl+C (SIGINT) or SIGTERM uvicorn stops accepting, finishes what runs, closes
     except KeyboardInterrupt:  # ... and then passes the Ctrl+C on: the shutdown is already done
         pass
+    except SystemExit:  # uvicorn's way out when it cannot listen (it has printed the reason)
+        if server.started:
+            raise
+        print(f"error: cannot listen on {arguments.host}:{arguments.port}; give another --port (or --port 0 for "
+              f"any free one)", file=sys.stderr)
+        return 1
     print("playground stopped", flush=True)
     return 0

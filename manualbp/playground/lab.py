@@ -22,6 +22,7 @@ from torch import Tensor
 from manualbp.errors import ManualbpError
 from manualbp.layers.activations import elu_backward, relu_backward, sigmoid_backward, tanh_backward
 from manualbp.layers.linear import linear_forward
+from manualbp.layers.softmax import softmax_forward
 from manualbp.manual import backprop, backprop_trace, gradient_descent_step
 from manualbp.nn import MLP, EuclideanLoss, Linear, SoftmaxCrossEntropyLoss, SoftmaxEuclideanLoss
 
@@ -342,11 +343,9 @@ class Lab:
             return linear_forward(below, layer.weight.detach()), trace.output_grads[node.output]  # δ(XW) = δ(XW + b)
         return trace.outputs[node.output], trace.output_grads[node.output]
 
-    def parameters(self) -> list[dict]:
-        """W and b of each Linear in the slides' layout (W: (in, out)), with δW = Xᵀ δZ, δb = Σ δZ."""
-        return [entry for entry, _ in self._parameter_entries(self.trace())]
-
     def _parameter_entries(self, trace):
+        """W and b of each Linear in the slides' layout (W: (in, out)) with δW = Xᵀ δZ and δb = Σ δZ,
+        each with the graph node it feeds (Z = XW, Z = Z + b)."""
         for node in self.nodes:
             if node.parameter is None:
                 continue
@@ -400,7 +399,7 @@ class Lab:
         grid_y, grid_x = torch.meshgrid(axis, axis, indexing="ij")
         outputs = self.net(torch.stack([grid_x.flatten(), grid_y.flatten()], 1))
         if self.config["loss"] != "euclidean":
-            outputs = torch.softmax(outputs, dim=1)[:, 1:]  # P(class 1)
+            outputs = softmax_forward(outputs, 1)[:, 1:]  # P(class 1)
         return {"boundary": {"low": float(axis[0]), "high": float(axis[-1]), "size": GRID,
                              "values": _finite(outputs[:, 0].reshape(GRID, GRID))}}
 
@@ -453,7 +452,7 @@ class Lab:
             symbolic = "δYp = (Yp − Y)/N"
             return symbolic, (f"{symbolic} = ({_vector(value[point])} − {_vector(target)})/{n} = "
                               f"{_vector(delta[point])}")
-        probabilities = torch.softmax(value[point], dim=0)
+        probabilities = softmax_forward(value[point], 0)  # Yp = softmax(Z)
         target = torch.nn.functional.one_hot(self.targets[point], 2).to(DTYPE)
         if isinstance(self.loss, SoftmaxCrossEntropyLoss):
             symbolic = f"δ{node.name} = (Yp − Y)/N, Yp = softmax({node.name})"
@@ -492,7 +491,7 @@ class Lab:
                 else:
                     forward += f", {below.name} = {_vector(below_value[point])}"
             forward += f" = {_vector(value[point])}"
-            symbolic, numbers = self._backward_formula(trace, position, point)
+            _, numbers = self._backward_formula(trace, position, point)
             return {"name": node.name, "forward": forward, "backward": numbers, "value": _finite(value[point]),
                     "delta": _finite(delta[point])}
         for entry, node in self._parameter_entries(trace):
