@@ -17,6 +17,8 @@ the layer itself declares (``function_and_arguments``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
@@ -97,6 +99,39 @@ def backprop(
         return _backprop(net, loss, inputs, targets)
 
 
+@dataclass
+class Trace:
+    """Every intermediate of one forward and backward pass (:func:`backprop_trace`).
+
+    ``outputs[i]``: the output of layer ``i`` of the net (Z₁, Z₂, ..., Yp), (N, *);
+    ``output_grads[i]``: its δ, ∂L/∂outputs[i], same shape; ``input_grad``: δX of the inputs;
+    ``loss``: the scalar L; ``grads``: δθ keyed like ``net.named_parameters()``.
+    """
+
+    inputs: Tensor
+    loss: Tensor | None = None
+    outputs: list[Tensor] = field(default_factory=list)
+    output_grads: list[Tensor | None] = field(default_factory=list)
+    input_grad: Tensor | None = None
+    grads: dict[str, Tensor] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def backprop_trace(net: torch.nn.Sequential, loss: torch.nn.Module, inputs: Tensor, targets: Tensor) -> Trace:
+    """:func:`backprop` that keeps every intermediate: each layer's output and its δ, and δX of
+    the inputs (which training does not need). The same Functions run, layer by layer, so the
+    numbers are those :func:`backprop` and autograd compute. For the playground and for teaching."""
+    if fuses(net, loss):
+        raise ConfigError(
+            f"backprop_trace runs the net layer by layer; {type(net).__name__} with {type(loss).__name__} is one "
+            f"node -- build it as manualbp.MLP(sizes) with SoftmaxCrossEntropyLoss to see its intermediates"
+        )
+    trace = Trace(inputs=inputs)
+    with torch.autocast(inputs.device.type, enabled=False):
+        trace.loss, trace.grads = _backprop(net, loss, inputs, targets, trace)
+    return trace
+
+
 def _backprop_one_node(net, inputs, targets):
     function, arguments = net.function_and_arguments(inputs, targets)
     context = Context(_needs_grad(arguments, first_input_needs_grad=False))
@@ -113,14 +148,14 @@ def _backprop_one_node(net, inputs, targets):
     return loss_value, grads
 
 
-def _backprop(net, loss, inputs, targets):
+def _backprop(net, loss, inputs, targets, trace: Trace | None = None):
     layers = list(net)
     # Forward pass, keeping each layer's context (what its backward needs).
     tape = []
     activation = inputs
     # δ(input) of a layer is needed only if some layer below it has a parameter to train: not for
     # the first layer, nor for a conv net's first conv after a reshape of the data (Unflatten).
-    activation_needs_grad = False
+    activation_needs_grad = trace is not None  # a trace keeps δX too
     for index, layer in enumerate(layers):
         function, arguments = _layer_function_and_arguments(layer, activation)
         context = Context(_needs_grad(arguments, first_input_needs_grad=activation_needs_grad))
@@ -133,6 +168,8 @@ def _backprop(net, loss, inputs, targets):
         extra_outputs = len(output) - 1 if isinstance(output, tuple) else 0
         tape.append((index, layer, function, context, arguments, extra_outputs))
         activation = output[0] if extra_outputs else output
+        if trace is not None:
+            trace.outputs.append(activation.clone())  # a later layer may work in place
     function, arguments = _loss_function_and_arguments(loss, activation, targets)
     loss_context = Context(_needs_grad(arguments, first_input_needs_grad=True))
     loss_value = function.forward(*arguments)
@@ -141,15 +178,21 @@ def _backprop(net, loss, inputs, targets):
     # Backward pass: δYp first, then every layer in reverse.
     grad = _as_tuple(function.backward(loss_context, torch.ones_like(loss_value)))[0]  # δYp = ∂L/∂Yp
     grads: dict[str, Tensor] = {}
+    if trace is not None:
+        trace.output_grads = [None] * len(layers)
     for index, layer, function, context, arguments, extra_outputs in reversed(tape):
         if grad is None:  # the layer above needed no δ(input): nothing below has a parameter to train
             break
+        if trace is not None:
+            trace.output_grads[index] = grad.clone()  # δ of layer index's output
         layer_grads = _as_tuple(function.backward(context, grad, *([None] * extra_outputs)))
         grad = layer_grads[0]  # δ(input) = δ(output) of the layer below
         parameter_names = {id(parameter): name for name, parameter in layer.named_parameters()}
         for argument, value in zip(arguments, layer_grads, strict=False):
             if isinstance(value, Tensor) and id(argument) in parameter_names:
                 grads[f"{index}.{parameter_names[id(argument)]}"] = value
+    if trace is not None:
+        trace.input_grad = grad
     return loss_value, {name: grads[name] for name, _ in net.named_parameters() if name in grads}
 
 
