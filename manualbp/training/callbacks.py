@@ -183,8 +183,14 @@ class LineProgressBar(ProgressBar):
         metrics = trainer.callback_metrics
         return "  ".join(f"{key} {float(metrics[key]):.4f}" for key in keys if key in metrics)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start_epoch()  # a run resumed inside an epoch gets no on_train_epoch_start for it
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._print_finished_epoch(trainer)
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
         self._epoch_started = self._last_line = time.perf_counter()
         self._epoch_samples = 0
         self._finished_epoch: tuple[int, float] | None = None

@@ -123,6 +123,7 @@ class LitNet(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._train_started = time.perf_counter()
+        self.on_train_epoch_start()  # a run resumed inside an epoch gets no on_train_epoch_start for it
 
     def on_train_end(self) -> None:
         """The training loop's wall time (validation and checkpoints included, the setup and
