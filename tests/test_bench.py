@@ -17,7 +17,7 @@ from manualbp.reference import to_torch
 def test_step_bench_json_has_the_relied_on_keys():
     result = subprocess.run(
         [sys.executable, "-m", "manualbp.bench", "--json", "--batch-sizes", "64", "--rounds", "5",
-         "--compile-batch-sizes", "64", "--lenet-batch-sizes", "16", "--threads", "1"],
+         "--compile-batch-sizes", "64", "--lenet-batch-sizes", "16", "--gpt-batch-sizes", "2", "--threads", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -37,12 +37,15 @@ def test_step_bench_json_has_the_relied_on_keys():
     assert abs(lenet["ratio"] - lenet["manual_us"] / lenet["native_us"]) < 1e-9
     assert 0 < lenet["manual_saved_bytes"] <= lenet["native_saved_bytes"]
     assert report["lenet"]["optimizer"] == "Adam" and report["lenet"]["rounds"] == 5
+    gpt = report["gpt"]["steps"]["2"]
+    assert gpt["manual_us"] > 0 and abs(gpt["ratio"] - gpt["manual_us"] / gpt["native_us"]) < 1e-9
+    assert 0 < gpt["manual_saved_bytes"] and report["gpt"]["optimizer"] == "AdamW"
 
 
 def test_step_bench_prints_the_lenet_table():
     result = subprocess.run(
         [sys.executable, "-m", "manualbp.bench", "--batch-sizes", "16", "--rounds", "5", "--compile-batch-sizes",
-         "--lenet-batch-sizes", "16", "24", "--threads", "1"],
+         "--lenet-batch-sizes", "16", "24", "--gpt-batch-sizes", "--threads", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--e2e] [--time-to-98] [--xor-seeds N]
-[--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
+[--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...] [--gpt-batch-sizes N ...]
+(see manualbp/bench/__init__.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 import manualbp.bench
+from manualbp.bench.gpt import GPT_BATCH_SIZES, bench_gpt_steps, print_gpt_steps
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
 from manualbp.bench.lenet import LENET_BATCH_SIZES, bench_lenet_steps, print_lenet_steps
 from manualbp.bench.memory import BENCH_ROWS, bench_memory, print_memory
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="batch sizes of the torch.compile rows (none: skip them)")
     parser.add_argument("--lenet-batch-sizes", type=int, nargs="*", default=list(LENET_BATCH_SIZES),
                         help="batch sizes of the LeNet step rows (none: skip them)")
+    parser.add_argument("--gpt-batch-sizes", type=int, nargs="*", default=list(GPT_BATCH_SIZES),
+                        help="batch sizes of the GPT step rows (none: skip them)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for every measurement (default: torch's)")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     report = bench_steps(args.batch_sizes, args.rounds, compile_batch_sizes=args.compile_batch_sizes)
     if args.lenet_batch_sizes:
         report["lenet"] = bench_lenet_steps(args.lenet_batch_sizes, args.rounds)
+    if args.gpt_batch_sizes:
+        report["gpt"] = bench_gpt_steps(args.gpt_batch_sizes, args.rounds)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -104,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     if "lenet" in report:
         print()
         print_lenet_steps(report["lenet"])
+    if "gpt" in report:
+        print()
+        print_gpt_steps(report["gpt"])
 
 
 if __name__ == "__main__":
