@@ -416,3 +416,32 @@ def test_linear_keeps_its_input_only_when_the_weight_needs_a_gradient():
     assert output.grad_fn.saved_tensors[0] is None  # δX = δZ W needs W, not X
     trained = frozen.clone().requires_grad_()
     assert mbf.linear(x, trained).grad_fn.saved_tensors[0] is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# The fast variants chosen by a Function agree with the formula they speed up
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_fast_tanh_gelu_backward_equals_the_readable_formula():
+    from manualbp.layers.activations import _tanh_gelu_backward_in_buffers, gelu_backward
+
+    x = torch.linspace(-8, 8, 4001, dtype=DTYPE)
+    grad = randn(4001)
+    with torch.enable_grad():  # the readable formula: owns_buffers is False while autograd records
+        readable = gelu_backward(grad, x, "tanh")
+    # atol: far in the left tail the tanh form rounds ½(1 + t) to 0 where σ(2u) keeps the tiny true
+    # value (|GELU'| < 1e-14 there; the derivative's largest values are ~1.1)
+    torch.testing.assert_close(_tanh_gelu_backward_in_buffers(grad, x), readable, rtol=1e-13, atol=1e-14)
+
+
+def test_the_fast_layer_norm_backward_equals_the_readable_formula():
+    from manualbp.layers.normalization import layer_norm_backward
+
+    x, grad, weight = randn(6, 5), randn(6, 5), randn(5)
+    with torch.no_grad():
+        fast = layer_norm_backward(grad, x, 1, weight, 1e-5)
+    with torch.enable_grad():
+        readable = layer_norm_backward(grad, x, 1, weight, 1e-5)
+    for ours, theirs in zip(fast, readable, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15)

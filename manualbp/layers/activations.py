@@ -469,13 +469,14 @@ def gelu_backward(grad_output: Tensor, input: Tensor, approximate: str = "none")
 
 
 def _tanh_gelu_backward_in_buffers(grad_output: Tensor, input: Tensor) -> Tensor:
-    """The tanh form's δX in two buffers and 13 passes (the formula above takes ~20 passes and
-    five buffers), with GELU'(x) = ½(1 + t)(1 + x·(1 − t)·du/dx), since 1 − t² = (1 − t)(1 + t)."""
+    """The tanh form's δX in two buffers and 11 passes (the formula above takes ~20 passes and five
+    buffers), by ½(1 + tanh u) = σ(2u): GELU(x) = x·σ(2u), so GELU'(x) = σ(2u)·(1 + 2x·u'·(1 − σ(2u)))
+    -- the same derivative, and σ costs a fifth of tanh on a CPU."""
     square = input * input  # x²
-    t = torch.addcmul(input, square, input, value=_TANH_GELU_CUBIC).mul_(_TANH_GELU_SCALE).tanh_()  # t = tanh u
-    slope = square.mul_(3 * _TANH_GELU_CUBIC * _TANH_GELU_SCALE).add_(_TANH_GELU_SCALE).mul_(input)  # x·du/dx
-    slope.addcmul_(slope, t, value=-1).add_(1)  # 1 + x·(1 − t)·du/dx
-    return slope.mul_(t.add_(1)).mul_(grad_output).mul_(0.5)  # δX = ½(1 + t)(1 + x(1 − t)du/dx)·δZ
+    gate = torch.addcmul(input, square, input, value=_TANH_GELU_CUBIC).mul_(2 * _TANH_GELU_SCALE).sigmoid_()  # σ(2u)
+    slope = square.mul_(6 * _TANH_GELU_CUBIC * _TANH_GELU_SCALE).add_(2 * _TANH_GELU_SCALE).mul_(input)  # 2x·u'
+    slope.addcmul_(slope, gate, value=-1).add_(1)  # 1 + 2x·u'·(1 − σ(2u))
+    return slope.mul_(gate).mul_(grad_output)  # δX = σ(2u)(1 + 2x·u'(1 − σ(2u)))·δZ
 
 
 class GELUFunction(LayerFunction):

@@ -63,34 +63,46 @@ def multi_head_attention_forward(
     and, with ``need_weights``, the attention weights (N, L, S) averaged over the heads, or
     (N, H, L, S). ``bias_k``/``bias_v`` (add_bias_kv), ``add_zero_attn`` and ``static_k``/``static_v``
     are not supported (NotImplementedError; ``manualbp.hand_written()`` then runs PyTorch's)."""
-    if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None or static_v is not None:
-        raise NotImplementedError(
-            "multi_head_attention_forward: manualbp's attention has no add_bias_kv, add_zero_attn or static keys; "
-            "build torch.nn.MultiheadAttention without them, or keep PyTorch's"
-        )
-    if is_causal and attn_mask is None:
-        raise RuntimeError("multi_head_attention_forward: is_causal is a hint that attn_mask is the causal mask; "
-                           "give attn_mask too (torch.nn.Transformer.generate_square_subsequent_mask(L))")
+    _check_supported(bias_k, bias_v, add_zero_attn, static_k, static_v, is_causal, attn_mask)
     batched = query.dim() == 3
     if not batched:  # one sequence: (L, E) -> (L, 1, E)
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask.unsqueeze(0).flatten(0, 1)
-    length, batch, width = query.shape
-    if width != embed_dim_to_check or width % num_heads:
-        raise ValueError(f"multi_head_attention_forward: expected queries of width {embed_dim_to_check}, divisible "
+    query, key, value = _swap_first_two(query, key, value)  # (L, N, E) -> (N, L, E): views
+    output, weights = batch_first_attention(
+        query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias, out_proj_weight,
+        out_proj_bias, dropout_p if training else 0.0, key_padding_mask, need_weights, attn_mask,
+        (q_proj_weight, k_proj_weight, v_proj_weight) if use_separate_proj_weight else None, is_causal,
+    )
+    output = output.transpose(0, 1)  # (L, N, E)
+    if not batched:
+        output = output.squeeze(1)
+    if not need_weights:
+        return output, None
+    weights = weights.mean(dim=1) if average_attn_weights else weights
+    return output, (weights if batched else weights.squeeze(0))
+
+
+def batch_first_attention(query, key, value, width, num_heads, in_proj_weight, in_proj_bias, out_proj_weight,
+                          out_proj_bias, dropout_p, key_padding_mask, need_weights, attn_mask, separate_weights,
+                          is_causal) -> tuple[Tensor, Tensor | None]:
+    """The attention itself, batch first: query (N, L, E), key (N, S, E_k), value (N, S, E_v) ->
+    output (N, L, E) and, if ``need_weights``, P per head (N, H, L, S). ``dropout_p``: on P (0 when
+    not training); ``separate_weights``: (W_q, W_k, W_v) when the inputs differ in width, else None."""
+    batch, length, embed = query.shape
+    if embed != width or width % num_heads:
+        raise ValueError(f"multi_head_attention_forward: expected queries of width {width}, divisible "
                          f"by {num_heads} heads, got {tuple(query.shape)}")
     head_width = width // num_heads
-    queries, keys, values = _in_projection(query, key, value, in_proj_weight, in_proj_bias, use_separate_proj_weight,
-                                           (q_proj_weight, k_proj_weight, v_proj_weight))
+    queries, keys, values = _in_projection(query, key, value, in_proj_weight, in_proj_bias, separate_weights)
 
-    def heads(x: Tensor) -> Tensor:  # (T, N, E) -> (N, H, T, d): views
-        return x.reshape(x.shape[0], batch, num_heads, head_width).permute(1, 2, 0, 3)
+    def heads(x: Tensor) -> Tensor:  # (N, T, E) -> (N, H, T, d): views
+        return x.unflatten(-1, (num_heads, head_width)).transpose(1, 2)
 
     queries, keys, values = heads(queries), heads(keys), heads(values)
     mask = _merged_mask(attn_mask, key_padding_mask, batch, num_heads, length, keys.shape[2], queries.dtype)
-    dropout_p = dropout_p if training else 0.0
     weights = None
     if need_weights or dropout_p > 0:
         weights = attention_weights(queries, keys, mask)  # P = softmax(Q Kᵀ/√d + M)
@@ -100,22 +112,36 @@ def multi_head_attention_forward(
         output = scaled_dot_product_attention(queries, keys, values, is_causal=True)  # O = softmax(Q Kᵀ/√d + M) V
     else:
         output = scaled_dot_product_attention(queries, keys, values, mask)  # O = softmax(Q Kᵀ/√d + M) V
-    output = output.permute(2, 0, 1, 3).reshape(length, batch, width)  # concat_h O_h: (L, N, E)
-    output = linear(output, out_proj_weight, out_proj_bias)  # Y = O W_oᵀ + b_o
-    if not batched:
-        output = output.squeeze(1)
-    if not need_weights:
-        return output, None
-    weights = weights.mean(dim=1) if average_attn_weights else weights
-    return output, (weights if batched else weights.squeeze(0))
+    output = output.transpose(1, 2).reshape(batch, length, width)  # concat_h O_h: (N, L, E)
+    return linear(output, out_proj_weight, out_proj_bias), weights  # Y = O W_oᵀ + b_o
 
 
-def _in_projection(query, key, value, in_proj_weight, in_proj_bias, separate, separate_weights):
+def _swap_first_two(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each of query, key, value with its first two dimensions swapped (views), keeping which of
+    them are the same tensor (self-attention projects a shared input once)."""
+    swapped_query = query.transpose(0, 1)
+    swapped_key = swapped_query if key is query else key.transpose(0, 1)
+    swapped_value = swapped_key if value is key else swapped_query if value is query else value.transpose(0, 1)
+    return swapped_query, swapped_key, swapped_value
+
+
+def _check_supported(bias_k, bias_v, add_zero_attn, static_k, static_v, is_causal, attn_mask) -> None:
+    if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None or static_v is not None:
+        raise NotImplementedError(
+            "multi_head_attention_forward: manualbp's attention has no add_bias_kv, add_zero_attn or static keys; "
+            "build torch.nn.MultiheadAttention without them, or keep PyTorch's"
+        )
+    if is_causal and attn_mask is None:
+        raise RuntimeError("multi_head_attention_forward: is_causal is a hint that attn_mask is the causal mask; "
+                           "give attn_mask too (torch.nn.Transformer.generate_square_subsequent_mask(L))")
+
+
+def _in_projection(query, key, value, in_proj_weight, in_proj_bias, separate_weights):
     """Q, K, V = X W_qᵀ + b_q, ...: one linear node for self-attention's packed weight (3E, E),
     as PyTorch does, else one per input."""
     width = query.shape[-1]
     biases = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
-    if separate:
+    if separate_weights is not None:
         return tuple(linear(x, w, b) for x, w, b in zip((query, key, value), separate_weights, biases, strict=True))
     if query is key and key is value:  # self-attention: one GEMM, as PyTorch's _in_projection_packed
         return linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)
@@ -159,26 +185,25 @@ class MultiheadAttention(SharesState, torch.nn.MultiheadAttention, torch_twin=to
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
-        batched = query.dim() == 3
-        if self.batch_first and batched:  # (N, L, E) -> (L, N, E), as torch's forward does
-            if key is value:
-                if query is key:
-                    query = key = value = query.transpose(1, 0)
-                else:
-                    query, key = query.transpose(1, 0), key.transpose(1, 0)
-                    value = key
-            else:
-                query, key, value = (x.transpose(1, 0) for x in (query, key, value))
-        output, weights = multi_head_attention_forward(
+        if not (self.batch_first and query.dim() == 3):
+            return multi_head_attention_forward(
+                query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias,
+                self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight, self.out_proj.bias,
+                training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                attn_mask=attn_mask, use_separate_proj_weight=not self._qkv_same_embed_dim,
+                q_proj_weight=self.q_proj_weight, k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
+                average_attn_weights=average_attn_weights, is_causal=is_causal,
+            )
+        # batch first: (N, L, E) as it is (torch's forward transposes to time first and back)
+        _check_supported(self.bias_k, self.bias_v, self.add_zero_attn, None, None, is_causal, attn_mask)
+        separate = None if self._qkv_same_embed_dim else (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        output, weights = batch_first_attention(
             query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias,
-            self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight, self.out_proj.bias,
-            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
-            attn_mask=attn_mask, use_separate_proj_weight=not self._qkv_same_embed_dim,
-            q_proj_weight=self.q_proj_weight, k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
-            average_attn_weights=average_attn_weights, is_causal=is_causal,
+            self.out_proj.weight, self.out_proj.bias, self.dropout if self.training else 0.0, key_padding_mask,
+            need_weights, attn_mask, separate, is_causal,
         )
-        if self.batch_first and batched:
-            output = output.transpose(1, 0)
+        if need_weights and average_attn_weights:
+            weights = weights.mean(dim=1)
         return output, weights
 
     @classmethod
