@@ -4,10 +4,14 @@ would."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,8 @@ from manualbp.training.data.mnist_files import DATA_ENV
 
 __all__ = [
     "CONFIG_DIR", "PROJECT_ROOT", "FULL_MNIST_ROOT", "compose_config", "synthetic_digits",
-    "write_mnist_files", "run_train_py", "LearningRateBlowUp",
+    "write_mnist_files", "run_train_py", "start_train_py", "wait_until", "MNIST_RUN", "metrics_rows",
+    "rows_of_epoch", "error_lines", "LearningRateBlowUp",
 ]
 
 # Read at import, before conftest's autouse fixture hides it: where full MNIST is, if anywhere.
@@ -78,6 +83,57 @@ def run_train_py(*overrides: str, cwd: Path, env: dict | None = None, timeout: f
         [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# A small MNIST run (with conftest's small_mnist as data.root) that logs every step
+MNIST_RUN = ["model=mnist", "data.val_size=100", "data.batch_size=50", "seed=3", "trainer.log_every_n_steps=1"]
+
+
+def start_train_py(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """``python train.py`` as a child process, with SIGINT delivered as in a terminal (a shell
+    that starts a job in the background makes its children ignore SIGINT)."""
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides], cwd=cwd, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300,
+               process: subprocess.Popen | None = None, poll_s: float = 0.01) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds (killing
+    ``process``, whose output then ends the message), or as soon as ``process`` has ended
+    without it holding."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        ended = process is not None and process.poll() is not None
+        if ended or time.monotonic() > deadline:
+            output = ""
+            if process is not None:
+                if not ended:
+                    process.kill()
+                _, stderr = process.communicate()
+                output = f"; its stderr ends: {(stderr or '')[-2000:]}"
+            reason = f"the process ended (status {process.returncode})" if ended else f"{timeout:.0f} s passed"
+            raise AssertionError(f"waited for {what}, but {reason}{output}")
+        time.sleep(poll_s)
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def rows_of_epoch(run: Path, epoch: int) -> bool:
+    """metrics.csv in ``run`` has rows of ``epoch`` (False while it does not exist)."""
+    try:
+        return any(row["epoch"] == str(epoch) for row in metrics_rows(run))
+    except (FileNotFoundError, StopIteration, KeyError):
+        return False
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
 
 
 class LearningRateBlowUp(Callback):

@@ -3,8 +3,9 @@ real signals, real (small, tmpfs) filesystems where the machine allows them."""
 
 from __future__ import annotations
 
-import csv
 import errno
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PROJECT_ROOT, run_train_py, write_mnist_files
+from helpers import (
+    MNIST_RUN,
+    PROJECT_ROOT,
+    error_lines,
+    metrics_rows,
+    rows_of_epoch,
+    run_train_py,
+    start_train_py,
+    wait_until,
+    write_mnist_files,
+)
 
 from manualbp.errors import ConfigError
 from manualbp.training import train
@@ -29,33 +40,48 @@ from manualbp.training.checkpoints import (
     read_checkpoint,
 )
 
-MNIST_RUN = ["model=mnist", "data.val_size=100", "data.batch_size=50", "seed=3", "trainer.log_every_n_steps=1"]
+# ----------------------------------------------------------------------------------------------
+# One run at a time in a run folder
+# ----------------------------------------------------------------------------------------------
 
 
-def start_train_py(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """``python train.py`` as a child process, with SIGINT delivered as in a terminal (a shell
-    that starts a job in the background makes its children ignore SIGINT)."""
-    return subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides], cwd=cwd, env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
-def metrics_rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def rows_of_epoch(run: Path, epoch: int) -> bool:
+@pytest.mark.slow
+def test_a_second_run_in_a_busy_run_folder_is_refused_in_one_line_before_writing(tmp_path):
+    run = tmp_path / "run"
+    first = start_train_py("model=xor", "trainer.max_epochs=100000", "figures=false", f"hydra.run.dir={run}",
+                           cwd=tmp_path)
     try:
-        return any(row["epoch"] == str(epoch) for row in metrics_rows(run))
-    except (FileNotFoundError, StopIteration, KeyError):
-        return False
+        wait_until(lambda: rows_of_epoch(run, 1), "the first run's epoch 1 in metrics.csv", process=first)
+        written = {path: path.read_bytes() for path in (run / ".hydra").iterdir()}
+        second = run_train_py("model=xor", "seed=1", f"hydra.run.dir={run}", cwd=tmp_path, timeout=300)
+        assert second.returncode == 1 and error_lines(second.stderr) == [
+            f"error: run folder {run} is in use by another run (pid {first.pid}); wait for it to end, or give "
+            f"this run its own folder (leave out hydra.run.dir, or give another hydra.run.dir=PATH) "
+            f"(hydra.run.dir={run})"
+        ], second.stderr[-3000:]
+        assert first.poll() is None  # refused while the first run held the folder
+        assert {path: path.read_bytes() for path in (run / ".hydra").iterdir()} == written  # nothing written
+        assert not (run / "history").exists() and "seed=1" not in (run / "train.log").read_text()
+    finally:
+        first.kill()  # a crash: the kernel releases the lock with the process
+        first.communicate()
+    again = run_train_py("model=xor", "trainer.max_epochs=1", "figures=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
+def test_train_holds_its_run_folder_while_it_runs(config, tmp_path):
+    from manualbp.training.run_folder import LOCK_NAME, RunFolderInUseError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / LOCK_NAME, "w") as lock:  # another open file: to flock, another run
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("12345\n")
+        lock.flush()
+        with pytest.raises(RunFolderInUseError, match=rf"run folder {run} is in use by another run \(pid 12345\)"):
+            train(config("model=xor", "trainer.max_epochs=1", "figures=false"))
+    assert sorted(path.name for path in run.iterdir()) == [LOCK_NAME]  # nothing written
+    train(config("model=xor", "trainer.max_epochs=1", "figures=false"))  # free again once its holder closed it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,9 +97,8 @@ def test_a_killed_run_resumed_in_its_folder_keeps_every_epoch_in_metrics_csv(tmp
 
     run = tmp_path / "killed"
     process = start_train_py(*common, f"hydra.run.dir={run}", cwd=tmp_path)
-    while process.poll() is None and not rows_of_epoch(run, 2):  # mid-run: epochs 0 and 1 checkpointed
-        pass
-    process.kill()
+    wait_until(lambda: rows_of_epoch(run, 2), "epoch 2's rows in metrics.csv", process=process, poll_s=0)
+    process.kill()  # mid-run: epochs 0 and 1 checkpointed
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     last = run / "checkpoints" / "last.ckpt"
@@ -98,12 +123,35 @@ def test_a_killed_run_resumed_in_its_folder_keeps_every_epoch_in_metrics_csv(tmp
     assert actual == expected  # every row, every value: the resumed run's history is the whole run's
 
 
-def test_a_new_run_in_a_folder_with_history_moves_it_aside(config, tmp_path):
-    train(config("model=xor", "trainer.max_epochs=1", "figures=false"))
-    first = (tmp_path / "run" / "metrics.csv").read_text()
-    train(config("model=xor", "trainer.max_epochs=1", "figures=false", "seed=1"))
-    assert (tmp_path / "run" / "metrics.csv.previous").read_text() == first
-    assert (tmp_path / "run" / "metrics.csv").read_text() != first
+def test_each_new_run_in_a_folder_moves_the_earlier_runs_files_to_a_numbered_history(config, tmp_path):
+    run = tmp_path / "run"
+    for seed in (0, 1, 2):
+        train(config("model=xor", "trainer.max_epochs=1", "figures=false", f"seed={seed}"))
+    assert sorted(path.name for path in (run / "history").iterdir()) == ["1", "2"]
+    for folder, seed in ((run / "history" / "1", 0), (run / "history" / "2", 1), (run, 2)):
+        assert json.loads((folder / "results.json").read_text())["seed"] == seed
+        assert len(metrics_rows(folder)) > 0
+        (best,) = (folder / "checkpoints").glob("best-*.ckpt")  # each run's best beside its own results
+        assert json.loads((folder / "results.json").read_text())["best_checkpoint"].endswith(best.name)
+        read_checkpoint(best)  # its .sha256 moved with it
+
+
+@pytest.mark.slow
+def test_a_run_folder_used_three_times_keeps_each_runs_files_and_config(tmp_path):
+    run = tmp_path / "run"
+    outputs = []
+    for seed in (0, 1, 2):
+        result = run_train_py("model=xor", "trainer.max_epochs=1", "figures=false", f"seed={seed}",
+                              f"hydra.run.dir={run}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout + result.stderr)
+    for folder, seed in ((run / "history" / "1", 0), (run / "history" / "2", 1), (run, 2)):
+        assert f"seed: {seed}\n" in (folder / ".hydra" / "config.yaml").read_text()
+        assert json.loads((folder / "results.json").read_text())["seed"] == seed
+        assert len(metrics_rows(folder)) > 0 and list((folder / "checkpoints").glob("best-*.ckpt"))
+        assert (folder / "train.log").read_text().count("training xor (engine") == 1  # its own log only
+    assert f"{run} held an earlier run: its files are now in {run / 'history' / '2'}" in outputs[2]
+    assert not any("Checkpoint directory" in output for output in outputs), outputs[2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,16 +171,21 @@ def test_a_kill_during_a_save_on_another_filesystem_leaves_a_whole_last_ckpt(tmp
     try:
         process = start_train_py(*common, f"hydra.run.dir={run}", cwd=tmp_path, env={"TMPDIR": str(temp)})
         folder, last = run / "checkpoints", run / "checkpoints" / "last.ckpt"
-        first = None
-        while process.poll() is None:  # kill during the second save of last.ckpt
+        first = []
+
+        def second_save_begun() -> bool:  # a temporary file here or in $TMPDIR, or last.ckpt changing
             try:
                 stat = last.stat()
             except FileNotFoundError:
-                continue
-            if first is None:
-                first = (stat.st_size, stat.st_mtime_ns)
-            elif (stat.st_size, stat.st_mtime_ns) != first or any(folder.glob(".*.partial")) or any(temp.iterdir()):
-                process.kill()  # a save has begun: a temporary file here or in $TMPDIR, or last.ckpt changing
+                return False
+            if not first:
+                first.append((stat.st_size, stat.st_mtime_ns))
+                return False
+            return ((stat.st_size, stat.st_mtime_ns) != first[0] or any(folder.glob(".*.partial"))
+                    or any(temp.iterdir()))
+
+        wait_until(second_save_begun, "the second save of last.ckpt", process=process, poll_s=0)
+        process.kill()  # during the second save of last.ckpt
         process.communicate()
         assert process.returncode == -signal.SIGKILL, "the run ended before the second save"
         assert read_checkpoint(last)["epoch"] in (0, 1)  # whole and verified, old or new

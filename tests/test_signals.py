@@ -8,8 +8,7 @@ import signal
 import time
 
 import pytest
-from helpers import PROJECT_ROOT, run_train_py
-from test_run_folder import MNIST_RUN, error_lines, rows_of_epoch, start_train_py
+from helpers import MNIST_RUN, PROJECT_ROOT, error_lines, rows_of_epoch, run_train_py, start_train_py
 
 from manualbp.training.checkpoints import read_checkpoint
 
