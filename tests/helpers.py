@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from manualbp.training.config import CONFIG_DIR, PROJECT_ROOT, compose_config
@@ -24,7 +25,7 @@ from manualbp.training.data.mnist_files import DATA_ENV
 __all__ = [
     "CONFIG_DIR", "PROJECT_ROOT", "FULL_MNIST_ROOT", "compose_config", "synthetic_digits",
     "write_mnist_files", "run_train_py", "start_train_py", "wait_until", "MNIST_RUN", "metrics_rows",
-    "rows_of_epoch", "error_lines", "LearningRateBlowUp",
+    "rows_of_epoch", "error_lines", "overwrite_first_weight", "LearningRateBlowUp",
 ]
 
 # Read at import, before conftest's autouse fixture hides it: where full MNIST is, if anywhere.
@@ -134,6 +135,18 @@ def rows_of_epoch(run: Path, epoch: int) -> bool:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
+
+
+def overwrite_first_weight(path: Path) -> None:
+    """Overwrite 24 bytes of the checkpoint's first weight matrix inside the file, as a bad disk
+    sector or a stray write would: the file still loads, with weights above 1e30."""
+    data = bytearray(path.read_bytes())
+    state = torch.load(path, weights_only=False)["state_dict"]
+    name = next(key for key in state if key.endswith("weight"))
+    start = bytes(data).index(state[name].numpy().tobytes()[:24])
+    data[start:start + 24] = b"\x7f" * 24
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=False)["state_dict"][name].abs().max() > 1e30
 
 
 class LearningRateBlowUp(Callback):

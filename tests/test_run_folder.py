@@ -23,6 +23,7 @@ from helpers import (
     PROJECT_ROOT,
     error_lines,
     metrics_rows,
+    overwrite_first_weight,
     rows_of_epoch,
     run_train_py,
     start_train_py,
@@ -276,21 +277,11 @@ def xor_checkpoint(config, tmp_path) -> Path:
     return tmp_path / "run" / "checkpoints" / "last.ckpt"
 
 
-def overwrite_first_weight(path: Path) -> None:
-    """Overwrite 24 bytes of the first weight matrix's data inside the file, as a bad disk
-    sector or a stray write would: the file still loads."""
-    data = bytearray(path.read_bytes())
-    weight = torch.load(path, weights_only=False)["state_dict"]["net.0.weight"]
-    start = bytes(data).index(weight.numpy().tobytes()[:24])
-    data[start:start + 24] = b"\x7f" * 24
-    path.write_bytes(bytes(data))
-    assert torch.load(path, weights_only=False)["state_dict"]["net.0.weight"].abs().max() > 1e30
-
-
 @pytest.mark.parametrize(
     "damage, message",
     [
         ("overwrite", "is damaged: its SHA-256 is not the one recorded when it was saved"),
+        ("overwrite-unverified", r"is damaged: its part archive/data/\d+ does not match the CRC32 stored in the file"),
         ("truncate", "is damaged: its SHA-256"),
         ("truncate-unverified", "is not a readable PyTorch checkpoint"),
         ("empty", r"is empty \(0 bytes\)"),
@@ -298,7 +289,7 @@ def overwrite_first_weight(path: Path) -> None:
     ],
 )
 def test_a_damaged_checkpoint_is_named_and_not_loaded(config, tmp_path, xor_checkpoint, damage, message):
-    if damage == "overwrite":
+    if damage.startswith("overwrite"):
         overwrite_first_weight(xor_checkpoint)
     elif damage.startswith("truncate"):
         xor_checkpoint.write_bytes(xor_checkpoint.read_bytes()[:3000])
@@ -306,7 +297,7 @@ def test_a_damaged_checkpoint_is_named_and_not_loaded(config, tmp_path, xor_chec
         xor_checkpoint.write_bytes(b"")
     else:
         xor_checkpoint.write_bytes(os.urandom(8000))
-    if damage != "overwrite" and damage != "truncate":
+    if damage not in ("overwrite", "truncate"):
         checksum_path(xor_checkpoint).unlink()  # a checkpoint from elsewhere, without a checksum
     with pytest.raises(CheckpointError, match=f"checkpoint {xor_checkpoint} {message}.*best-epoch000"):
         train(config("model=xor", "trainer.max_epochs=2", f"ckpt_path={xor_checkpoint}"))
