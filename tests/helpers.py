@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from manualbp.training.data.mnist_files import DATA_ENV
 
 __all__ = [
     "CONFIG_DIR", "PROJECT_ROOT", "FULL_MNIST_ROOT", "compose_config", "synthetic_digits",
-    "write_mnist_files", "run_train_py", "start_train_py", "wait_until", "MNIST_RUN", "metrics_rows",
+    "write_mnist_files", "run_train_py", "start_train_py", "wait_until", "wait_for_line", "MNIST_RUN", "metrics_rows",
     "rows_of_epoch", "error_lines", "overwrite_first_weight", "LearningRateBlowUp",
 ]
 
@@ -118,6 +119,26 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300,
             reason = f"the process ended (status {process.returncode})" if ended else f"{timeout:.0f} s passed"
             raise AssertionError(f"waited for {what}, but {reason}{output}")
         time.sleep(poll_s)
+
+
+def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 300) -> None:
+    """Read ``process``'s stdout until a line starting with ``prefix``; fail the test (killing the
+    process) after ``timeout`` seconds, or if the output ends first. What follows is left unread."""
+    deadline, pending, descriptor = time.monotonic() + timeout, b"", process.stdout.fileno()
+    while True:
+        remaining = deadline - time.monotonic()
+        ready = select.select([descriptor], [], [], max(remaining, 0))[0] if remaining > 0 else []
+        chunk = os.read(descriptor, 65536) if ready else None
+        if not chunk:
+            if chunk is None:
+                process.kill()
+            _, stderr = process.communicate()
+            reason = "the output ended" if chunk == b"" else f"{timeout:.0f} s passed"
+            raise AssertionError(f"waited for a line {prefix!r}, but {reason}; stderr ends: {(stderr or '')[-2000:]}")
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        if any(line.decode(errors="replace").startswith(prefix) for line in lines):
+            return
 
 
 def metrics_rows(run: Path) -> list[dict]:
