@@ -56,9 +56,8 @@ def test_a_second_run_in_a_busy_run_folder_is_refused_in_one_line_before_writing
         written = {path: path.read_bytes() for path in (run / ".hydra").iterdir()}
         second = run_train_py("model=xor", "seed=1", f"hydra.run.dir={run}", cwd=tmp_path, timeout=300)
         assert second.returncode == 1 and error_lines(second.stderr) == [
-            f"error: run folder {run} is in use by another run (pid {first.pid}); wait for it to end, or give "
-            f"this run its own folder (leave out hydra.run.dir, or give another hydra.run.dir=PATH) "
-            f"(hydra.run.dir={run})"
+            f"error: hydra.run.dir={run} is in use by another run (pid {first.pid}); wait for it to end, or give "
+            f"this run its own folder (another hydra.run.dir=PATH, or leave hydra.run.dir out for a new one)"
         ], second.stderr[-3000:]
         assert first.poll() is None  # refused while the first run held the folder
         assert {path: path.read_bytes() for path in (run / ".hydra").iterdir()} == written  # nothing written
@@ -79,7 +78,7 @@ def test_train_holds_its_run_folder_while_it_runs(config, tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lock.write("12345\n")
         lock.flush()
-        with pytest.raises(RunFolderInUseError, match=rf"run folder {run} is in use by another run \(pid 12345\)"):
+        with pytest.raises(RunFolderInUseError, match=rf"hydra.run.dir={run} is in use by another run \(pid 12345\)"):
             train(config("model=xor", "trainer.max_epochs=1", "figures=false"))
     assert sorted(path.name for path in run.iterdir()) == [LOCK_NAME]  # nothing written
     train(config("model=xor", "trainer.max_epochs=1", "figures=false"))  # free again once its holder closed it

@@ -62,9 +62,9 @@ def hold_folder_or_exit(folder: str, key: str) -> None:
     """Lock ``folder`` for this process's life (``run_folder.hold_run_folder``), or end the
     program with one line if another run holds it."""
     try:
-        hold_run_folder(folder)
+        hold_run_folder(folder, key)
     except RunFolderInUseError as error:
-        print(f"error: {error} ({key}={folder})", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 
 

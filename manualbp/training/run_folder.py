@@ -54,9 +54,10 @@ def _key(folder: str | os.PathLike) -> Path:
     return Path(folder).resolve()
 
 
-def hold_run_folder(folder: str | os.PathLike) -> bool:
+def hold_run_folder(folder: str | os.PathLike, setting: str = "hydra.run.dir") -> bool:
     """Lock ``folder`` (created if needed) for this process until it ends, or raise
-    RunFolderInUseError if another process holds it. Returns False if this process already held it,
+    RunFolderInUseError if another process holds it (its message names ``setting``, the option
+    that chose the folder). Returns False if this process already held it,
     or is not the job's first process (the first one holds the folder for all)."""
     key = _key(folder)
     if key in _held or not is_first_process():
@@ -69,8 +70,8 @@ def hold_run_folder(folder: str | os.PathLike) -> bool:
         holder = os.read(descriptor, 32).decode(errors="replace").strip() or "another process"
         os.close(descriptor)
         raise RunFolderInUseError(
-            f"run folder {key} is in use by another run (pid {holder}); wait for it to end, or give this run "
-            f"its own folder (leave out hydra.run.dir, or give another hydra.run.dir=PATH)"
+            f"{setting}={folder} is in use by another run (pid {holder}); wait for it to end, or give this run "
+            f"its own folder (another {setting}=PATH, or leave {setting} out for a new one)"
         ) from None
     except BaseException:
         os.close(descriptor)
