@@ -135,6 +135,12 @@ def test_each_new_run_in_a_folder_moves_the_earlier_runs_files_to_a_numbered_his
         assert json.loads((folder / "results.json").read_text())["best_checkpoint"].endswith(best.name)
         read_checkpoint(best)  # its .sha256 moved with it
 
+    # Resuming an earlier run's checkpoint (in history/) continues that run here: a new run for this folder.
+    earlier = run / "history" / "1" / "checkpoints" / "last.ckpt"
+    train(config("model=xor", "trainer.max_epochs=2", "figures=false", f"ckpt_path={earlier}"))
+    assert json.loads((run / "history" / "3" / "results.json").read_text())["seed"] == 2
+    assert read_checkpoint(earlier)["epoch"] == 0 and read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
+
 
 @pytest.mark.slow
 def test_a_run_folder_used_three_times_keeps_each_runs_files_and_config(tmp_path):

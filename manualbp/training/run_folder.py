@@ -130,5 +130,9 @@ def archived_to(folder: str | os.PathLike) -> Path | None:
 
 
 def is_inside(path: str | os.PathLike | None, folder: str | os.PathLike) -> bool:
-    """``path`` lies in ``folder`` (a resume of the run in that folder)."""
-    return path is not None and _key(folder) in _key(path).parents
+    """``path`` lies in ``folder``, not in its history: a checkpoint of the run whose files are
+    there (a resume continues that run; a checkpoint of an earlier run starts a new one)."""
+    if path is None:
+        return False
+    parents = _key(path).parents
+    return _key(folder) in parents and _key(folder) / HISTORY_NAME not in parents
