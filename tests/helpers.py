@@ -130,8 +130,8 @@ def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 300) 
         ready = select.select([descriptor], [], [], max(remaining, 0))[0] if remaining > 0 else []
         chunk = os.read(descriptor, 65536) if ready else None
         if not chunk:
-            if chunk is None:
-                process.kill()
+            if process.poll() is None:
+                process.kill()  # timed out, or closed its stdout without ending
             _, stderr = process.communicate()
             reason = "the output ended" if chunk == b"" else f"{timeout:.0f} s passed"
             raise AssertionError(f"waited for a line {prefix!r}, but {reason}; stderr ends: {(stderr or '')[-2000:]}")
