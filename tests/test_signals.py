@@ -44,20 +44,15 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path, small_mnist):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after", ["epoch 3/3 done", "results: "])
-def test_sigint_just_after_the_last_epoch_is_never_ignored(tmp_path, after):
-    # After the last epoch's line, the run is testing and reporting: it stops, saying how to
-    # resume. After "results: ..." it has done its work (results.json written), and SIGINT still
-    # ends it with SIGINT's status, never 0.
+def test_sigint_just_after_the_last_epoch_is_never_ignored(tmp_path):
+    # After the last epoch's line the run is testing and drawing its figures (well over the time
+    # a signal takes to arrive): it stops, saying how to resume. (A signal after its last line
+    # could come after the process has ended: no test can say anything then.)
     run = tmp_path / "run"
     process = start_train_py("model=xor", f"hydra.run.dir={run}", cwd=tmp_path)
-    wait_for_line(process, after)
+    wait_for_line(process, "epoch 3/3 done")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    if after == "results: ":
-        assert (run / "results.json").is_file(), stderr[-3000:]
-        assert process.returncode in (-signal.SIGINT, 128 + signal.SIGINT), stderr[-3000:]
-        return
     assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
     lines = error_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGINT while "), stderr
