@@ -136,13 +136,24 @@ def replace_modules(
     model: torch.nn.Module, replacement: Callable[[torch.nn.Module], torch.nn.Module | None]
 ) -> torch.nn.Module:
     """Replace, in place and recursively, every submodule for which ``replacement(module)``
-    returns a module (None keeps it); return the model, or its replacement."""
-    replaced = replacement(model)
-    if replaced is not None:
-        return replaced
-    for name, child in model.named_children():
-        setattr(model, name, replace_modules(child, replacement))
-    return model
+    returns a module (None keeps it); return the model, or its replacement. A module used in
+    several places (one instance twice) is replaced once, and every place gets that one
+    replacement: what was shared stays shared."""
+    done: dict[int, torch.nn.Module] = {}  # id(module) -> what replaces it (itself if kept)
+
+    def replace(module: torch.nn.Module) -> torch.nn.Module:
+        if id(module) not in done:
+            replaced = replacement(module)
+            if replaced is None:
+                # _modules, not named_children(): that one lists a module used twice only once
+                for name, child in list(module._modules.items()):
+                    if child is not None:
+                        setattr(module, name, replace(child))
+                replaced = module
+            done[id(module)] = replaced
+        return done[id(module)]
+
+    return replace(model)
 
 
 def replace_functions(model: torch.nn.Module, replacements: dict[Callable, Callable]) -> torch.nn.Module:
@@ -193,13 +204,16 @@ def unconverted(model: torch.nn.Module) -> list[str]:
         if isinstance(module, (torch.nn.modules.loss._Loss, *_SHAPE_ONLY)):
             continue
         layer = CONVERTIBLE.get(type(module))
+        subclassed = next((twin for twin in CONVERTIBLE if isinstance(module, twin)), None)
         why = "no manualbp twin"
         if layer is not None:
             try:
                 layer.check_convertible(module) if hasattr(layer, "check_convertible") else None
-                why = f"a subclass of {layer.torch_twin.__name__} is not converted"
+                why = "not converted yet: convert(model) replaces it"
             except NotConvertibleError as error:
                 why = str(error).split(";")[0].removeprefix(f"{type(module).__name__}: ")
+        elif subclassed is not None:
+            why = f"a subclass of {subclassed.__name__} is not converted"
         left.append(f"{name or '(the model)'} ({type(module).__name__}: {why})")
     return left
 

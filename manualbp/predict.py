@@ -9,7 +9,8 @@ itself was made: one grey channel, light digit on a dark background, the digit f
 pixels keeping its aspect ratio and placed in a 28×28 field so that its centre of mass is at its
 centre (pixel (14, 14), as in MNIST); then standardised as the run standardised its training images.
 
-Only torch and Pillow are imported: the checkpoint carries what is needed (the net's config, the
+Only torch and Pillow are imported: the checkpoint (verified as every reader verifies it:
+``manualbp.checkpoint_file``) carries what is needed (the net's config, the
 input's standardisation, the classes; written by ``manualbp.training.checkpoint.DescribeNetInCheckpoint``).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from manualbp.checkpoint_file import CheckpointError, verified_checkpoint_bytes
 from manualbp.errors import ManualbpError
 
 DIGITS = "MNIST"  # the dataset whose classes are the digits 0-9
@@ -108,8 +111,13 @@ class DigitClassifier:
             raise PredictError(
                 f"{path}: no such checkpoint; give one such as outputs/mnist/runs/<time>/checkpoints/last.ckpt"
             )
+        # verified as train.py's resume and eval.py verify it: SHA-256 (.sha256 file), else CRC32
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            data = verified_checkpoint_bytes(path, otherwise="train one with: python train.py model=mnist")
+        except CheckpointError as error:
+            raise PredictError(str(error)) from None
+        try:
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many kinds for a file that is not a checkpoint
             raise PredictError(f"{path}: not a checkpoint torch can read ({type(error).__name__})") from None
         description = checkpoint.get("manualbp") if isinstance(checkpoint, dict) else None

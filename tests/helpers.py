@@ -4,13 +4,19 @@ would."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from manualbp.training.config import CONFIG_DIR, PROJECT_ROOT, compose_config
@@ -19,7 +25,8 @@ from manualbp.training.data.mnist_files import DATA_ENV
 
 __all__ = [
     "CONFIG_DIR", "PROJECT_ROOT", "FULL_MNIST_ROOT", "compose_config", "synthetic_digits",
-    "write_mnist_files", "run_train_py", "LearningRateBlowUp",
+    "write_mnist_files", "run_train_py", "start_train_py", "wait_until", "wait_for_line", "MNIST_RUN", "metrics_rows",
+    "rows_of_epoch", "error_lines", "overwrite_first_weight", "LearningRateBlowUp",
 ]
 
 # Read at import, before conftest's autouse fixture hides it: where full MNIST is, if anywhere.
@@ -78,6 +85,89 @@ def run_train_py(*overrides: str, cwd: Path, env: dict | None = None, timeout: f
         [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# A small MNIST run (with conftest's small_mnist as data.root) that logs every step
+MNIST_RUN = ["model=mnist", "data.val_size=100", "data.batch_size=50", "seed=3", "trainer.log_every_n_steps=1"]
+
+
+def start_train_py(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """``python train.py`` as a child process, with SIGINT delivered as in a terminal (a shell
+    that starts a job in the background makes its children ignore SIGINT)."""
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides], cwd=cwd, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300,
+               process: subprocess.Popen | None = None, poll_s: float = 0.01) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds (killing
+    ``process``, whose output then ends the message), or as soon as ``process`` has ended
+    without it holding."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        ended = process is not None and process.poll() is not None
+        if ended or time.monotonic() > deadline:
+            output = ""
+            if process is not None:
+                if not ended:
+                    process.kill()
+                _, stderr = process.communicate()
+                output = f"; its stderr ends: {(stderr or '')[-2000:]}"
+            reason = f"the process ended (status {process.returncode})" if ended else f"{timeout:.0f} s passed"
+            raise AssertionError(f"waited for {what}, but {reason}{output}")
+        time.sleep(poll_s)
+
+
+def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 300) -> None:
+    """Read ``process``'s stdout until a line starting with ``prefix``; fail the test (killing the
+    process) after ``timeout`` seconds, or if the output ends first. What follows is left unread."""
+    deadline, pending, descriptor = time.monotonic() + timeout, b"", process.stdout.fileno()
+    while True:
+        remaining = deadline - time.monotonic()
+        ready = select.select([descriptor], [], [], max(remaining, 0))[0] if remaining > 0 else []
+        chunk = os.read(descriptor, 65536) if ready else None
+        if not chunk:
+            if process.poll() is None:
+                process.kill()  # timed out, or closed its stdout without ending
+            _, stderr = process.communicate()
+            reason = "the output ended" if chunk == b"" else f"{timeout:.0f} s passed"
+            raise AssertionError(f"waited for a line {prefix!r}, but {reason}; stderr ends: {(stderr or '')[-2000:]}")
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        if any(line.decode(errors="replace").startswith(prefix) for line in lines):
+            return
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def rows_of_epoch(run: Path, epoch: int) -> bool:
+    """metrics.csv in ``run`` has rows of ``epoch`` (False while it does not exist)."""
+    try:
+        return any(row["epoch"] == str(epoch) for row in metrics_rows(run))
+    except (FileNotFoundError, StopIteration, KeyError):
+        return False
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def overwrite_first_weight(path: Path) -> None:
+    """Overwrite 24 bytes of the checkpoint's first weight matrix inside the file, as a bad disk
+    sector or a stray write would: the file still loads, with weights above 1e30."""
+    data = bytearray(path.read_bytes())
+    state = torch.load(path, weights_only=False)["state_dict"]
+    name = next(key for key in state if key.endswith("weight"))
+    start = bytes(data).index(state[name].numpy().tobytes()[:24])
+    data[start:start + 24] = b"\x7f" * 24
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=False)["state_dict"][name].abs().max() > 1e30
 
 
 class LearningRateBlowUp(Callback):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import CONFIG_DIR, run_train_py
+from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from manualbp.errors import ConfigError
@@ -27,8 +28,8 @@ def test_every_model_and_trainer_config_composes_and_instantiates(config, model,
     assert isinstance(module.loss, torch.nn.Module)
     assert isinstance(module.optimizer_factory(module.net.parameters()), torch.optim.Optimizer)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
-    for callback in cfg.callbacks.values():
-        assert build(callback) is not None
+    for name, callback in cfg.callbacks.items():
+        assert isinstance(build(callback), Callback), name  # each entry builds a Lightning callback
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import PROJECT_ROOT, run_train_py, write_mnist_files
+from helpers import PROJECT_ROOT, run_train_py, wait_until, write_mnist_files
 
 from manualbp.errors import DataError
 from manualbp.training import train
@@ -57,7 +57,10 @@ if len(sys.argv) > 4:
 logging.basicConfig(level=logging.INFO)  # "unpacking ..." when a process unpacks
 data = MNISTDataModule(root=root, val_size=50, allow_sample=False)
 ready.touch()
+deadline = time.monotonic() + 300  # the test may have failed before releasing the processes
 while not go.exists():
+    if time.monotonic() > deadline:
+        sys.exit("no go file within 300 s")
     time.sleep(0.002)
 data.prepare_data()
 data.setup()
@@ -81,10 +84,15 @@ def run_together(count: int, tmp_path: Path, root: Path, cache: Path, *extra: st
         )
         for index in range(count)
     ]
-    deadline = time.monotonic() + 300
-    while not all((tmp_path / f"ready{index}").exists() for index in range(count)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "a process died early"
-        time.sleep(0.01)
+    try:
+        wait_until(lambda: all((tmp_path / f"ready{index}").exists() for index in range(count))
+                   or any(p.poll() is not None for p in processes), "every process to be ready", timeout=300)
+        assert all(p.poll() is None for p in processes), "a process died early"
+    except AssertionError:
+        for process in processes:
+            process.kill()
+            process.communicate()
+        raise
     go.touch()
     results = []
     for process in processes:

@@ -170,6 +170,34 @@ def test_convert_keeps_device_dtype_and_training_mode_and_handles_a_bare_layer()
     assert manualbp.convert(torch.nn.ELU(0.5)).alpha == 0.5
 
 
+def test_convert_keeps_a_module_used_twice_one_module():
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(4, 4, dtype=torch.float64)
+    original = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)
+    converted = manualbp.convert(copy.deepcopy(original))  # deepcopy keeps the sharing too
+    assert type(converted[0]) is mnn.Linear and converted[0] is converted[2]  # one twin in both places
+    assert mnn.unconverted(converted) == []
+    x, target = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 4, (5,))
+    loss, grads = _loss_and_grads(converted, x, target)
+    expected_loss, expected_grads = _loss_and_grads(original, x, target)
+    torch.testing.assert_close(loss, expected_loss, **EXACT)
+    assert grads.keys() == expected_grads.keys() == {"0.weight", "0.bias"}  # one weight, its gradient from both uses
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], **EXACT)
+
+
+def test_unconverted_says_why_each_module_is_left():
+    class ScaledLinear(torch.nn.Linear):
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), ScaledLinear(3, 3), torch.nn.Hardswish())
+    assert mnn.unconverted(model) == [
+        "0 (Linear: not converted yet: convert(model) replaces it)",  # a plain Linear is no subclass
+        "1 (ScaledLinear: a subclass of Linear is not converted)",
+        "2 (Hardswish: no manualbp twin)",
+    ]
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.compile and autocast
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FULL_MNIST_ROOT, PROJECT_ROOT
+from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, overwrite_first_weight
 from PIL import Image, ImageDraw, ImageFont
 
 from manualbp.predict import DigitClassifier, PredictError, main, predict, read_grey, to_mnist_form
@@ -206,6 +206,27 @@ def test_a_checkpoint_that_is_not_a_digit_classifier_is_refused(config, tmp_path
         DigitClassifier(garbage)
     with pytest.raises(PredictError, match=r"nothing.ckpt: no such checkpoint"):
         DigitClassifier(tmp_path / "nothing.ckpt")
+
+
+@pytest.mark.parametrize("sidecar", [True, False], ids=["sha256", "crc32"])
+def test_a_damaged_checkpoint_is_one_line_and_a_failure(digit_checkpoint, tmp_path, capsys, sidecar):
+    damaged = tmp_path / "last.ckpt"
+    damaged.write_bytes(digit_checkpoint.read_bytes())
+    if sidecar:
+        sha256 = digit_checkpoint.with_name(digit_checkpoint.name + ".sha256")
+        (tmp_path / "last.ckpt.sha256").write_bytes(sha256.read_bytes())
+    overwrite_first_weight(damaged)  # torch.load still reads it: weights of 1e38
+    seven = tmp_path / "seven.png"
+    draw_digit(7, canvas=(90, 140), size=90).save(seven)
+    assert main([str(damaged), str(seven)]) == 1
+    output, errors = capsys.readouterr()
+    assert output == ""
+    reason = ("its SHA-256 is not the one recorded when it was saved (last.ckpt.sha256)" if sidecar
+              else "its part archive/data/0 does not match the CRC32 stored in the file")
+    assert errors.splitlines() == [
+        f"error: checkpoint {damaged} is damaged: {reason}; its bytes changed since"
+        f"{' it was saved' if not sidecar else ''}. Train one with: python train.py model=mnist"
+    ]
 
 
 def test_a_fashion_mnist_checkpoint_is_not_a_digit_classifier(config, tmp_path):

@@ -3,8 +3,9 @@ real signals, real (small, tmpfs) filesystems where the machine allows them."""
 
 from __future__ import annotations
 
-import csv
 import errno
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PROJECT_ROOT, run_train_py, write_mnist_files
+from helpers import (
+    MNIST_RUN,
+    PROJECT_ROOT,
+    error_lines,
+    metrics_rows,
+    overwrite_first_weight,
+    rows_of_epoch,
+    run_train_py,
+    start_train_py,
+    wait_until,
+    write_mnist_files,
+)
 
 from manualbp.errors import ConfigError
 from manualbp.training import train
@@ -29,33 +41,47 @@ from manualbp.training.checkpoints import (
     read_checkpoint,
 )
 
-MNIST_RUN = ["model=mnist", "data.val_size=100", "data.batch_size=50", "seed=3", "trainer.log_every_n_steps=1"]
+# ----------------------------------------------------------------------------------------------
+# One run at a time in a run folder
+# ----------------------------------------------------------------------------------------------
 
 
-def start_train_py(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """``python train.py`` as a child process, with SIGINT delivered as in a terminal (a shell
-    that starts a job in the background makes its children ignore SIGINT)."""
-    return subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides], cwd=cwd, env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
-def metrics_rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def rows_of_epoch(run: Path, epoch: int) -> bool:
+@pytest.mark.slow
+def test_a_second_run_in_a_busy_run_folder_is_refused_in_one_line_before_writing(tmp_path):
+    run = tmp_path / "run"
+    first = start_train_py("model=xor", "trainer.max_epochs=100000", "figures=false", f"hydra.run.dir={run}",
+                           cwd=tmp_path)
     try:
-        return any(row["epoch"] == str(epoch) for row in metrics_rows(run))
-    except (FileNotFoundError, StopIteration, KeyError):
-        return False
+        wait_until(lambda: rows_of_epoch(run, 1), "the first run's epoch 1 in metrics.csv", process=first)
+        written = {path: path.read_bytes() for path in (run / ".hydra").iterdir()}
+        second = run_train_py("model=xor", "seed=1", f"hydra.run.dir={run}", cwd=tmp_path, timeout=300)
+        assert second.returncode == 1 and error_lines(second.stderr) == [
+            f"error: hydra.run.dir={run} is in use by another run (pid {first.pid}); wait for it to end, or give "
+            f"this run its own folder (another hydra.run.dir=PATH, or leave hydra.run.dir out for a new one)"
+        ], second.stderr[-3000:]
+        assert first.poll() is None  # refused while the first run held the folder
+        assert {path: path.read_bytes() for path in (run / ".hydra").iterdir()} == written  # nothing written
+        assert not (run / "history").exists() and "seed=1" not in (run / "train.log").read_text()
+    finally:
+        first.kill()  # a crash: the kernel releases the lock with the process
+        first.communicate()
+    again = run_train_py("model=xor", "trainer.max_epochs=1", "figures=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
+def test_train_holds_its_run_folder_while_it_runs(config, tmp_path):
+    from manualbp.training.run_folder import LOCK_NAME, RunFolderInUseError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / LOCK_NAME, "w") as lock:  # another open file: to flock, another run
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("12345\n")
+        lock.flush()
+        with pytest.raises(RunFolderInUseError, match=rf"hydra.run.dir={run} is in use by another run \(pid 12345\)"):
+            train(config("model=xor", "trainer.max_epochs=1", "figures=false"))
+    assert sorted(path.name for path in run.iterdir()) == [LOCK_NAME]  # nothing written
+    train(config("model=xor", "trainer.max_epochs=1", "figures=false"))  # free again once its holder closed it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,9 +97,8 @@ def test_a_killed_run_resumed_in_its_folder_keeps_every_epoch_in_metrics_csv(tmp
 
     run = tmp_path / "killed"
     process = start_train_py(*common, f"hydra.run.dir={run}", cwd=tmp_path)
-    while process.poll() is None and not rows_of_epoch(run, 2):  # mid-run: epochs 0 and 1 checkpointed
-        pass
-    process.kill()
+    wait_until(lambda: rows_of_epoch(run, 2), "epoch 2's rows in metrics.csv", process=process, poll_s=0)
+    process.kill()  # mid-run: epochs 0 and 1 checkpointed
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     last = run / "checkpoints" / "last.ckpt"
@@ -98,12 +123,41 @@ def test_a_killed_run_resumed_in_its_folder_keeps_every_epoch_in_metrics_csv(tmp
     assert actual == expected  # every row, every value: the resumed run's history is the whole run's
 
 
-def test_a_new_run_in_a_folder_with_history_moves_it_aside(config, tmp_path):
-    train(config("model=xor", "trainer.max_epochs=1", "figures=false"))
-    first = (tmp_path / "run" / "metrics.csv").read_text()
-    train(config("model=xor", "trainer.max_epochs=1", "figures=false", "seed=1"))
-    assert (tmp_path / "run" / "metrics.csv.previous").read_text() == first
-    assert (tmp_path / "run" / "metrics.csv").read_text() != first
+def test_each_new_run_in_a_folder_moves_the_earlier_runs_files_to_a_numbered_history(config, tmp_path):
+    run = tmp_path / "run"
+    for seed in (0, 1, 2):
+        train(config("model=xor", "trainer.max_epochs=1", "figures=false", f"seed={seed}"))
+    assert sorted(path.name for path in (run / "history").iterdir()) == ["1", "2"]
+    for folder, seed in ((run / "history" / "1", 0), (run / "history" / "2", 1), (run, 2)):
+        assert json.loads((folder / "results.json").read_text())["seed"] == seed
+        assert len(metrics_rows(folder)) > 0
+        (best,) = (folder / "checkpoints").glob("best-*.ckpt")  # each run's best beside its own results
+        assert json.loads((folder / "results.json").read_text())["best_checkpoint"].endswith(best.name)
+        read_checkpoint(best)  # its .sha256 moved with it
+
+    # Resuming an earlier run's checkpoint (in history/) continues that run here: a new run for this folder.
+    earlier = run / "history" / "1" / "checkpoints" / "last.ckpt"
+    train(config("model=xor", "trainer.max_epochs=2", "figures=false", f"ckpt_path={earlier}"))
+    assert json.loads((run / "history" / "3" / "results.json").read_text())["seed"] == 2
+    assert read_checkpoint(earlier)["epoch"] == 0 and read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_a_run_folder_used_three_times_keeps_each_runs_files_and_config(tmp_path):
+    run = tmp_path / "run"
+    outputs = []
+    for seed in (0, 1, 2):
+        result = run_train_py("model=xor", "trainer.max_epochs=1", "figures=false", f"seed={seed}",
+                              f"hydra.run.dir={run}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout + result.stderr)
+    for folder, seed in ((run / "history" / "1", 0), (run / "history" / "2", 1), (run, 2)):
+        assert f"seed: {seed}\n" in (folder / ".hydra" / "config.yaml").read_text()
+        assert json.loads((folder / "results.json").read_text())["seed"] == seed
+        assert len(metrics_rows(folder)) > 0 and list((folder / "checkpoints").glob("best-*.ckpt"))
+        assert (folder / "train.log").read_text().count("training xor (engine") == 1  # its own log only
+    assert f"{run} held an earlier run: its files are now in {run / 'history' / '2'}" in outputs[2]
+    assert not any("Checkpoint directory" in output for output in outputs), outputs[2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,16 +177,21 @@ def test_a_kill_during_a_save_on_another_filesystem_leaves_a_whole_last_ckpt(tmp
     try:
         process = start_train_py(*common, f"hydra.run.dir={run}", cwd=tmp_path, env={"TMPDIR": str(temp)})
         folder, last = run / "checkpoints", run / "checkpoints" / "last.ckpt"
-        first = None
-        while process.poll() is None:  # kill during the second save of last.ckpt
+        first = []
+
+        def second_save_begun() -> bool:  # a temporary file here or in $TMPDIR, or last.ckpt changing
             try:
                 stat = last.stat()
             except FileNotFoundError:
-                continue
-            if first is None:
-                first = (stat.st_size, stat.st_mtime_ns)
-            elif (stat.st_size, stat.st_mtime_ns) != first or any(folder.glob(".*.partial")) or any(temp.iterdir()):
-                process.kill()  # a save has begun: a temporary file here or in $TMPDIR, or last.ckpt changing
+                return False
+            if not first:
+                first.append((stat.st_size, stat.st_mtime_ns))
+                return False
+            return ((stat.st_size, stat.st_mtime_ns) != first[0] or any(folder.glob(".*.partial"))
+                    or any(temp.iterdir()))
+
+        wait_until(second_save_begun, "the second save of last.ckpt", process=process, poll_s=0)
+        process.kill()  # during the second save of last.ckpt
         process.communicate()
         assert process.returncode == -signal.SIGKILL, "the run ended before the second save"
         assert read_checkpoint(last)["epoch"] in (0, 1)  # whole and verified, old or new
@@ -223,21 +282,11 @@ def xor_checkpoint(config, tmp_path) -> Path:
     return tmp_path / "run" / "checkpoints" / "last.ckpt"
 
 
-def overwrite_first_weight(path: Path) -> None:
-    """Overwrite 24 bytes of the first weight matrix's data inside the file, as a bad disk
-    sector or a stray write would: the file still loads."""
-    data = bytearray(path.read_bytes())
-    weight = torch.load(path, weights_only=False)["state_dict"]["net.0.weight"]
-    start = bytes(data).index(weight.numpy().tobytes()[:24])
-    data[start:start + 24] = b"\x7f" * 24
-    path.write_bytes(bytes(data))
-    assert torch.load(path, weights_only=False)["state_dict"]["net.0.weight"].abs().max() > 1e30
-
-
 @pytest.mark.parametrize(
     "damage, message",
     [
         ("overwrite", "is damaged: its SHA-256 is not the one recorded when it was saved"),
+        ("overwrite-unverified", r"is damaged: its part archive/data/\d+ does not match the CRC32 stored in the file"),
         ("truncate", "is damaged: its SHA-256"),
         ("truncate-unverified", "is not a readable PyTorch checkpoint"),
         ("empty", r"is empty \(0 bytes\)"),
@@ -245,7 +294,7 @@ def overwrite_first_weight(path: Path) -> None:
     ],
 )
 def test_a_damaged_checkpoint_is_named_and_not_loaded(config, tmp_path, xor_checkpoint, damage, message):
-    if damage == "overwrite":
+    if damage.startswith("overwrite"):
         overwrite_first_weight(xor_checkpoint)
     elif damage.startswith("truncate"):
         xor_checkpoint.write_bytes(xor_checkpoint.read_bytes()[:3000])
@@ -253,7 +302,7 @@ def test_a_damaged_checkpoint_is_named_and_not_loaded(config, tmp_path, xor_chec
         xor_checkpoint.write_bytes(b"")
     else:
         xor_checkpoint.write_bytes(os.urandom(8000))
-    if damage != "overwrite" and damage != "truncate":
+    if damage not in ("overwrite", "truncate"):
         checksum_path(xor_checkpoint).unlink()  # a checkpoint from elsewhere, without a checksum
     with pytest.raises(CheckpointError, match=f"checkpoint {xor_checkpoint} {message}.*best-epoch000"):
         train(config("model=xor", "trainer.max_epochs=2", f"ckpt_path={xor_checkpoint}"))

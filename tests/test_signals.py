@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import shlex
 import signal
-import time
 
 import pytest
-from helpers import PROJECT_ROOT, run_train_py
-from test_run_folder import MNIST_RUN, error_lines, rows_of_epoch, start_train_py
+from helpers import (
+    MNIST_RUN,
+    PROJECT_ROOT,
+    error_lines,
+    rows_of_epoch,
+    run_train_py,
+    start_train_py,
+    wait_for_line,
+    wait_until,
+)
 
 from manualbp.training.checkpoints import read_checkpoint
 
@@ -19,16 +26,15 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path, small_mnist):
     run = tmp_path / "run"
     process = start_train_py(*MNIST_RUN, f"data.root={small_mnist}", "trainer.max_epochs=5", f"hydra.run.dir={run}",
                              cwd=tmp_path)
-    while process.poll() is None and not rows_of_epoch(run, 1):  # epoch 0 checkpointed, epoch 1 running
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+    wait_until(lambda: rows_of_epoch(run, 1), "epoch 1's rows in metrics.csv", process=process)
+    process.send_signal(signal.SIGTERM)  # epoch 0 checkpointed, epoch 1 running
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     lines = error_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGTERM while training; resume it"), stderr
     last = run / "checkpoints" / "last.ckpt"
     assert f"ckpt_path={last} hydra.run.dir={run}" in lines[0]
-    assert read_checkpoint(last)["epoch"] >= 0
+    assert read_checkpoint(last)["epoch"] in (0, 1)  # epoch 0's, or epoch 1's if it ended before the signal came
 
     command = shlex.split(lines[0].split("resume it from its last checkpoint with: ", 1)[1])
     assert command[:2] == ["python", "train.py"] and f"data.root={small_mnist}" in command
@@ -38,19 +44,15 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(tmp_path, small_mnist):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay_s", [0.0, 0.3, 0.8])
-def test_sigint_just_after_the_last_epoch_is_never_ignored(tmp_path, delay_s):
+def test_sigint_just_after_the_last_epoch_is_never_ignored(tmp_path):
+    # After the last epoch's line the run is testing and drawing its figures (well over the time
+    # a signal takes to arrive): it stops, saying how to resume. (A signal after its last line
+    # could come after the process has ended: no test can say anything then.)
     run = tmp_path / "run"
     process = start_train_py("model=xor", f"hydra.run.dir={run}", cwd=tmp_path)
-    for line in process.stdout:
-        if line.startswith("epoch 3/3 done"):
-            break
-    time.sleep(delay_s)
+    wait_for_line(process, "epoch 3/3 done")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0, stderr[-3000:]  # never ignored
-    if (run / "results.json").is_file() and process.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
-        return  # the run had done all its work (XOR's test and report take well under 0.8 s) when it came
     assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
     lines = error_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGINT while "), stderr

@@ -237,6 +237,58 @@ def test_a_missing_derivative_factor_is_named_with_where_the_mismatch_is_largest
     assert "FAILED  gradcheck: backward vs finite differences" in report  # finite differences agree
 
 
+def make_tanh(grad_input):
+    """y = tanh(x) with δx = ``grad_input(y, δy)`` (right: (1 − y²)·δy)."""
+
+    class Tanh(Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return torch.tanh(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(output)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (output,) = ctx.saved_tensors
+            return grad_input(output, grad_output)
+
+    return Tanh
+
+
+TanhInFloat32 = make_tanh(lambda y, grad_y: ((1 - y * y) * grad_y).float())  # autograd casts it back to float64
+TanhNoisy = make_tanh(lambda y, grad_y: (1 - y * y) * grad_y * (1 + 0.1 * torch.rand_like(y)))
+
+
+def test_a_float32_gradient_for_a_float64_input_is_a_dtype_mismatch():
+    report = failure(TanhInFloat32.apply, torch.tanh, _randn(5, 4))
+    assert ("input 0 (x): a dtype mismatch: the gradient has float32 precision where the reference's is float64: "
+            "backward computed or returned float32 for float64 inputs") in report
+    assert "constant factor" not in report
+
+
+def test_a_float32_output_for_float64_inputs_is_a_dtype_mismatch():
+    report = failure(lambda x: torch.tanh(x).float(), torch.tanh, _randn(5, 4), layouts=["as_given"])
+    assert "output: a dtype mismatch: the value has float32 precision where the reference's is float64" in report
+    assert "constant factor" not in report
+    # a round trip through float32 in the middle: float64 values with float32's precision
+    report = failure(lambda x: torch.tanh(x).float().double(), torch.tanh, _randn(5, 4), layouts=["as_given"])
+    assert "input 0 (x): equals the reference only to about float32's precision" in report
+    assert "constant factor" not in report
+
+
+def test_a_non_deterministic_backward_is_named_and_nothing_else_is_guessed():
+    report = failure(TanhNoisy.apply, torch.tanh, _randn(5, 4))
+    assert ("-> backward is not deterministic: two runs on the same inputs and the same grad_output gave different "
+            "gradients for input 0 (x)") in report
+    diagnoses = [line for line in report.splitlines() if line.strip().startswith("->")]
+    assert len(diagnoses) >= 3 and all("backward is not deterministic" in line for line in diagnoses), diagnoses
+    assert "a factor of the derivative missing" not in report and "wrong too" not in report
+
+
 class SigmoidWithOutputOnCtx(Function):
     """Right first derivative, but σ is kept as a detached ctx attribute, not save_for_backward:
     double backward misses the σ'' term."""

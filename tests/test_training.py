@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, run_train_py, write_mnist_files
+from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, run_train_py, wait_until, write_mnist_files
 
 from manualbp.errors import DataError, GradientMismatchError, NonFiniteLossError
 from manualbp.layers import activations
@@ -121,20 +121,12 @@ def test_other_mnist_family_datasets_use_the_same_pipeline(config, tmp_path, dat
 
 @pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
 @pytest.mark.slow
-def test_default_mnist_config_reaches_98_percent_on_full_mnist(config, monkeypatch):
+@pytest.mark.parametrize("model, accuracy", [("mnist", 0.98), ("lenet", 0.99)])
+def test_the_default_config_reaches_its_accuracy_on_full_mnist(config, monkeypatch, model, accuracy):
     monkeypatch.setenv(DATA_ENV, FULL_MNIST_ROOT)
-    results = train(config("model=mnist"))
+    results = train(config(f"model={model}"))
     assert "torchvision.datasets.MNIST" in results["data"]
-    assert results["test/acc"] >= 0.98, results
-
-
-@pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
-@pytest.mark.slow
-def test_default_lenet_config_reaches_99_percent_on_full_mnist(config, monkeypatch):
-    monkeypatch.setenv(DATA_ENV, FULL_MNIST_ROOT)
-    results = train(config("model=lenet"))
-    assert "torchvision.datasets.MNIST" in results["data"]
-    assert results["test/acc"] >= 0.99, results
+    assert results["test/acc"] >= accuracy, results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,8 +361,7 @@ def test_a_killed_run_resumed_from_last_ckpt_ends_like_an_uninterrupted_run(tmp_
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     last = killed_dir / "checkpoints" / "last.ckpt"
-    while not last.exists() and process.poll() is None:
-        time.sleep(0.01)
+    wait_until(last.exists, f"{last} to be written", process=process)
     os.kill(process.pid, signal.SIGKILL)  # right after the first epoch's checkpoint
     process.wait()
     assert process.returncode == -signal.SIGKILL and not (killed_dir / "results.json").exists()

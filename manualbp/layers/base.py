@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from manualbp import torch_private
+
 # ----------------------------------------------------------------------------------------------
 # The Function: eager and compile copies, autocast
 # ----------------------------------------------------------------------------------------------
@@ -84,10 +86,10 @@ def _eager_entry(function: type[Function]) -> type[Function]:
     return type(function.__name__, (Function,), attributes | {"manualbp_function": function})
 
 
-def _forward_ad_level() -> int:
-    # torch-private: the innermost forward-AD level, -1 outside every ``forward_ad.dual_level()``
-    # (gradcheck's forward-AD checks run inside one; torch.func.jvp takes the original class).
-    return getattr(torch.autograd.forward_ad, "_current_level", 0)
+# torch-private (manualbp/torch_private.py): the innermost forward-AD level, -1 outside every
+# ``forward_ad.dual_level()`` (gradcheck's forward-AD checks run inside one; torch.func.jvp takes
+# the original class).
+_forward_ad_level = torch_private.forward_ad_level
 
 
 def _keep_nothing(*tensors: Tensor) -> None:
@@ -100,9 +102,9 @@ def _without_jvp(function: type[Function]) -> type[Function]:
     return type(function.__name__, (Function,), methods | {"generate_vmap_rule": True, "manualbp_function": function})
 
 
-def _functorch_transforms_active() -> bool:
-    # torch-private: torch.func has no public "am I inside vmap/grad/jacrev/jvp?".
-    return torch._C._are_functorch_transforms_active()
+# torch-private (manualbp/torch_private.py, with its fallback): torch.func has no public "am I
+# inside vmap/grad/jacrev/jvp?".
+_functorch_transforms_active = torch_private.functorch_transforms_active
 
 
 def is_traced(tensor: Tensor) -> bool:
@@ -112,11 +114,12 @@ def is_traced(tensor: Tensor) -> bool:
     return _is_functorch_wrapped(tensor) or _is_legacy_batched(tensor)
 
 
-# torch-private: no public API tells a torch.func-wrapped tensor from a plain one, nor one batched
-# by autograd.grad(..., is_grads_batched=True) (the older vmap, which gradcheck uses). Looked up
-# once: is_traced runs several times per layer and step.
-_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda tensor: False)
-_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda tensor: False)
+# torch-private (manualbp/torch_private.py, with their fallbacks): no public API tells a
+# torch.func-wrapped tensor from a plain one, nor one batched by autograd.grad(...,
+# is_grads_batched=True) (the older vmap, which gradcheck uses). Looked up once: is_traced runs
+# several times per layer and step.
+_is_functorch_wrapped = torch_private.is_functorch_wrapped_tensor
+_is_legacy_batched = torch_private.is_legacy_batched_tensor
 
 
 def owns_buffers(*tensors: Tensor) -> bool:
@@ -185,8 +188,9 @@ def apply_inplace(inplace_function: type[LayerFunction], function: type[LayerFun
     return apply(inplace_function, input, *args)
 
 
-# torch-private: autocast on for any device at all (one C call; the public check wants a device).
-_any_autocast_enabled = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+# torch-private (manualbp/torch_private.py): autocast on for any device at all (one C call; the
+# public check wants a device).
+_any_autocast_enabled = torch_private.any_autocast_enabled
 
 
 def autocast_enabled(device_type: str) -> bool:

@@ -118,6 +118,7 @@ def check_function(
             report.results.append(_run(title, run, subject, layouts_to_run, tolerance))
     _add_second_order_hint(report)
     _add_forward_mode_hint(report)
+    _add_nondeterminism_hint(report)
     if raise_on_failure and not report.passed:
         raise AssertionError(str(report))
     return report
@@ -187,3 +188,23 @@ def _add_second_order_hint(report: Report) -> None:
     for result in second_order:
         if result.failed:
             result.diagnosis = f"{hint}\n{result.diagnosis}"
+
+
+NONDETERMINISM_HINT = (
+    f"{checks.NOT_DETERMINISTIC} (see the failure that says so): a comparison with a backward that changes "
+    "from run to run tells nothing more; fix that first"
+)
+
+
+def _add_nondeterminism_hint(report: Report) -> None:
+    """A backward that gives different gradients each run fails most checks, and each one's own
+    guess (a missing factor, ...) would contradict the others: it is said once, and every other
+    failure points to it instead of guessing."""
+    if not any(result.failed and checks.NOT_DETERMINISTIC in result.diagnosis for result in report.results):
+        return
+    for result in report.results:
+        if result.failed and checks.NOT_DETERMINISTIC not in result.diagnosis:
+            result.diagnosis = NONDETERMINISM_HINT
+        elif result.failed:  # the second-order hint's "first-order gradients are wrong too" is beside the point
+            result.diagnosis = "\n".join(line for line in result.diagnosis.splitlines()
+                                         if checks.NOT_DETERMINISTIC in line)

@@ -128,9 +128,46 @@ def backward_of(function, args, indices, grad_output, create_graph=False):
     return inputs, grads
 
 
+NOT_DETERMINISTIC = "backward is not deterministic"
+
+
+def nondeterminism(labels, first, second) -> str | None:
+    """Why two backward passes on the same inputs and grad_output differ (None: they are equal,
+    bit for bit)."""
+    for label, one, other in zip(labels, first, second, strict=True):
+        if one is None and other is None:
+            continue
+        if one is None or other is None or one.shape != other.shape:
+            difference = "a gradient once and none the other time"
+        elif torch.allclose(one, other, rtol=0, atol=0, equal_nan=True):
+            continue
+        else:
+            found = errors(label, one, other)
+            difference = f"by up to {found.max_abs:.3g} at {found.abs_where}"
+        return (
+            f"{NOT_DETERMINISTIC}: two runs on the same inputs and the same grad_output gave different gradients "
+            f"for {label} ({difference}): random numbers drawn in backward (draw them in forward and save them, "
+            "as dropout saves its mask), memory left unfilled (torch.empty), or state kept between calls?"
+        )
+    return None
+
+
+def _backward_twice(subject: Subject, args: tuple, indices, labels, grad_output) -> str | None:
+    """Run backward twice through one forward pass (so a random forward, such as dropout drawing
+    its mask, plays no part): why the two differ, or None."""
+    inputs = fresh(args, indices)
+    output = one_tensor(subject.function(*inputs), "the function")
+    wanted = [inputs[i] for i in indices]
+    first = torch.autograd.grad(output, wanted, grad_output.clone(), allow_unused=True, retain_graph=True)
+    second = torch.autograd.grad(output, wanted, grad_output.clone(), allow_unused=True)
+    return nondeterminism(labels, first, second)
+
+
 def gradients(subject: Subject, args: tuple, tolerance: Tolerance) -> Outcome:
     """The gradients of a random vector-Jacobian product equal the reference's, for every subset of
-    the floating inputs requiring grad (all of them first)."""
+    the floating inputs requiring grad (all of them first); with all of them, backward run twice
+    gives the same gradients (else nothing else is said: a non-deterministic backward is the
+    mistake, whatever the comparison shows)."""
     floating = subject.floating
     if not floating:
         return Outcome(SKIPPED, None, "no floating-point input")
@@ -147,6 +184,8 @@ def gradients(subject: Subject, args: tuple, tolerance: Tolerance) -> Outcome:
             outcome = raised(error, subject=subject)
         else:
             labels = [subject.labels[i] for i in subset]
+            if subset == tuple(floating) and (reason := _backward_twice(subject, args, subset, labels, grad_output)):
+                return Outcome(FAILED, None, reason)
             outcome = compare_all(zip(labels, got, expected, strict=True), tolerance, _batch_size(subject, args))
         total = total.merge(outcome.errors)
         if outcome.status == FAILED and first_failure is None:
@@ -260,6 +299,9 @@ def run_gradcheck(kind: str, subject: Subject, args: tuple, tolerance: Tolerance
         if reason:
             return Outcome(SKIPPED, None, reason)
         diagnosis = _gradcheck_input_label(subject, first_line(error)).rstrip(",")
+        if "not reentrant" in diagnosis:  # torch's words for it
+            return Outcome(FAILED, None, f"{NOT_DETERMINISTIC}: gradcheck ran backward twice on the same inputs "
+                                         "and grad_output and got different values")
         found = _numerical_jacobian_errors(subject, args) if kind == "gradcheck" else None
         return Outcome(FAILED, found, f"gradcheck: {diagnosis}")
     except Exception as error:  # noqa: BLE001

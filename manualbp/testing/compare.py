@@ -44,13 +44,22 @@ def errors(label: str, got: Tensor, expected: Tensor, floor: float = 1e-12) -> E
 
 
 def close(got: Tensor, expected: Tensor, rtol: float, atol: float) -> bool:
-    """|got − expected| ≤ atol + rtol·|expected| everywhere (NaN only where the reference has NaN)."""
-    return got.shape == expected.shape and torch.allclose(got.detach(), expected.detach(), rtol, atol, equal_nan=True)
+    """|got − expected| ≤ atol + rtol·|expected| everywhere (NaN only where the reference has NaN), in
+    the reference's dtype (another dtype is never close: ``diagnose`` names the mismatch)."""
+    return (got.shape == expected.shape and got.dtype == expected.dtype
+            and torch.allclose(got.detach(), expected.detach(), rtol, atol, equal_nan=True))
 
 
 def _roughly(got: Tensor, expected: Tensor) -> bool:
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     return got.shape == expected.shape and torch.allclose(got, expected, _DIAGNOSIS_RTOL, _DIAGNOSIS_RTOL * scale)
+
+
+def _roughly_at(got: Tensor, expected: Tensor, dtype: torch.dtype, steps: int = 64) -> bool:
+    """``got`` equals ``expected`` within ``steps`` rounding steps of ``dtype``."""
+    step = steps * torch.finfo(dtype).eps
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return torch.allclose(got, expected, rtol=step, atol=step * scale)
 
 
 def _fraction(value: float, batch_size: int | None) -> str:
@@ -65,22 +74,65 @@ def _fraction(value: float, batch_size: int | None) -> str:
     return ""
 
 
+# Lower precisions a float64 result may have been computed or returned in, finest first.
+_LOWER_PRECISIONS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _lower_precision(got: Tensor, expected: Tensor) -> torch.dtype | None:
+    """The lower-precision dtype whose rounding explains the whole difference between ``got`` and
+    ``expected`` (float64): every value of ``got`` is one of that dtype's numbers (the reference's
+    are not) and lies within a few of its rounding steps of the reference; None if none does."""
+    for dtype in _LOWER_PRECISIONS:
+        if not torch.equal(got, got.to(dtype).to(torch.float64)):
+            continue
+        if torch.equal(expected, expected.to(dtype).to(torch.float64)):
+            return None  # the reference's values are that dtype's numbers too: its rounding tells nothing
+        if _roughly_at(got, expected, dtype):
+            return dtype
+    return None
+
+
+def _dtype_mismatch(label: str, got_dtype: torch.dtype, expected_dtype: torch.dtype, what: str) -> str:
+    who = "backward" if what == "gradient" else "the function"
+    return (
+        f"{label}: a dtype mismatch: the {what} has {str(got_dtype).removeprefix('torch.')} precision where the "
+        f"reference's is {str(expected_dtype).removeprefix('torch.')}: {who} computed or returned "
+        f"{str(got_dtype).removeprefix('torch.')} for {str(expected_dtype).removeprefix('torch.')} inputs"
+        + (" (autograd casts a gradient to its input's dtype without a word)" if what == "gradient" else "")
+        + "; compute in the inputs' dtype (no .float(), new tensors made with dtype=x.dtype)"
+    )
+
+
 def diagnose(
     label: str, got: Tensor | None, expected: Tensor | None, batch_size: int | None = None, what: str = "gradient"
 ) -> str:
     """In words, what ``got`` looks like next to the reference's ``expected`` gradient.
 
-    Tries, in order: no gradient (None or zeros), wrong shape, sign flipped, transposed, a
-    constant factor (naming 1/N when it is the batch size); otherwise the ratio is not constant
-    and the largest mismatch is named.
+    Tries, in order: no gradient (None or zeros), wrong shape, a dtype mismatch (another dtype,
+    or float64 values with only float32's precision: autograd casts a gradient back to its input's
+    dtype), sign flipped, transposed, a constant factor (naming 1/N when it is the batch size);
+    otherwise the ratio is not constant and the largest mismatch is named.
     """
     if got is None:
         return f"{label}: no gradient reached it: backward returned None for it (the reference's gradient is not zero)"
     if expected is None:
         return f"{label}: got a gradient where the reference has none (is it an input of the reference?)"
+    got_dtype, expected_dtype = got.dtype, expected.dtype
     got, expected = got.detach().to(torch.float64), expected.detach().to(torch.float64)
     if got.shape != expected.shape:
         return wrong_shape(label, tuple(expected.shape), tuple(got.shape), what)
+    if got_dtype != expected_dtype and got_dtype.is_floating_point and _roughly_at(got, expected, got_dtype):
+        return _dtype_mismatch(label, got_dtype, expected_dtype, what)
+    if expected_dtype == torch.float64 and (lower := _lower_precision(got, expected)) is not None:
+        return _dtype_mismatch(label, lower, expected_dtype, what)
+    if expected_dtype == torch.float64 and _roughly_at(got, expected, torch.float32, steps=16):
+        # float64 values, but equal to the reference only to float32's precision: some step ran in float32?
+        worst = float(((got - expected).abs() / expected.abs().clamp_min(1e-300)).max())
+        return (
+            f"{label}: equals the reference only to about float32's precision (relative error up to {worst:.1e}): "
+            "a dtype mismatch? a step computed in float32 (a .float(), a float32 tensor or constant) for float64 "
+            "inputs; compute in the inputs' dtype"
+        )
     if what == "gradient" and expected.abs().max() > 0 and got.abs().max() == 0:
         return f"{label}: no gradient reached it: backward returned zeros (the reference's gradient is not zero)"
     if expected.abs().max() == 0:

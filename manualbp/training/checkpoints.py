@@ -8,7 +8,9 @@
   /tmp, which across filesystems is a copy that truncates the target first). An interrupted save
   removes its temporary file; one left by SIGKILL is removed by the next run in that folder.
 * Beside each checkpoint, ``<name>.sha256`` holds its SHA-256 (``sha256sum -c`` reads it), and
-  every load verifies it: flipped or overwritten bytes are an error, not weights of 1e15.
+  every load verifies it (``manualbp.checkpoint_file``, which every reader of a checkpoint uses;
+  without the file, the zip members' CRC32): flipped or overwritten bytes are an error, not
+  weights of 1e15.
 * A full disk is one line (``DiskFullError``) naming the last good checkpoint.
 
 ``read_checkpoint`` is the one way manualbp reads a checkpoint: a missing, empty, truncated,
@@ -20,7 +22,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -29,24 +30,20 @@ import torch
 from lightning.fabric.utilities.cloud_io import _load as lightning_load
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from manualbp.checkpoint_file import (
+    CheckpointError,
+    checksum_path,
+    recorded_digests,
+    verified_checkpoint_bytes,
+    what_to_do,
+)
 from manualbp.errors import ManualbpError
 
-log = logging.getLogger(__name__)
-
-CHECKSUM_SUFFIX = ".sha256"
 PARTIAL_SUFFIX = ".partial"
-
-
-class CheckpointError(ManualbpError):
-    """A checkpoint that is missing, damaged, or of another model."""
 
 
 class DiskFullError(ManualbpError, OSError):
     """The disk filled up while the run was writing; the last good checkpoint is named."""
-
-
-def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
 def fsync_folder(folder: Path) -> None:
@@ -98,50 +95,21 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def recorded_digests(path: Path) -> list[str]:
-    """The SHA-256 digests ``<path>.sha256`` accepts for ``path`` (none if it has no such file)."""
-    try:
-        lines = checksum_path(path).read_text().splitlines()
-    except OSError:
-        return []
-    return [line.split()[0] for line in lines if line.strip()]
-
-
-def _what_to_do(path: Path) -> str:
-    others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path) if path.parent.is_dir() else []
-    instead = f"use another checkpoint of the run ({', '.join(others)} in {path.parent}) or " if others else ""
-    return f"{instead}start again without ckpt_path"
-
-
 def read_checkpoint(path: str | os.PathLike, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
-    """The checkpoint at ``path``, its SHA-256 verified when it has a ``.sha256`` file.
+    """The checkpoint at ``path``, verified (``verified_checkpoint_bytes``: its SHA-256, or the
+    CRC32 of its parts without a .sha256 file).
 
     Raises CheckpointError, naming the file and what to do, for a file that is missing, empty,
     damaged (checksum), truncated or not a checkpoint."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({error.strerror}); {_what_to_do(path)}") from None
-    if not data:
-        raise CheckpointError(
-            f"checkpoint {path} is empty (0 bytes): the save that wrote it was cut off; {_what_to_do(path)}"
-        )
-    digests = recorded_digests(path)
-    if digests and hashlib.sha256(data).hexdigest() not in digests:
-        raise CheckpointError(
-            f"checkpoint {path} is damaged: its SHA-256 is not the one recorded when it was saved "
-            f"({checksum_path(path).name}); its bytes changed since. {_what_to_do(path).capitalize()}"
-        )
-    if not digests:
-        log.warning("checkpoint %s has no %s file: loaded without verifying it", path, CHECKSUM_SUFFIX)
+    data = verified_checkpoint_bytes(path)
     try:
         checkpoint = lightning_load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
     except Exception as error:  # torch.load: truncated zip, random bytes, unpickling errors
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"checkpoint {path} is not a readable PyTorch checkpoint ({len(data):,} bytes; {reason[:160]}); "
-            f"{_what_to_do(path)}"
+            f"{what_to_do(path)}"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(

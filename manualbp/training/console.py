@@ -15,6 +15,9 @@ import warnings
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+from manualbp.training.run_folder import RunFolderInUseError, archive_earlier_run, hold_run_folder, is_inside
 
 
 class ConsoleFilter(logging.Filter):
@@ -55,13 +58,29 @@ def check_writable_folder(folder: str, key: str) -> None:
         sys.exit(1)
 
 
+def hold_folder_or_exit(folder: str, key: str) -> None:
+    """Lock ``folder`` for this process's life (``run_folder.hold_run_folder``), or end the
+    program with one line if another run holds it."""
+    try:
+        hold_run_folder(folder, key)
+    except RunFolderInUseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 class RunFolderCheck(Callback):
-    """Hydra callback: the run (or sweep) folder can be created and written, checked before Hydra
-    writes its files there, so that a read-only or impossible folder is one line, not Hydra's
-    traceback."""
+    """Hydra callback, before Hydra writes its files in the run (or sweep) folder: the folder can
+    be created and written (a read-only or impossible folder is one line, not Hydra's traceback),
+    no other run is using it (it is locked for this run's life), and an earlier run's files in it
+    move to ``history/<n>`` (unless this run resumes from one of its checkpoints)."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        check_writable_folder(str(config.hydra.run.dir), "hydra.run.dir")
+        folder = str(config.hydra.run.dir)
+        check_writable_folder(folder, "hydra.run.dir")
+        hold_folder_or_exit(folder, "hydra.run.dir")
+        if not is_inside(OmegaConf.select(config, "ckpt_path", default=None, throw_on_missing=False), folder):
+            archive_earlier_run(folder)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         check_writable_folder(str(config.hydra.sweep.dir), "hydra.sweep.dir")
+        hold_folder_or_exit(str(config.hydra.sweep.dir), "hydra.sweep.dir")

@@ -4,8 +4,9 @@ Lightning's CSVLogger deletes the metrics.csv it finds in a non-empty log folder
 run in its own folder (the README's recipe) lost every epoch before the interruption.
 ``ResumableCSVLogger`` keeps it: on resume (``continue_from``), the rows up to the checkpoint are
 kept and the rest (what the interrupted run logged after its last checkpoint, which the resumed
-run logs again) is dropped; a new run in a folder that already has a metrics.csv moves it aside to
-``metrics.csv.previous`` with a warning.
+run logs again) is dropped. (A new run in a folder that has an earlier run's metrics.csv finds it
+gone: ``pipeline.train`` moves the earlier run's files to ``history/<n>`` first, see
+``run_folder``.)
 """
 
 from __future__ import annotations
@@ -79,14 +80,9 @@ class ResumableCSVLogger(CSVLogger):
     def experiment(self) -> ContinuedExperimentWriter:
         if self._experiment is not None:
             return self._experiment
-        if self.metrics_file.is_file():
-            if self._continue_from is not None:
-                kept = keep_rows_until(self.metrics_file, *self._continue_from)
-                log.info("continuing %s: %d rows up to epoch %d kept", self.metrics_file, kept, self._continue_from[0])
-            else:
-                previous = self.metrics_file.with_name(self.metrics_file.name + ".previous")
-                os.replace(self.metrics_file, previous)
-                log.warning("%s held another run's metrics: moved to %s", self.metrics_file, previous.name)
+        if self.metrics_file.is_file() and self._continue_from is not None:
+            kept = keep_rows_until(self.metrics_file, *self._continue_from)
+            log.info("continuing %s: %d rows up to epoch %d kept", self.metrics_file, kept, self._continue_from[0])
         self._fs.makedirs(self.root_dir, exist_ok=True)
         self._experiment = ContinuedExperimentWriter(log_dir=self.log_dir)
         return self._experiment

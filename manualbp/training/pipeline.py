@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -30,6 +31,7 @@ from manualbp.training.history import ResumableCSVLogger
 from manualbp.training.interrupts import interrupted, stop_on_signals
 from manualbp.training.loggers import log_figures
 from manualbp.training.module import LitNet
+from manualbp.training.run_folder import archive_earlier_run, archived_to, is_inside, run_folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +132,21 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     """
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    with run_folder_lock(output_dir):  # one run at a time in a folder (train.py locked it already)
+        return train_in_held_folder(cfg, output_dir, extra_callbacks)
+
+
+def train_in_held_folder(cfg: DictConfig, output_dir: Path, extra_callbacks: list[L.Callback]) -> dict:
+    """``train``, once this process holds ``output_dir``."""
     ckpt_path = cfg.get("ckpt_path")
     # Read and verified (checksum, then the model in build_run) before anything is written in the run folder.
     resumed = read_checkpoint(ckpt_path, weights_only=False) if ckpt_path else None
+    if not is_inside(ckpt_path, output_dir):  # a new run: an earlier run's files go to history/<n>
+        # Under Hydra, .hydra/ and the log are this run's (Hydra wrote them before train was called).
+        hydra_files = (".hydra", f"{HydraConfig.get().job.name}.log") if HydraConfig.initialized() else ()
+        archive_earlier_run(output_dir, keep=hydra_files)
+        if archived_to(output_dir) is not None:
+            log.warning("%s held an earlier run: its files are now in %s", output_dir, archived_to(output_dir))
     datamodule, module, callbacks, loggers, trainer = build_run(cfg, extra_callbacks, resumed)
 
     if resumed is not None:  # the folder is the run's own: its checkpoints are expected there
