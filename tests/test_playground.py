@@ -74,7 +74,7 @@ def stop_server(process: subprocess.Popen) -> tuple[int, str]:
 def digit_checkpoint(tmp_path_factory) -> Path:
     """A small checkpoint of python train.py model=mnist, trained here on digits drawn with Pillow's font
     (test_predict's): real digit shapes, so that a digit drawn in the page is recognised."""
-    from test_predict import drawn_digits
+    from helpers import drawn_digits
 
     from manualbp.training import train
     from manualbp.training.data.idx import idx_bytes

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, overwrite_first_weight
-from PIL import Image, ImageDraw, ImageFont
+from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, draw_digit, drawn_digits, grey, overwrite_first_weight
+from PIL import Image
 
 from manualbp.predict import DigitClassifier, PredictError, main, predict, read_grey, to_mnist_form
 from manualbp.training import train
@@ -21,27 +21,6 @@ from manualbp.training.data.idx import idx_bytes
 # ----------------------------------------------------------------------------------------------
 # Digits drawn with Pillow's built-in font: real digit shapes, made without any data set
 # ----------------------------------------------------------------------------------------------
-
-
-def draw_digit(digit: int, canvas=(120, 120), size: int = 80, stroke: int = 3, angle: float = 0.0,
-               centre=(0.5, 0.5), ink="black", paper="white", mode: str = "RGB") -> Image.Image:
-    """``digit`` drawn with ``ink`` on ``paper`` in an image of ``canvas`` (width, height), its
-    glyph ``size`` pixels high, thickened by ``stroke``, turned by ``angle`` degrees, centred at
-    ``centre`` (fractions of the canvas)."""
-    font = ImageFont.load_default(size=size)
-    glyph = Image.new("L", (2 * size, 2 * size), 0)
-    ImageDraw.Draw(glyph).text((size, size), str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke,
-                               stroke_fill=255)
-    glyph = glyph.rotate(angle, resample=Image.Resampling.BILINEAR)
-    glyph = glyph.crop(glyph.getbbox())
-    image = Image.new(mode, canvas, paper)
-    position = (round(centre[0] * canvas[0] - glyph.width / 2), round(centre[1] * canvas[1] - glyph.height / 2))
-    image.paste(Image.new(mode, glyph.size, ink), position, mask=glyph)
-    return image
-
-
-def grey(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("L"), dtype=np.float64) / 255
 
 
 def centre_of_mass(field: np.ndarray) -> tuple[float, float]:
@@ -106,20 +85,6 @@ def test_a_blank_image_is_a_clear_error():
 # ----------------------------------------------------------------------------------------------
 # A checkpoint trained here, on drawn digits, and the command line
 # ----------------------------------------------------------------------------------------------
-
-
-def drawn_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` digits drawn in varied sizes, strokes, angles and places, in MNIST's form (uint8)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % 10
-    images = np.stack([
-        to_mnist_form(grey(draw_digit(
-            int(label), size=int(rng.integers(40, 90)), stroke=int(rng.integers(1, 6)),
-            angle=float(rng.uniform(-12, 12)), centre=tuple(rng.uniform(0.35, 0.65, size=2)),
-        )))
-        for label in labels
-    ])
-    return np.round(images * 255).astype(np.uint8), labels.astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
