@@ -7,6 +7,8 @@ import functools
 import http.server
 import json
 import math
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -202,3 +204,42 @@ def test_a_vocab_size_that_does_not_fit_the_data_is_refused(tmp_path):
     corpus.write_text(TEXT)
     with pytest.raises(ConfigError, match=r"model.net.vocab_size=7 but the data needs \d+"):
         train(compose_config(["model=gpt", f"data.path={corpus}", "model.net.vocab_size=7"], tmp_path / "run"))
+
+
+def test_sample_prints_text_of_the_corpus_characters_without_lightning_or_hydra(gpt_run):
+    _, run, _ = gpt_run
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['manualbp.sample', {str(checkpoint)!r}, '--tokens', '120', '--prompt', 'line', "
+            "'--seed', '3']\n"
+            "try:\n    runpy.run_module('manualbp.sample', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert e.code in (0, None)\n"
+            "heavy = {'lightning', 'pytorch_lightning', 'hydra', 'omegaconf'}\n"
+            "print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & heavy))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text, heavy = result.stdout.rsplit("HEAVY", 1)
+    assert heavy.strip() == "[]"
+    generated = text[:-1]  # print's newline
+    assert generated.startswith("line") and len(generated) == 4 + 120 and set(generated) <= set(TEXT)
+    again = subprocess.run([sys.executable, "-m", "manualbp.sample", str(checkpoint), "--tokens", "120",
+                            "--prompt", "line", "--seed", "3"], capture_output=True, text=True, timeout=120)
+    assert again.stdout == text  # the same seed, the same text
+
+
+def test_sample_refuses_bad_prompts_and_checkpoints_in_one_line(gpt_run, tmp_path, capsys):
+    from manualbp.sample import main
+
+    _, run, _ = gpt_run
+    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    assert main([checkpoint, "--prompt", "Ω"]) == 1
+    assert "characters the model never saw: 'Ω'" in capsys.readouterr().err
+    assert main([str(tmp_path / "none.ckpt")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.ckpt"
+    data = bytearray((run / "checkpoints" / "last.ckpt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert main([str(damaged)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged.ckpt" in err
