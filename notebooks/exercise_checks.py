@@ -222,3 +222,24 @@ def check_gradient_descent(my_gradient_descent: Callable) -> bool:
     print(f"{exercise}: wrong: after {steps} steps of lr {lr:.4f} from W = 0, b = 0 the answer is {distance:.2e} "
           f"away from the closed-form minimiser: {why}")
     return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention_manualBP: the softmax backward
+# ----------------------------------------------------------------------------------------------
+
+
+def softmax_rows(logits: Tensor) -> Tensor:
+    """Y = softmax(X) over each row, in torch (the reference)."""
+    return torch.softmax(logits, dim=-1)
+
+
+def check_softmax_backward(softmax_backward: Callable) -> bool:
+    """``softmax_backward(dY, Y) -> δX`` for Y = softmax(X) over each row; dY, Y, δX: (N, C)."""
+
+    def backward(grad_output, logits):
+        return (softmax_backward(grad_output, torch.softmax(logits, dim=-1)),)
+
+    generator = torch.Generator().manual_seed(5)
+    inputs = (2 * _random(6, 5, generator=generator),)
+    return check_backward("softmax backward", backward, softmax_rows, softmax_rows, inputs)

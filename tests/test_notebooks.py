@@ -29,6 +29,7 @@ NOTEBOOKS = [
     "Understanding_chain_rule",
     "Learn_XOR_manualBP",
     "MNIST_NN_manualBP",
+    "Attention_manualBP",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -96,6 +97,18 @@ def my_gradient_descent(X, Y, gamma, lr, steps):
     return W, b
 ''',
         "diagnosis": "the loss went up",
+    },
+    "softmax-backward": {
+        "verdict": "softmax backward",
+        "solution": '''
+def my_softmax_backward(dY, Y):
+    return Y * (dY - (dY * Y).sum(dim=-1, keepdim=True))  # δX = Y·(δY − Σ δY·Y)
+''',
+        "wrong": '''
+def my_softmax_backward(dY, Y):
+    return Y * dY  # the − Σ δY·Y term forgotten: the softmax's off-diagonal Jacobian
+''',
+        "diagnosis": "gradients vs reference",
     },
     "softmax-l2": {
         "verdict": "softmax + L2 loss",
@@ -213,7 +226,7 @@ def assert_exercises_checked(run: Run, exercises: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_notebooks_folder_holds_the_lectures_seven():
+def test_notebooks_folder_holds_the_lectures_seven_and_the_attention_one():
     assert sorted(path.stem for path in NOTEBOOKS_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
 
 
@@ -331,3 +344,17 @@ def test_mnist_nn_manual_backprop(kernel_environment):
     assert run.numbers(r"backprop's δ for \S+\s+vs ours: max abs difference (\S+)") == [0.0] * 6
     assert run.number(r"test accuracy: (\S+)") > (0.88 if run.on_sample else 0.94)
     assert_exercises_checked(run, ["softmax-l2"])
+
+
+@pytest.mark.slow
+def test_attention_manual_backprop(kernel_environment):
+    run = execute("Attention_manualBP")
+    assert max(run.numbers(r"vs PyTorch's F.scaled_dot_product_attention: max abs difference (\S+)")) < 1e-14
+    differences = run.numbers(r"δ\w+: autograd's vs ours: max abs difference (\S+)")
+    assert len(differences) == 5 and max(differences) < 1e-14
+    assert run.number(r"attention_backward vs the lines above: largest difference (\S+)") < 1e-15
+    written, total = re.search(r"(\d+) of (\d+) arithmetic backward nodes hand-written", run.printed).groups()
+    assert written == total and int(total) > 10
+    losses = run.numbers(r"step +\d+  loss (\S+) nats")
+    assert losses[-1] < 0.8 * losses[0]  # it learns within its minute
+    assert_exercises_checked(run, ["softmax-backward"])
