@@ -16,14 +16,16 @@ A convolution kernel computes each sum in one call, as matmul does for the linea
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.base import LayerFunction, apply, owns_buffers
 from manualbp.layers.sharing import SharesState
 
-__all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "Conv2dFunction", "Conv2d"]
+__all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "conv2d_backward_fast", "Conv2dFunction", "Conv2d"]
 
 Pair = tuple[int, int]
 
@@ -56,19 +58,88 @@ def conv2d_backward(
     groups: int,
     needs_grad: tuple[bool, bool, bool] = (True, True, True),
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """δX, δW, δb of Z = conv2d(X, W, b), each computed only if ``needs_grad`` asks for it.
+    """δX, δW, δb of Z = conv2d(X, W, b) as the slides' linear layer at every patch, the patches
+    built explicitly (``F.unfold``, im2col); each computed only if ``needs_grad`` asks for it.
+    :func:`conv2d_backward_fast` computes the same with convolution kernels where those are faster.
 
     grad_output δZ: (N, C_out, H_out, W_out) or unbatched (C_out, H_out, W_out); input X: the
     forward's input (may be None if δW is not needed); weight W: (C_out, C_in/groups, kH, kW);
     input_shape: X's shape. Returns δX: X's shape, δW: W's shape, δb: (C_out,).
     """
-    if grad_output.dim() == 3:  # unbatched: a batch of one
-        grad_output = grad_output.unsqueeze(0)
-        input = None if input is None else input.unsqueeze(0)
-        grad_input, grad_weight, grad_bias = conv2d_backward(
-            grad_output, input, weight, (1, *input_shape), stride, padding, dilation, groups, needs_grad
+    if grad_output.dim() == 3:
+        return _as_a_batch_of_one(conv2d_backward, grad_output, input, weight, input_shape, stride, padding, dilation,
+                                  groups, needs_grad)
+    grad_input = grad_weight = grad_bias = None
+    if needs_grad[0]:
+        batch_size, out_channels, out_height, out_width = grad_output.shape
+        positions, patch_size = out_height * out_width, math.prod(weight.shape[1:])  # L patches of C_in/G·kH·kW
+        grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, positions)  # δZ_p, every p
+        weight_rows = weight.reshape(groups, out_channels // groups, patch_size)  # W: (G, C_out/G, C_in/G·kH·kW)
+        patch_grads = torch.matmul(weight_rows.transpose(1, 2), grad_rows)  # δX_p = δZ_p W, every p (slides: δZ_p Wᵀ)
+        grad_input = torch.nn.functional.fold(  # δX = Σ_p δX_p scattered back onto patch p
+            patch_grads.reshape(batch_size, groups * patch_size, positions), input_shape[-2:],
+            weight.shape[-2:], dilation, padding, stride,
         )
-        return (None if grad_input is None else grad_input.squeeze(0)), grad_weight, grad_bias
+    if needs_grad[1]:
+        grad_weight = _grad_weight_from_patches(grad_output, input, weight.shape, stride, padding, dilation, groups)
+    if needs_grad[2]:
+        grad_bias = grad_output.sum((0, 2, 3))  # δb = Σ_n Σ_p δZ_p
+    return grad_input, grad_weight, grad_bias
+
+
+def _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_n Σ_p δZ_pᵀ X_p with the patches X_p built by ``F.unfold``: per image n, one matrix
+    product (C_out, L)·(L, C_in·kH·kW) per group, added into δW as they come. That is PyTorch's own
+    float64 CPU algorithm (im2col, then one GEMM per image accumulated into δW), so it gives torch's
+    δW to the bit there; its memory is the patches, kH·kW times the input."""
+    batch_size, out_channels, out_height, out_width = grad_output.shape
+    if batch_size == 0:  # no image, no patch: δW = 0
+        return grad_output.new_zeros(weight_shape)
+    patches = torch.nn.functional.unfold(input, weight_shape[-2:], dilation, padding, stride)  # X_p: (N, C_in·kH·kW, L)
+    patches = patches.reshape(batch_size, groups, patches.shape[1] // groups, out_height * out_width)
+    grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, out_height * out_width)  # δZ_p
+    patches_t = patches.transpose(2, 3)  # X_p as (L, C_in/G·kH·kW) rows
+    # δW += ... into δW's own buffer where autograd does not record the backward (a copy per image otherwise)
+    add_product = torch.Tensor.baddbmm_ if owns_buffers(grad_output, input) else torch.baddbmm
+    grad_weight = torch.matmul(grad_rows[0], patches_t[0])  # Σ_p δZ_pᵀ X_p of image 0
+    for image in range(1, batch_size):
+        grad_weight = add_product(grad_weight, grad_rows[image], patches_t[image])  # δW += Σ_p δZ_pᵀ X_p of image n
+    return grad_weight.reshape(weight_shape)
+
+
+def _as_a_batch_of_one(backward, grad_output, input, weight, input_shape, *settings):
+    """``backward`` on an unbatched δZ (C_out, H_out, W_out): a batch of one, δX unbatched again."""
+    input = None if input is None else input.unsqueeze(0)
+    grad_input, grad_weight, grad_bias = backward(grad_output.unsqueeze(0), input, weight, (1, *input_shape), *settings)
+    return (None if grad_input is None else grad_input.squeeze(0)), grad_weight, grad_bias
+
+
+def conv2d_backward_fast(
+    grad_output: Tensor,
+    input: Tensor | None,
+    weight: Tensor,
+    input_shape: tuple[int, ...],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """What :func:`conv2d_backward` computes (same arguments, same results), each sum over the
+    patches done by a convolution kernel where one is fast, without building the patches:
+
+    * δX as a transposed convolution of δZ with W (every dtype: PyTorch's float64 kernel is the
+      same im2col GEMM as ``conv2d_backward``'s, and the float32 one does not build the patches);
+    * δW, per dtype and shape (README, "Conv nets", has the measurements): where PyTorch has a fast
+      convolution kernel (float32 on the CPU with oneDNN, CUDA) a convolution of X with δZ over the
+      batch (:func:`_sum_over_patches_and_images`), or for few channels at stride 1 its
+      transposed form; a 1×1 kernel and every other dtype (float64, and bfloat16/float16 on the
+      CPU, whose convolution kernel with δZ as the kernel is the slow im2col one, ~10× PyTorch's
+      backward) the patches of ``conv2d_backward`` itself.
+    """
+    if grad_output.dim() == 3:
+        return _as_a_batch_of_one(conv2d_backward_fast, grad_output, input, weight, input_shape, stride, padding,
+                                  dilation, groups, needs_grad)
     grad_input = grad_weight = grad_bias = None
     if needs_grad[0]:
         # The transposed convolution lands on (H_out − 1)·stride − 2·padding + dilation·(k − 1) + 1
@@ -83,10 +154,41 @@ def conv2d_backward(
             grad_output, weight, None, stride, padding, output_padding, groups, dilation
         )  # δX = Σ_p δZ_p W scattered onto patch p   (slides: δZ_p Wᵀ)
     if needs_grad[1]:
-        grad_weight = _sum_over_patches_and_images(grad_output, input, weight.shape, stride, padding, dilation, groups)
+        grad_weight = _grad_weight_fast(grad_output, input, weight.shape, stride, padding, dilation, groups)
     if needs_grad[2]:
         grad_bias = grad_output.sum((0, 2, 3))  # δb = Σ_n Σ_p δZ_p
     return grad_input, grad_weight, grad_bias
+
+
+def has_fast_convolution_kernel(tensor: Tensor) -> bool:
+    """Whether PyTorch convolves ``tensor``'s dtype on its device with a kernel that does not build
+    the patches (oneDNN for float32 on the CPU, cuDNN on CUDA). Where it does not, a convolution
+    with δZ as its kernel (H_out × W_out wide) runs as im2col over that kernel: slow, and for the
+    transposed form quadratic in the image size (32 GiB for 2 float64 64×64 images)."""
+    if tensor.device.type == "cuda":
+        return True
+    return tensor.dtype == torch.float32 and _ONEDNN
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile cannot trace the call
+
+
+# The transposed form of δW: at most this many elements in the im2col buffer that PyTorch's slow
+# transposed-convolution kernel would make for it (C_out·H_out·W_out·H·W), whichever kernel runs.
+_TRANSPOSED_FORM_MAX_COLUMNS = 2**24
+# ... and only for few channels (C_in·C_out ≤ this): LeNet's convolutions (1·6, 6·16), where it saved
+# 5–10 % of δW; at ResNet-18's (64·64 and up) it took 1.6–2× the correlation form's time.
+_TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 256
+
+
+def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_p δZ_pᵀ X_p by the form measured fastest for this dtype and shape (see
+    :func:`conv2d_backward_fast`)."""
+    if not has_fast_convolution_kernel(input) or tuple(weight_shape[-2:]) == (1, 1) or input.shape[0] == 0:
+        return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
+    if _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups):
+        return _sum_over_patches_and_images_transposed(grad_output, input, padding)
+    return _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups)
 
 
 def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
@@ -99,8 +201,6 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     """
     batch_size, in_channels, height, width = input.shape
     kernel_height, kernel_width = weight_shape[-2:]
-    if _transposed_form_applies(input, weight_shape, stride, padding, dilation, groups):
-        return _sum_over_patches_and_images_transposed(grad_output, input, padding)
     images_as_channels = (  # (C_in/G, G·N, H, W)
         input.reshape(batch_size, groups, in_channels // groups, height, width)
         .permute(2, 1, 0, 3, 4)
@@ -115,11 +215,16 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     return correlation.transpose(0, 1).contiguous()
 
 
-def _transposed_form_applies(input, weight_shape, stride, padding, dilation, groups) -> bool:
-    """Whether :func:`_sum_over_patches_and_images_transposed` computes this δW: stride 1, no
-    dilation, one group, and H + padding ≥ kH (likewise W), so that its crop is not negative."""
+def _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups) -> bool:
+    """Whether :func:`_sum_over_patches_and_images_transposed` computes this δW, and fast: stride 1,
+    no dilation, one group, H + padding ≥ kH (likewise W) so that its crop is not negative; few
+    channels, and an im2col buffer of bounded size should PyTorch run its slow kernel."""
     sizes = zip(input.shape[-2:], padding, weight_shape[-2:], strict=True)
-    return stride == (1, 1) and dilation == (1, 1) and groups == 1 and all(h + pad >= k for h, pad, k in sizes)
+    if not (stride == (1, 1) and dilation == (1, 1) and groups == 1 and all(h + pad >= k for h, pad, k in sizes)):
+        return False
+    columns = grad_output[0].numel() * input.shape[-2] * input.shape[-1]  # C_out·H_out·W_out·H·W
+    channel_pairs = input.shape[1] * grad_output.shape[1]  # C_in·C_out
+    return columns <= _TRANSPOSED_FORM_MAX_COLUMNS and channel_pairs <= _TRANSPOSED_FORM_MAX_CHANNEL_PAIRS
 
 
 def _sum_over_patches_and_images_transposed(grad_output, input, padding) -> Tensor:
@@ -180,7 +285,8 @@ class Conv2dFunction(LayerFunction):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        grads = conv2d_backward(grad_output, input, weight, ctx.input_shape, *ctx.conv_args, ctx.needs_input_grad[:3])
+        grads = conv2d_backward_fast(grad_output, input, weight, ctx.input_shape, *ctx.conv_args,
+                                     ctx.needs_input_grad[:3])
         return *grads, None, None, None, None
 
     @staticmethod
