@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import LayerFunction, apply, owns_buffers
+from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, owns_buffers
 from manualbp.layers.sharing import SharesState
 
 __all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "conv2d_backward_fast", "Conv2dFunction", "Conv2d"]
@@ -347,7 +347,7 @@ def _check_conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None, 
                 f"conv2d: expected a floating-point {argument}, got dtype {tensor.dtype}; convert it, "
                 f"e.g. {argument}.float()"
             )
-        if tensor is not None and tensor.dtype != input.dtype:
+        if tensor is not None and dtype_under_autocast(tensor) != dtype_under_autocast(input):
             raise TypeError(
                 f"conv2d: input is {input.dtype} but {argument} is {tensor.dtype}; use one dtype for all, "
                 f"e.g. model.to({input.dtype})"

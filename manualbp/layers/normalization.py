@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes
+from manualbp.layers.base import LayerFunction, apply, check_floating, computes_in_float32, hand_writes
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -251,6 +251,9 @@ def batch_norm(
     otherwise with the running ones. Returns y: the input's shape.
     """
     _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, training)
+    if computes_in_float32(input, running_mean, running_var, weight, bias):  # as torch's mixed-precision kernel
+        output = batch_norm(input.float(), running_mean, running_var, weight, bias, training, momentum, eps)
+        return output.to(input.dtype)
     if not training:
         return apply(BatchNormEvalFunction, input, running_mean, running_var, weight, bias, eps)
     output, mean, variance = apply(BatchNormTrainingFunction, input, weight, bias, eps)
@@ -477,6 +480,8 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     """
     normalized_shape = _normalized_shape(normalized_shape)
     _check_layer_norm_arguments(input, normalized_shape, weight, bias)
+    if computes_in_float32(input, weight, bias):  # as torch's mixed-precision kernel
+        return layer_norm(input.float(), normalized_shape, weight, bias, eps).to(input.dtype)
     return apply(LayerNormFunction, input, len(normalized_shape), weight, bias, float(eps))
 
 
