@@ -8,6 +8,7 @@ case below is one line of inputs.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -15,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import manualbp.functional as mbf
-from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
+from manualbp.layers.base import TORCH_TWINS, Loss
+from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss, to_torch
 
 NAN, INF = float("nan"), float("inf")
 DTYPE = torch.float64
@@ -149,6 +151,47 @@ def test_attention_rows_with_every_key_masked_give_zeros_like_torch(mask_kind, d
     assert output[:, :, 1].eq(0).all()  # the fully masked query row: 0, not NaN
     assert_like_torch(lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                       lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), [query, key, value])
+
+
+# Every registered layer (not the losses, nor whole nets in one node), from its own example.
+LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss) and not hasattr(layer, "fused_loss")]
+
+
+def _zero_batch_run(module, inputs):
+    """``module`` on ``inputs``: (output, input gradients, parameter gradients, buffers after), or
+    the exception it raised."""
+    inputs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    try:
+        output = module(*inputs)
+    except Exception as error:  # noqa: BLE001 -- compared with torch's own below
+        return error
+    differentiable = [x for x in inputs if x.requires_grad] + list(module.parameters())
+    grads = torch.autograd.grad(output, differentiable, torch.ones_like(output), allow_unused=True)
+    return output.detach(), grads, [buffer.clone() for buffer in module.buffers()]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
+def test_every_layer_takes_a_zero_size_batch_like_torch(layer_class, training):
+    """Issue 24.7: each layer's example with its batch cut to 0 gives its torch twin's output,
+    gradients (input and parameters) and buffers, or the same error where torch raises one."""
+    torch.manual_seed(0)
+    layer, inputs = layer_class.example(DTYPE)
+    layer.train(training)
+    twin = to_torch(torch.nn.Sequential(copy.deepcopy(layer)))[0]
+    inputs = [x[:0] for x in inputs]
+    ours, theirs = _zero_batch_run(layer, inputs), _zero_batch_run(twin, inputs)
+    if isinstance(theirs, Exception):
+        assert type(ours) is type(theirs), f"torch raises {theirs!r}, manualbp gives {ours!r}"
+        return
+    assert not isinstance(ours, Exception), f"torch takes a zero-size batch, manualbp raises {ours!r}"
+    (output, grads, buffers), (expected_output, expected_grads, expected_buffers) = ours, theirs
+    assert output.shape == expected_output.shape and output.dtype == expected_output.dtype
+    for index, (grad, expected) in enumerate(zip(grads, expected_grads, strict=True)):
+        assert (grad is None) == (expected is None), f"gradient {index}: {grad} vs {expected}"
+        if expected is not None:
+            torch.testing.assert_close(grad, expected, equal_nan=True, msg=lambda m, i=index: f"gradient {i}: {m}")
+    torch.testing.assert_close(buffers, expected_buffers, equal_nan=True)
 
 
 def _probabilities(batch, classes):

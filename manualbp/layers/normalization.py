@@ -59,6 +59,9 @@ def _per_channel(values: Tensor, input: Tensor) -> Tensor:
 
 def batch_norm_statistics(input: Tensor) -> tuple[Tensor, Tensor]:
     """μ = mean(x) and the biased σ² = mean((x − μ)²) per channel. input: (N, C, *) -> (C,), (C,)."""
+    if input.numel() == 0:  # no values: the mean of nothing (NaN), without var_mean's warning about it
+        nothing = input.new_full((input.shape[1],), float("nan"))
+        return nothing, nothing.clone()
     variance, mean = torch.var_mean(input, _channel_dims(input), correction=0)  # μ, σ² over N and *
     return mean, variance
 
@@ -227,7 +230,7 @@ def _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, 
             "batch_norm: evaluation mode (training=False) normalizes with the running statistics, but "
             "running_mean and running_var are None; pass them, or use training=True"
         )
-    if training and input.numel() // max(channels, 1) <= 1:
+    if training and input.numel() // max(channels, 1) == 1:  # as torch: 0 values (an empty batch) are fine
         raise ValueError(
             f"batch_norm: expected more than 1 value per channel when training, got input size "
             f"{tuple(input.shape)}; use a batch of more than one, or training=False"
@@ -257,8 +260,9 @@ def batch_norm(
     if not training:
         return apply(BatchNormEvalFunction, input, running_mean, running_var, weight, bias, eps)
     output, mean, variance = apply(BatchNormTrainingFunction, input, weight, bias, eps)
-    if running_mean is not None:
-        update_running_statistics(running_mean, running_var, mean, variance, input.numel() // input.shape[1], momentum)
+    count = input.numel() // max(input.shape[1], 1)  # M, values per channel
+    if running_mean is not None and count > 0:  # an empty batch leaves them as they are, as in torch
+        update_running_statistics(running_mean, running_var, mean, variance, count, momentum)
     return output
 
 
@@ -320,9 +324,9 @@ class _BatchNorm(SharesState):
         if isinstance(outputs, tuple) and self.track_running_stats and self.running_mean is not None:
             input = arguments[0]
             _, mean, variance = outputs
-            update_running_statistics(
-                self.running_mean, self.running_var, mean, variance, input.numel() // input.shape[1], momentum
-            )
+            count = input.numel() // max(input.shape[1], 1)
+            if count > 0:  # as batch_norm: an empty batch leaves them as they are
+                update_running_statistics(self.running_mean, self.running_var, mean, variance, count, momentum)
 
 
 class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d, torch_twin=torch.nn.BatchNorm1d):
@@ -359,6 +363,9 @@ def _row_dims(input: Tensor, normalized_dims: int) -> tuple[int, ...]:
 
 def _row_statistics(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
     """μ and 1/σ of each row, kept broadcastable against the input."""
+    if input.numel() == 0:  # no rows, or rows of nothing: NaN (the mean of nothing), without var_mean's warning
+        nothing = input.new_full([1 if dim in dims else size for dim, size in enumerate(input.shape)], float("nan"))
+        return nothing, nothing.clone()
     variance, mean = torch.var_mean(input, dims, correction=0, keepdim=True)  # μ, mean((x − μ)²) per row
     return mean, torch.rsqrt(variance + eps)  # 1/σ = 1/√(σ² + ε)
 
