@@ -194,6 +194,21 @@ def test_every_layer_takes_a_zero_size_batch_like_torch(layer_class, training):
     torch.testing.assert_close(buffers, expected_buffers, equal_nan=True)
 
 
+CONV_SETTINGS = {"stride_1": {}, "stride_2_padding": {"stride": 2, "padding": 1}, "dilation": {"dilation": 2},
+                 "groups": {"groups": 2}, "same": {"padding": "same"}}
+
+
+@pytest.mark.parametrize("settings", CONV_SETTINGS.values(), ids=CONV_SETTINGS.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_conv2d_takes_a_zero_size_batch_on_every_path_like_torch(settings, dtype):
+    """Issue 24.7: at N = 0 the backward crashed on every path (stride 1: "expected weight to be at
+    least 1 at dimension 0", the others: an invalid gradient shape)."""
+    inputs = [_randn(0, 4, 7, 7).to(dtype), _randn(6, 4 // settings.get("groups", 1), 3, 3, seed=1).to(dtype),
+              _randn(6, seed=2).to(dtype)]
+    assert_like_torch(lambda x, w, b: mbf.conv2d(x, w, b, **settings), lambda x, w, b: F.conv2d(x, w, b, **settings),
+                      inputs)
+
+
 def _probabilities(batch, classes):
     return torch.softmax(_randn(batch, classes, seed=1), dim=1) if classes else torch.zeros(batch, 0, dtype=DTYPE)
 
