@@ -123,6 +123,35 @@ def test_layer_norm_takes_zero_size_tensors_like_torch(shape):
                       lambda x, w, b: F.layer_norm(x, features, w, b), inputs)
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (0, 4, 3)], ids=str)
+def test_group_norm_takes_zero_size_batches_like_torch(shape):
+    inputs = [_randn(*shape), _randn(4, seed=1), _randn(4, seed=2)]
+    assert_like_torch(lambda x, w, b: mbf.group_norm(x, 2, w, b), lambda x, w, b: F.group_norm(x, 2, w, b), inputs)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 0), (0, 4, 0), (2, 4, 0, 3), (2, 0, 3)], ids=str)
+def test_group_norm_refuses_zero_channels_or_values_like_torch(shape):
+    groups = 2 if shape[1] else 1
+    with pytest.raises(RuntimeError):
+        F.group_norm(_randn(*shape), groups)
+    with pytest.raises(RuntimeError, match="group_norm: expected at least one channel"):
+        mbf.group_norm(_randn(*shape), groups)
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+def test_group_norm_propagates_nan_and_inf_like_torch(value):
+    # one special value spoils its own group (image 0, channels 0-1) and nothing else, as in torch
+    inputs = [_with(_randn(2, 4, 3), (0, 1, 2), value), _randn(4, seed=1), _randn(4, seed=2)]
+    assert_like_torch(lambda x, w, b: mbf.group_norm(x, 2, w, b), lambda x, w, b: F.group_norm(x, 2, w, b), inputs)
+
+
+@pytest.mark.parametrize("settings", [{}, {"stride": 2, "padding": 1}, {"padding": "same"}], ids=str)
+def test_conv1d_takes_a_zero_size_batch_like_torch(settings):
+    inputs = [_randn(0, 2, 7), _randn(3, 2, 3, seed=1), _randn(3, seed=2)]
+    assert_like_torch(lambda x, w, b: mbf.conv1d(x, w, b, **settings), lambda x, w, b: F.conv1d(x, w, b, **settings),
+                      inputs)
+
+
 @pytest.mark.parametrize("indices", [(0,), (2, 0), (0, 3)], ids=str)
 def test_embedding_takes_zero_size_index_tensors_like_torch(indices):
     assert_like_torch(mbf.embedding, F.embedding, [torch.zeros(indices, dtype=torch.long), _randn(5, 3)])

@@ -17,15 +17,19 @@ A convolution kernel computes each sum in one call, as matmul does for the linea
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, owns_buffers
+from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, hand_writes, owns_buffers
 from manualbp.layers.sharing import SharesState
 
-__all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "conv2d_backward_fast", "Conv2dFunction", "Conv2d"]
+__all__ = [
+    "conv2d", "conv2d_forward", "conv2d_backward", "conv2d_backward_fast", "Conv2dFunction", "Conv2d",
+    "conv1d", "conv1d_forward", "conv1d_backward", "Conv1dFunction", "Conv1d",
+]
 
 Pair = tuple[int, int]
 
@@ -390,6 +394,7 @@ def conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     return input, weight, bias, stride, padding, dilation, groups
 
 
+@hand_writes(torch.nn.functional.conv2d, torch.conv2d)
 def conv2d(
     input: Tensor,
     weight: Tensor,
@@ -447,3 +452,164 @@ class Conv2d(torch.nn.Conv2d, SharesState, torch_twin=torch.nn.Conv2d):
                 "run; give the padding as numbers, or use engine=autograd"
             )
         return Conv2dFunction, arguments
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-D convolution: a length-L signal is a 1 × L image, and conv1d is conv2d on it
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_image(signal: Tensor | None) -> Tensor | None:
+    """(N, C, L) or (C, L) -> (N, C, 1, L) or (C, 1, L): the signal as an image of one row."""
+    return None if signal is None else signal.unsqueeze(-2)
+
+
+def conv1d_forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int, dilation: int,
+                   groups: int) -> Tensor:
+    """Z_p = X_p Wᵀ + b at every patch p of the signal: conv2d's formula on the 1 × L image.
+
+    input X: (N, C_in, L) or (C_in, L); weight W: (C_out, C_in/groups, k); bias b: (C_out,) or
+    None. Returns Z: (N, C_out, L_out) (no N if the input had none),
+    L_out = ⌊(L + 2·padding − dilation·(k − 1) − 1)/stride⌋ + 1.
+    """
+    image = conv2d_forward(_as_image(input), _as_image(weight), bias, (1, stride), (0, padding), (1, dilation), groups)
+    return image.squeeze(-2)  # Z_p = X_p Wᵀ + b, every p of the 1 × L image
+
+
+def conv1d_backward(
+    grad_output: Tensor,
+    input: Tensor | None,
+    weight: Tensor,
+    input_shape: tuple[int, ...],
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+    image_backward: Callable = conv2d_backward,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δX, δW, δb of Z = conv1d(X, W, b): ``image_backward`` (:func:`conv2d_backward`, the formula;
+    the Function passes :func:`conv2d_backward_fast`) on the 1 × L images, each made a signal again.
+
+    grad_output δZ: (N, C_out, L_out) or (C_out, L_out); input X: (N, C_in, L) or (C_in, L), or
+    None if δW is not needed; weight W: (C_out, C_in/groups, k); input_shape: X's shape.
+    Returns δX: X's shape, δW: W's shape, δb: (C_out,).
+    """
+    image_shape = (*input_shape[:-1], 1, input_shape[-1])
+    grad_input, grad_weight, grad_bias = image_backward(  # δX, δW, δb of the 1 × L image
+        _as_image(grad_output), _as_image(input), _as_image(weight), image_shape, (1, stride), (0, padding),
+        (1, dilation), groups, needs_grad,
+    )
+    return (None if grad_input is None else grad_input.squeeze(-2)), (
+        None if grad_weight is None else grad_weight.squeeze(-2)), grad_bias
+
+
+class Conv1dFunction(LayerFunction):
+    """Z = conv1d(X, W, b) with the hand-written backward of :func:`conv1d_backward` (conv2d's, on a
+    1 × L image). Saves X only when W needs a gradient, and W. stride, padding, dilation, groups: ints."""
+
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        return conv1d_forward(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.conv_args = (stride, padding, dilation, groups)
+        ctx.input_shape = tuple(input.shape)
+        ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        grads = conv1d_backward(grad_output, input, weight, ctx.input_shape, *ctx.conv_args, ctx.needs_input_grad[:3],
+                                image_backward=conv2d_backward_fast)
+        return *grads, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        input, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        image_args = ((1, stride), (0, padding), (1, dilation), groups)
+        tangent = _conv2d_tangent(_as_image(input), _as_image(weight), image_args, _as_image(input_tangent),
+                                  _as_image(weight_tangent), bias_tangent)
+        return tangent.squeeze(-2)
+
+
+def _single_int(name: str, value) -> int | str:
+    """torch.nn.functional.conv1d's int or 1-tuple setting as an int (a padding string as it is)."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, str) and name == "padding":
+        return value
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"conv1d: expected {name} as an int or a 1-tuple of ints, got {value!r}")
+    return value
+
+
+def conv1d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+                     groups: int = 1) -> tuple:
+    """The checked arguments of :class:`Conv1dFunction` (ints; padding="same" with an odd total pads
+    the input first), or a clear error: conv2d's checks on the 1 × L image."""
+    if weight.dim() != 3:
+        raise ValueError(f"conv1d: expected a weight of shape (out_channels, in_channels/groups, k), got shape "
+                         f"{tuple(weight.shape)}")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"conv1d: expected an input of shape (N, C, L) or (C, L), got shape {tuple(input.shape)}; "
+                         f"for a batch of 1-channel signals use input.unsqueeze(1)")
+    stride, padding, dilation = (_single_int(name, value) for name, value in
+                                 (("stride", stride), ("padding", padding), ("dilation", dilation)))
+    image_padding = padding if isinstance(padding, str) else (0, padding)
+    as_image = _as_image(input)
+    image, _, _, _, image_padding, _, _ = conv2d_arguments(as_image, _as_image(weight), bias, (1, stride),
+                                                           image_padding, (1, dilation), groups)
+    signal = input if image is as_image else image.squeeze(-2)  # padded first for an uneven "same"
+    return signal, weight, bias, stride, image_padding[1], dilation, groups
+
+
+@hand_writes(torch.nn.functional.conv1d, torch.conv1d)
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    """1-D convolution like ``torch.nn.functional.conv1d``, with conv2d's hand-written backward.
+
+    input: (N, C_in, L) or (C_in, L); weight: (C_out, C_in/groups, k); bias: (C_out,) or None;
+    stride, dilation: int (≥ 1); padding: int (≥ 0), "valid" or "same". Returns (N, C_out, L_out)
+    (no N for an unbatched input). Under autocast it runs in the autocast dtype, as torch's does.
+    """
+    return apply(Conv1dFunction, *conv1d_arguments(input, weight, bias, stride, padding, dilation, groups),
+                 autocast_to="lower")
+
+
+class Conv1d(torch.nn.Conv1d, SharesState, torch_twin=torch.nn.Conv1d):
+    """``torch.nn.Conv1d`` (same parameters, init, state_dict, repr) with conv2d's hand-written
+    backward on the 1 × L image; padding_mode "zeros" only. input (N, C_in, L) or (C_in, L)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.check_convertible(self)
+
+    @classmethod
+    def check_convertible(cls, module: torch.nn.Conv1d) -> None:
+        if module.padding_mode != "zeros":
+            raise NotConvertibleError(
+                f"Conv1d: manualbp pads with zeros only, got padding_mode={module.padding_mode!r}; "
+                f"keep torch.nn.Conv1d for this layer (convert leaves it as it is)"
+            )
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(2, 2, 3).to(dtype), (torch.randn(6, 2, 5, dtype=dtype),)  # (6, 2, 5) signals -> (6, 2, 3)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def function_and_arguments(self, input: Tensor):
+        arguments = conv1d_arguments(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                     self.groups)
+        if arguments[0] is not input:
+            raise ValueError(
+                "Conv1d: padding='same' with an even kernel pads unevenly, which the manual engine does not "
+                "run; give the padding as a number, or use engine=autograd"
+            )
+        return Conv1dFunction, arguments
