@@ -5,6 +5,7 @@ here with no test to write for it. And the library imports nothing of the traine
 from __future__ import annotations
 
 import copy
+import inspect
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import manualbp
+import manualbp.functional as mbf
 from manualbp import manual
 from manualbp import nn as mnn
 from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS, Loss
@@ -224,3 +226,52 @@ def test_the_manual_engine_runs_lenet_like_autograd():
     assert list(grads) == [name for name, _ in net.named_parameters()]
     for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
         assert torch.equal(grad, expected_grad)  # the same Function code: bit for bit
+
+
+# ----------------------------------------------------------------------------------------------
+# @hand_writes: which torch callables a public function computes, with their arguments
+# ----------------------------------------------------------------------------------------------
+
+F = torch.nn.functional
+CONV_NET_AND_ACTIVATION_CALLABLES = [
+    F.conv1d, F.conv2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.batch_norm, F.group_norm, F.layer_norm,
+    F.dropout, F.leaky_relu, F.relu, torch.relu, torch.Tensor.relu, F.sigmoid, torch.sigmoid, torch.Tensor.sigmoid,
+    F.tanh, torch.tanh, torch.Tensor.tanh, F.elu, F.linear,
+]
+
+
+def test_hand_writes_names_the_torch_functions_manualbp_computes():
+    from manualbp.layers.base import HAND_WRITTEN
+
+    missing = [getattr(f, "__qualname__", repr(f)) for f in CONV_NET_AND_ACTIVATION_CALLABLES if f not in HAND_WRITTEN]
+    assert not missing, f"no manualbp function is registered with @hand_writes for {missing}"
+
+
+def _parameters(function):
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def test_each_hand_written_function_takes_its_torch_functions_arguments():
+    """Same parameter names, order and defaults as each torch callable with a Python signature (the
+    C builtins, torch.relu and the like, have none to read)."""
+    from manualbp.layers.base import HAND_WRITTEN
+
+    for torch_callable, ours in HAND_WRITTEN.items():
+        try:
+            theirs = _parameters(torch_callable)
+        except (ValueError, TypeError):
+            continue  # a builtin without a signature
+        if any(name in ("args", "kwargs") for name, _ in theirs):
+            continue  # F.max_pool2d: a dispatcher on return_indices, (*args, **kwargs)
+        assert _parameters(ours) == theirs, f"{ours.__name__}: {_parameters(ours)} vs torch's {theirs}"
+
+
+@pytest.mark.parametrize("call", [lambda x: mbf.elu(x, inplace=True), lambda x: mbf.leaky_relu(x, inplace=True),
+                                  lambda x: mbf.dropout(x, inplace=True)], ids=["elu", "leaky_relu", "dropout"])
+def test_torch_arguments_a_layer_does_not_hand_write_raise_not_implemented(call):
+    """So that manualbp.hand_written() can run torch's own function for them instead."""
+    x = torch.randn(3, 4)
+    before = x.clone()
+    with pytest.raises(NotImplementedError, match="inplace=True is not hand-written"):
+        call(x)
+    assert torch.equal(x, before)  # and the input is untouched

@@ -250,6 +250,13 @@ def check_floating(name: str, argument: str, tensor: Tensor) -> None:
 # The Module: what convert, to_torch, the explicit engine, MLP and the configs read
 # ----------------------------------------------------------------------------------------------
 
+def refuse_inplace(function: str, why: str) -> None:
+    """``inplace=True`` of a torch.nn.functional signature that the hand-written layer does not
+    run: NotImplementedError, so that a caller (``manualbp.hand_written()``) runs torch's instead."""
+    raise NotImplementedError(f"{function}: inplace=True is not hand-written ({why}); pass inplace=False, or "
+                              f"call torch.nn.functional.{function} for the in-place version")
+
+
 # Filled by the layers' own public functions (@hand_writes), never by hand.
 HAND_WRITTEN: dict[Callable, Callable] = {}  # a torch callable -> the manualbp function computing the same
 

@@ -244,6 +244,7 @@ def _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, 
         )
 
 
+@hand_writes(torch.nn.functional.batch_norm)
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
