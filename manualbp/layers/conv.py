@@ -1,4 +1,4 @@
-"""2-D convolution with a hand-written backward: the slides' linear layer applied at every patch.
+"""2-D (and 1-D) convolution with a hand-written backward: the slides' linear layer at every patch.
 
 Notation (the lecture's, in torch's layout). A patch X_p is the C_in·kH·kW input values under the
 kernel at output position p (for every image of the batch: an (N, C_in·kH·kW) matrix), W is the
@@ -9,9 +9,11 @@ weight seen as a (C_out, C_in·kH·kW) matrix, δZ_p = ∂L/∂Z[:, :, p] is (N,
     δX  = Σ_p (δZ_p W scattered back onto patch p) (slides: δZ_p Wᵀ)
     δb  = Σ_p Σ_n δZ_p
 
-A convolution kernel computes each sum in one call, as matmul does for the linear layer:
-δX is a transposed convolution of δZ with W, δW a convolution of X with δZ over the batch.
-(torch.nn.grad and autograd of the forward are not used.)
+``conv2d_backward`` is the formula as code: the patches built by ``F.unfold`` and each sum a matrix
+product. ``conv2d_backward_fast`` (what the Function runs) computes the same sums with convolution
+kernels where PyTorch has fast ones: δX a transposed convolution of δZ with W, δW a convolution of
+X with δZ over the batch (README, "Conv nets", says which form runs for which dtype and why).
+conv1d is conv2d on the signal as a 1 × L image. (torch.nn.grad and autograd of the forward are not used.)
 """
 
 from __future__ import annotations
