@@ -137,10 +137,10 @@ def conv2d_backward_fast(
     * δX as a transposed convolution of δZ with W (every dtype: PyTorch's float64 kernel is the
       same im2col GEMM as ``conv2d_backward``'s, and the float32 one does not build the patches);
     * δW, per dtype and shape (README, "Conv nets", has the measurements): where PyTorch has a fast
-      convolution kernel (float32 on the CPU with oneDNN, CUDA) a convolution of X with δZ over the
-      batch (:func:`_sum_over_patches_and_images`), or for few channels at stride 1 its
-      transposed form; a 1×1 kernel and every other dtype (float64, and bfloat16/float16 on the
-      CPU, whose convolution kernel with δZ as the kernel is the slow im2col one, ~10× PyTorch's
+      convolution kernel (float32 and bfloat16 on the CPU with oneDNN, CUDA) a convolution of X
+      with δZ over the batch (:func:`_sum_over_patches_and_images`), or for few channels at stride 1
+      its transposed form; a 1×1 kernel and every other dtype (float64, float16 on the CPU, whose
+      convolution with δZ as the kernel is im2col over that kernel: 8–14× PyTorch's float64
       backward) the patches of ``conv2d_backward`` itself.
     """
     if grad_output.dim() == 3:
@@ -168,12 +168,12 @@ def conv2d_backward_fast(
 
 def has_fast_convolution_kernel(tensor: Tensor) -> bool:
     """Whether PyTorch convolves ``tensor``'s dtype on its device with a kernel that does not build
-    the patches (oneDNN for float32 on the CPU, cuDNN on CUDA). Where it does not, a convolution
+    the patches (oneDNN for float32 and bfloat16 on the CPU, cuDNN on CUDA). Where it does not, a convolution
     with δZ as its kernel (H_out × W_out wide) runs as im2col over that kernel: slow, and for the
     transposed form quadratic in the image size (32 GiB for 2 float64 64×64 images)."""
     if tensor.device.type == "cuda":
         return True
-    return tensor.dtype == torch.float32 and _ONEDNN
+    return tensor.dtype in (torch.float32, torch.bfloat16) and _ONEDNN
 
 
 _ONEDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile cannot trace the call
@@ -183,7 +183,7 @@ _ONEDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile canno
 # transposed-convolution kernel would make for it (C_out·H_out·W_out·H·W), whichever kernel runs.
 _TRANSPOSED_FORM_MAX_COLUMNS = 2**24
 # ... and only for few channels (C_in·C_out ≤ this): LeNet's convolutions (1·6, 6·16), where it saved
-# 5–10 % of δW; at ResNet-18's (64·64 and up) it took 1.6–2× the correlation form's time.
+# 5–11 % of δW; at ResNet-18's (64·64 and up) it took 1.6–1.9× the correlation form's time.
 _TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 256
 
 
