@@ -22,9 +22,9 @@ from torch.autograd.gradcheck import GradcheckError
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from manualbp.layers.activations import leaky_relu
-from manualbp.layers.conv import conv2d
+from manualbp.layers.conv import conv1d, conv2d
 from manualbp.layers.dropout import dropout
-from manualbp.layers.normalization import batch_norm
+from manualbp.layers.normalization import batch_norm, group_norm
 from manualbp.layers.pooling import MaxPool2dFunction, adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 # torch's own conv2d warns that padding="same" with an even kernel copies the input (so do we).
@@ -388,6 +388,12 @@ BAD_CALLS = [
     (lambda: batch_norm(_x[:1, :, :1, :1], None, None, training=True), ValueError, "more than 1 value per channel"),
     (lambda: dropout(_x, 1.5), ValueError, "between 0 and 1"),
     (lambda: leaky_relu(torch.arange(3)), TypeError, "floating-point"),
+    (lambda: conv1d(_x[:, :, 0], torch.randn(4, 2, 3)), ValueError, "conv1d .*expected 2 input channels"),
+    (lambda: conv1d(_x[:, :, 0], torch.randn(4, 3, 3, 3)), ValueError, r"conv1d: expected a weight of shape"),
+    (lambda: conv1d(_x, torch.randn(4, 3, 3)), ValueError, r"conv1d: expected an input of shape \(N, C, L\)"),
+    (lambda: conv1d(_x[:, :, 0], torch.randn(4, 3, 3), stride=(1, 2)), TypeError, "stride as an int or a 1-tuple"),
+    (lambda: group_norm(_x, 2), ValueError, "divisible by num_groups"),
+    (lambda: group_norm(_x, 3, torch.ones(4)), ValueError, r"weight of shape \(3,\)"),
 ]
 
 

@@ -546,7 +546,7 @@ def _single_int(name: str, value) -> int | str:
     if isinstance(value, str) and name == "padding":
         return value
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"conv1d: expected {name} as an int or a 1-tuple of ints, got {value!r}")
+        raise TypeError(f"conv1d: expected {name} as an int or a 1-tuple of ints, got {value!r}; e.g. {name}=1")
     return value
 
 
@@ -564,8 +564,12 @@ def conv1d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
                                  (("stride", stride), ("padding", padding), ("dilation", dilation)))
     image_padding = padding if isinstance(padding, str) else (0, padding)
     as_image = _as_image(input)
-    image, _, _, _, image_padding, _, _ = conv2d_arguments(as_image, _as_image(weight), bias, (1, stride),
-                                                           image_padding, (1, dilation), groups)
+    try:
+        image, _, _, _, image_padding, _, _ = conv2d_arguments(as_image, _as_image(weight), bias, (1, stride),
+                                                               image_padding, (1, dilation), groups)
+    except (TypeError, ValueError) as error:  # conv2d's check, on the signal as a 1 × L image: say so
+        message = str(error).replace("conv2d:", "conv1d (checked as conv2d on the signal as a 1 × L image):", 1)
+        raise type(error)(message) from None
     signal = input if image is as_image else image.squeeze(-2)  # padded first for an uneven "same"
     return signal, weight, bias, stride, image_padding[1], dilation, groups
 
