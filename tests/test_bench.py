@@ -109,3 +109,21 @@ def test_training_run_restarts_from_the_same_weights_and_takes_each_batch_once_p
     assert [id(targets) for targets in seen] == [id(targets) for _, targets in batches]  # each batch once, in turn
     for name, value in net.state_dict().items():
         assert torch.equal(value, after_first[name]), name  # the same start, the same steps, the same weights
+
+
+def test_resnet18_bench_times_both_nets_and_every_layer_kind(capsys):
+    """``--resnet18`` (issue 21.1), at a size that runs in seconds: both nets step, the saved bytes
+    are read, and the per-layer table has a row per ResNet-18 layer kind."""
+    from manualbp.bench import resnet18
+
+    steps = resnet18.bench_resnet18_steps(configs=((torch.float64, 2, 32),), rounds=1, steps=1)
+    row = steps["steps"]["float64 2x3x32x32"]
+    assert row["manual_us"] > 0 and row["native_us"] > 0
+    assert abs(row["ratio"] - row["manual_us"] / row["native_us"]) < 1e-9
+    assert 0 < row["manual_saved_bytes"] <= row["native_saved_bytes"]
+    layers = resnet18.bench_resnet18_layers(rounds=1)
+    assert {"conv 3×3, 64→64", "batch_norm train", "relu", "max_pool2d 3/2", "adaptive_avg_pool2d 1"} <= set(
+        layers["layers"])
+    assert all(entry["manual_us"] > 0 and entry["native_us"] > 0 for entry in layers["layers"].values())
+    resnet18.print_resnet18({"steps": steps, "layers": layers})
+    assert "| float64 2x3x32x32 |" in capsys.readouterr().out

@@ -22,9 +22,9 @@ from torch.autograd.gradcheck import GradcheckError
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from manualbp.layers.activations import leaky_relu
-from manualbp.layers.conv import conv2d
+from manualbp.layers.conv import conv1d, conv2d
 from manualbp.layers.dropout import dropout
-from manualbp.layers.normalization import batch_norm
+from manualbp.layers.normalization import batch_norm, group_norm
 from manualbp.layers.pooling import MaxPool2dFunction, adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 # torch's own conv2d warns that padding="same" with an even kernel copies the input (so do we).
@@ -388,6 +388,12 @@ BAD_CALLS = [
     (lambda: batch_norm(_x[:1, :, :1, :1], None, None, training=True), ValueError, "more than 1 value per channel"),
     (lambda: dropout(_x, 1.5), ValueError, "between 0 and 1"),
     (lambda: leaky_relu(torch.arange(3)), TypeError, "floating-point"),
+    (lambda: conv1d(_x[:, :, 0], torch.randn(4, 2, 3)), ValueError, "conv1d .*expected 2 input channels"),
+    (lambda: conv1d(_x[:, :, 0], torch.randn(4, 3, 3, 3)), ValueError, r"conv1d: expected a weight of shape"),
+    (lambda: conv1d(_x, torch.randn(4, 3, 3)), ValueError, r"conv1d: expected an input of shape \(N, C, L\)"),
+    (lambda: conv1d(_x[:, :, 0], torch.randn(4, 3, 3), stride=(1, 2)), TypeError, "stride as an int or a 1-tuple"),
+    (lambda: group_norm(_x, 2), ValueError, "divisible by num_groups"),
+    (lambda: group_norm(_x, 3, torch.ones(4)), ValueError, r"weight of shape \(3,\)"),
 ]
 
 
@@ -459,6 +465,80 @@ def test_conv_keeps_its_input_only_when_the_weight_needs_a_gradient():
 
 
 # ----------------------------------------------------------------------------------------------
+# The readable formula and the fast one (issue 24.5, 24.11)
+# ----------------------------------------------------------------------------------------------
+
+# (x shape, w shape, stride, padding, dilation, groups): every form of δW the fast path picks from.
+BACKWARD_SHAPES = {
+    "lenet_first": ((4, 1, 12, 12), (6, 1, 5, 5), (1, 1), (2, 2), (1, 1), 1),  # few channels: transposed form
+    "resnet_like": ((2, 16, 8, 8), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # correlation form
+    "stride_dilation": ((2, 3, 9, 8), (4, 3, 3, 2), (2, 1), (2, 0), (1, 2), 1),
+    "rows_dropped": ((2, 2, 9, 8), (3, 2, 2, 3), (3, 3), (0, 0), (1, 1), 1),
+    "groups": ((2, 4, 6, 6), (6, 2, 3, 3), (2, 2), (1, 1), (1, 1), 2),
+    "one_by_one": ((2, 8, 7, 7), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),  # patches at every dtype
+    "zero_batch": ((0, 3, 6, 6), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("fast_kernel", [True, False], ids=["convolution_forms", "patch_form"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shapes", BACKWARD_SHAPES.values(), ids=BACKWARD_SHAPES.keys())
+def test_the_fast_backward_agrees_with_the_readable_formula(shapes, dtype, fast_kernel, monkeypatch):
+    from manualbp.layers import conv
+
+    # Force each dtype through each form (float64 takes the convolution forms only when told to).
+    monkeypatch.setattr(conv, "has_fast_convolution_kernel", lambda tensor: fast_kernel)
+    x_shape, w_shape, stride, padding, dilation, groups = shapes
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, generator=generator, dtype=dtype)
+    weight = torch.randn(w_shape, generator=generator, dtype=dtype)
+    grad_output = torch.randn(TF.conv2d(x, weight, None, stride, padding, dilation, groups).shape,
+                              generator=generator, dtype=dtype)
+    arguments = (grad_output, x, weight, x.shape, stride, padding, dilation, groups)
+    readable, fast = conv.conv2d_backward(*arguments), conv.conv2d_backward_fast(*arguments)
+    expected = torch.ops.aten.convolution_backward(grad_output, x, weight, [w_shape[0]], stride, padding, dilation,
+                                                   False, (0, 0), groups, (True, True, True))
+    for name, ours, theirs, torchs in zip(("δX", "δW", "δb"), readable, fast, expected, strict=True):
+        # bfloat16 keeps 8 bits and rounds each partial sum: within 3 % of the largest value
+        scale = torchs.abs().max().item() if torchs.numel() else 0.0
+        tolerance = {torch.float64: EXACT, torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+                     torch.bfloat16: {"rtol": 0, "atol": 3e-2 * scale}}[dtype]
+        torch.testing.assert_close(ours, theirs, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(ours, torchs, **tolerance, msg=lambda m, name=name: f"{name} vs torch: {m}")
+
+
+def test_the_function_runs_the_fast_backward(monkeypatch):
+    from manualbp.layers import conv
+
+    calls = []
+    monkeypatch.setattr(conv, "conv2d_backward_fast", lambda *args: calls.append(args) or conv.conv2d_backward(*args))
+    x = torch.randn(2, 3, 6, 6, dtype=DTYPE, requires_grad=True)
+    conv2d(x, torch.randn(4, 3, 3, 3, dtype=DTYPE, requires_grad=True)).sum().backward()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_conv_backward_at_stride_1_on_64x64_images_takes_no_more_memory_than_torch(dtype):
+    """Issue 24.5: δW as a transposed convolution with δZ (64×64) as its kernel asked PyTorch's
+    float64 kernel for a 32 GiB im2col buffer. Now its peak is PyTorch's own plus at most one copy
+    of δZ (float32: the convolution forms hand δZ to oneDNN as a kernel, which it copies into its
+    own layout; measured 6.5 MB vs 4.8 MB; float64: 6.4 vs 6.2 MB)."""
+    from manualbp.bench.memory import forward_backward, peak_bytes
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 64, 64, generator=generator, dtype=dtype, requires_grad=True)
+    weight = torch.randn(64, 3, 3, 3, generator=generator, dtype=dtype, requires_grad=True)
+    grad_output = torch.randn(2, 64, 64, 64, generator=generator, dtype=dtype)
+    ours = peak_bytes(forward_backward(lambda x, w: conv2d(x, w, padding=1), (x, weight), grad_output))
+    grads = x.grad, weight.grad
+    theirs = peak_bytes(forward_backward(lambda x, w: TF.conv2d(x, w, padding=1), (x, weight), grad_output))
+    float32_sums = {"rtol": 1e-4, "atol": 1e-5 * weight.grad.abs().max().item()}  # δW: sums of 8,192 terms
+    torch.testing.assert_close(grads, (x.grad, weight.grad), **(EXACT if dtype == torch.float64 else float32_sums))
+    one_copy_of_grad_output = grad_output.numel() * grad_output.element_size()
+    assert ours <= theirs + one_copy_of_grad_output, f"manualbp peaks at {ours:,} bytes, PyTorch at {theirs:,}"
+
+
+# ----------------------------------------------------------------------------------------------
 # torch.compile
 # ----------------------------------------------------------------------------------------------
 
@@ -520,6 +600,7 @@ def test_a_conv_weight_gradient_with_stride_and_dilation_unswapped_is_rejected(m
     from manualbp.layers import conv
 
     case = BY_NAME["conv_asymmetric"]
+    monkeypatch.setattr(conv, "has_fast_convolution_kernel", lambda tensor: True)  # the correlation form, in float64
     assert_matches_reference(case.function, case.reference, make_inputs(case))
     original = conv._sum_over_patches_and_images
 

@@ -8,6 +8,7 @@ case below is one line of inputs.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -15,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import manualbp.functional as mbf
-from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
+from manualbp.layers.base import TORCH_TWINS, Loss
+from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss, to_torch
 
 NAN, INF = float("nan"), float("inf")
 DTYPE = torch.float64
@@ -121,6 +123,35 @@ def test_layer_norm_takes_zero_size_tensors_like_torch(shape):
                       lambda x, w, b: F.layer_norm(x, features, w, b), inputs)
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (0, 4, 3)], ids=str)
+def test_group_norm_takes_zero_size_batches_like_torch(shape):
+    inputs = [_randn(*shape), _randn(4, seed=1), _randn(4, seed=2)]
+    assert_like_torch(lambda x, w, b: mbf.group_norm(x, 2, w, b), lambda x, w, b: F.group_norm(x, 2, w, b), inputs)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 0), (0, 4, 0), (2, 4, 0, 3), (2, 0, 3)], ids=str)
+def test_group_norm_refuses_zero_channels_or_values_like_torch(shape):
+    groups = 2 if shape[1] else 1
+    with pytest.raises(RuntimeError):
+        F.group_norm(_randn(*shape), groups)
+    with pytest.raises(RuntimeError, match="group_norm: expected at least one channel"):
+        mbf.group_norm(_randn(*shape), groups)
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+def test_group_norm_propagates_nan_and_inf_like_torch(value):
+    # one special value spoils its own group (image 0, channels 0-1) and nothing else, as in torch
+    inputs = [_with(_randn(2, 4, 3), (0, 1, 2), value), _randn(4, seed=1), _randn(4, seed=2)]
+    assert_like_torch(lambda x, w, b: mbf.group_norm(x, 2, w, b), lambda x, w, b: F.group_norm(x, 2, w, b), inputs)
+
+
+@pytest.mark.parametrize("settings", [{}, {"stride": 2, "padding": 1}, {"padding": "same"}], ids=str)
+def test_conv1d_takes_a_zero_size_batch_like_torch(settings):
+    inputs = [_randn(0, 2, 7), _randn(3, 2, 3, seed=1), _randn(3, seed=2)]
+    assert_like_torch(lambda x, w, b: mbf.conv1d(x, w, b, **settings), lambda x, w, b: F.conv1d(x, w, b, **settings),
+                      inputs)
+
+
 @pytest.mark.parametrize("indices", [(0,), (2, 0), (0, 3)], ids=str)
 def test_embedding_takes_zero_size_index_tensors_like_torch(indices):
     assert_like_torch(mbf.embedding, F.embedding, [torch.zeros(indices, dtype=torch.long), _randn(5, 3)])
@@ -149,6 +180,62 @@ def test_attention_rows_with_every_key_masked_give_zeros_like_torch(mask_kind, d
     assert output[:, :, 1].eq(0).all()  # the fully masked query row: 0, not NaN
     assert_like_torch(lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                       lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), [query, key, value])
+
+
+# Every registered layer (not the losses, nor whole nets in one node), from its own example.
+LAYERS = [layer for layer in TORCH_TWINS if not issubclass(layer, Loss) and not hasattr(layer, "fused_loss")]
+
+
+def _zero_batch_run(module, inputs):
+    """``module`` on ``inputs``: (output, input gradients, parameter gradients, buffers after), or
+    the exception it raised."""
+    inputs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    try:
+        output = module(*inputs)
+    except Exception as error:  # noqa: BLE001 -- compared with torch's own below
+        return error
+    differentiable = [x for x in inputs if x.requires_grad] + list(module.parameters())
+    grads = torch.autograd.grad(output, differentiable, torch.ones_like(output), allow_unused=True)
+    return output.detach(), grads, [buffer.clone() for buffer in module.buffers()]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layer_class", LAYERS, ids=lambda layer: layer.__name__)
+def test_every_layer_takes_a_zero_size_batch_like_torch(layer_class, training):
+    """Issue 24.7: each layer's example with its batch cut to 0 gives its torch twin's output,
+    gradients (input and parameters) and buffers, or the same error where torch raises one."""
+    torch.manual_seed(0)
+    layer, inputs = layer_class.example(DTYPE)
+    layer.train(training)
+    twin = to_torch(torch.nn.Sequential(copy.deepcopy(layer)))[0]
+    inputs = [x[:0] for x in inputs]
+    ours, theirs = _zero_batch_run(layer, inputs), _zero_batch_run(twin, inputs)
+    if isinstance(theirs, Exception):
+        assert type(ours) is type(theirs), f"torch raises {theirs!r}, manualbp gives {ours!r}"
+        return
+    assert not isinstance(ours, Exception), f"torch takes a zero-size batch, manualbp raises {ours!r}"
+    (output, grads, buffers), (expected_output, expected_grads, expected_buffers) = ours, theirs
+    assert output.shape == expected_output.shape and output.dtype == expected_output.dtype
+    for index, (grad, expected) in enumerate(zip(grads, expected_grads, strict=True)):
+        assert (grad is None) == (expected is None), f"gradient {index}: {grad} vs {expected}"
+        if expected is not None:
+            torch.testing.assert_close(grad, expected, equal_nan=True, msg=lambda m, i=index: f"gradient {i}: {m}")
+    torch.testing.assert_close(buffers, expected_buffers, equal_nan=True)
+
+
+CONV_SETTINGS = {"stride_1": {}, "stride_2_padding": {"stride": 2, "padding": 1}, "dilation": {"dilation": 2},
+                 "groups": {"groups": 2}, "same": {"padding": "same"}}
+
+
+@pytest.mark.parametrize("settings", CONV_SETTINGS.values(), ids=CONV_SETTINGS.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_conv2d_takes_a_zero_size_batch_on_every_path_like_torch(settings, dtype):
+    """Issue 24.7: at N = 0 the backward crashed on every path (stride 1: "expected weight to be at
+    least 1 at dimension 0", the others: an invalid gradient shape)."""
+    inputs = [_randn(0, 4, 7, 7).to(dtype), _randn(6, 4 // settings.get("groups", 1), 3, 3, seed=1).to(dtype),
+              _randn(6, seed=2).to(dtype)]
+    assert_like_torch(lambda x, w, b: mbf.conv2d(x, w, b, **settings), lambda x, w, b: F.conv2d(x, w, b, **settings),
+                      inputs)
 
 
 def _probabilities(batch, classes):

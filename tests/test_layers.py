@@ -5,6 +5,7 @@ here with no test to write for it. And the library imports nothing of the traine
 from __future__ import annotations
 
 import copy
+import inspect
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import manualbp
+import manualbp.functional as mbf
 from manualbp import manual
 from manualbp import nn as mnn
 from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, LOSSES, TORCH_TWINS, Loss
@@ -119,6 +121,50 @@ def test_every_loss_runs_in_the_manual_engine_and_matches_its_torch_twin(loss_cl
         torch.testing.assert_close(grad, expected_grad, **EXACT)
 
 
+def _outputs_and_parameter_grads(module, inputs):
+    """Under CPU bfloat16 autocast: ``module(*inputs)`` and the gradient of its sum for every parameter."""
+    torch.manual_seed(1)  # dropout: the same draw for both
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = module(*inputs)
+    parameters = list(module.parameters())
+    grads = torch.autograd.grad(output.float().sum(), parameters) if parameters else ()
+    return output, dict(zip([name for name, _ in module.named_parameters()], grads, strict=True))
+
+
+# Squared-error losses compute in float32 under autocast as F.mse_loss does; their twins, sums of
+# elementwise ops (torch has no op for ½‖softmax(z) − y‖²), stay in the input's dtype.
+SQUARED_ERROR_LOSSES = (mnn.EuclideanLoss, mnn.SoftmaxEuclideanLoss)
+# bfloat16 keeps 8 bits: the two sides may round a sum differently by a few of its units.
+BFLOAT16_CLOSE = {"rtol": 3e-2, "atol": 3e-2}
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["float32_input", "bfloat16_input"])
+@pytest.mark.parametrize("layer_class", LAYERS + LOSS_CLASSES, ids=lambda layer: layer.__name__)
+def test_every_layer_runs_under_autocast_like_its_torch_twin(layer_class, input_dtype):
+    """Issue 24.6: each Module under torch.autocast gives its torch twin's output dtype and values,
+    and gradients reach its (float32) parameters in float32; on float32 inputs, and on the
+    bfloat16 ones an earlier layer hands on under autocast."""
+    if issubclass(layer_class, Loss):
+        layer = layer_class()
+        inputs = tuple(tensor.float() for tensor in _batch())[:1] + (_targets(6).float(),)
+        inputs = (inputs[0][:, :3].contiguous(), inputs[1])  # 3 classes, as the targets
+    else:
+        torch.manual_seed(0)
+        layer, inputs = layer_class.example(torch.float32)
+    twin = to_torch(torch.nn.Sequential(copy.deepcopy(layer)))[0]
+    inputs = tuple(x.to(input_dtype).requires_grad_() if x.is_floating_point() else x for x in inputs)
+    output, grads = _outputs_and_parameter_grads(layer, inputs)
+    if layer_class in SQUARED_ERROR_LOSSES:  # torch's own op for it: F.mse_loss, float32 under autocast
+        inputs = tuple(x.float() if x.is_floating_point() else x for x in inputs)
+    expected, expected_grads = _outputs_and_parameter_grads(twin, inputs)
+    assert output.dtype == expected.dtype, f"{layer_class.__name__}: {output.dtype}, torch's twin {expected.dtype}"
+    torch.testing.assert_close(output, expected, **BFLOAT16_CLOSE)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, f"{name}: gradient in {grad.dtype}"
+        torch.testing.assert_close(grad, expected_grads[name], **BFLOAT16_CLOSE, msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_mlp_takes_every_declared_activation_by_name(name):
     net = mnn.MLP([FEATURES, 5, 2], activation=name, output_activation=name, fuse=False)
@@ -185,3 +231,52 @@ def test_the_manual_engine_runs_lenet_like_autograd():
     assert list(grads) == [name for name, _ in net.named_parameters()]
     for grad, expected_grad in zip(grads.values(), expected_grads, strict=True):
         assert torch.equal(grad, expected_grad)  # the same Function code: bit for bit
+
+
+# ----------------------------------------------------------------------------------------------
+# @hand_writes: which torch callables a public function computes, with their arguments
+# ----------------------------------------------------------------------------------------------
+
+F = torch.nn.functional
+CONV_NET_AND_ACTIVATION_CALLABLES = [
+    F.conv1d, F.conv2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.batch_norm, F.group_norm, F.layer_norm,
+    F.dropout, F.leaky_relu, F.relu, torch.relu, torch.Tensor.relu, F.sigmoid, torch.sigmoid, torch.Tensor.sigmoid,
+    F.tanh, torch.tanh, torch.Tensor.tanh, F.elu, F.linear,
+]
+
+
+def test_hand_writes_names_the_torch_functions_manualbp_computes():
+    from manualbp.layers.base import HAND_WRITTEN
+
+    missing = [getattr(f, "__qualname__", repr(f)) for f in CONV_NET_AND_ACTIVATION_CALLABLES if f not in HAND_WRITTEN]
+    assert not missing, f"no manualbp function is registered with @hand_writes for {missing}"
+
+
+def _parameters(function):
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def test_each_hand_written_function_takes_its_torch_functions_arguments():
+    """Same parameter names, order and defaults as each torch callable with a Python signature (the
+    C builtins, torch.relu and the like, have none to read)."""
+    from manualbp.layers.base import HAND_WRITTEN
+
+    for torch_callable, ours in HAND_WRITTEN.items():
+        try:
+            theirs = _parameters(torch_callable)
+        except (ValueError, TypeError):
+            continue  # a builtin without a signature
+        if any(name in ("args", "kwargs") for name, _ in theirs):
+            continue  # F.max_pool2d: a dispatcher on return_indices, (*args, **kwargs)
+        assert _parameters(ours) == theirs, f"{ours.__name__}: {_parameters(ours)} vs torch's {theirs}"
+
+
+@pytest.mark.parametrize("call", [lambda x: mbf.elu(x, inplace=True), lambda x: mbf.leaky_relu(x, inplace=True),
+                                  lambda x: mbf.dropout(x, inplace=True)], ids=["elu", "leaky_relu", "dropout"])
+def test_torch_arguments_a_layer_does_not_hand_write_raise_not_implemented(call):
+    """So that manualbp.hand_written() can run torch's own function for them instead."""
+    x = torch.randn(3, 4)
+    before = x.clone()
+    with pytest.raises(NotImplementedError, match="inplace=True is not hand-written"):
+        call(x)
+    assert torch.equal(x, before)  # and the input is untouched

@@ -116,6 +116,40 @@ def _attention(rows: int, heads: int = 4, length: int = 64, features: int = 32):
     return (q, k, v), _randn(batch, heads, length, features)
 
 
+def _conv2d(rows: int, dtype: torch.dtype = torch.float32):
+    """(rows/250 images of 8 × 32 × 32, 16 filters 3 × 3, padding 1); the output twice as large."""
+    images = max(rows // 250, 2)
+    inputs = tuple(t.to(dtype) for t in (_randn(images, 8, 32, 32), _randn(16, 8, 3, 3), _randn(16)))
+    return inputs, _randn(images, 16, 32, 32).to(dtype)
+
+
+def _conv1d(rows: int):
+    """(rows/50 signals of 8 × 256, 16 filters of 5): the output (rows/50, 16, 252)."""
+    signals = max(rows // 50, 2)
+    return (_randn(signals, 8, 256), _randn(16, 8, 5), _randn(16)), _randn(signals, 16, 252)
+
+
+def _group_norm(rows: int):
+    """(rows/10, 16, 8, 8) in 4 groups (see _group_norm_4), γ and β per channel."""
+    return (_randn(max(rows // 10, 2), 16, 8, 8), _randn(16), _randn(16)), _randn(max(rows // 10, 2), 16, 8, 8)
+
+
+def _group_norm_4(input, weight, bias):
+    return mbf.group_norm(input, 4, weight, bias)
+
+
+def _torch_group_norm_4(input, weight, bias):
+    return F.group_norm(input, 4, weight, bias)
+
+
+def _conv2d_padded(input, weight, bias):
+    return mbf.conv2d(input, weight, bias, padding=1)
+
+
+def _torch_conv2d_padded(input, weight, bias):
+    return F.conv2d(input, weight, bias, padding=1)
+
+
 def _linear_relu_reference(input, weight, bias):
     return F.relu(F.linear(input, weight, bias))
 
@@ -156,6 +190,11 @@ CASES = [
          lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), _attention, ALL),
     Case("euclidean_loss", mbf.euclidean_loss, TorchEuclideanLoss(),
          lambda rows: ((_randn(rows, 512), _randn(rows, 512)), None), (True,)),
+    Case("conv2d", _conv2d_padded, _torch_conv2d_padded, _conv2d, ALL),
+    Case("conv2d, input needs no grad", _conv2d_padded, _torch_conv2d_padded, _conv2d, NO_INPUT_GRAD),
+    Case("conv2d, float64", _conv2d_padded, _torch_conv2d_padded, lambda rows: _conv2d(rows, torch.float64), ALL),
+    Case("conv1d", mbf.conv1d, F.conv1d, _conv1d, ALL),
+    Case("group_norm", _group_norm_4, _torch_group_norm_4, _group_norm, ALL),
 ]
 
 BENCH_ROWS = 50_000  # e.g. a 50k x 784 batch: about 160 MB of float32 input per case

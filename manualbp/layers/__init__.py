@@ -7,9 +7,10 @@
 * ``multihead_attention.py``: multi-head attention, from the linear and attention layers.
 * ``softmax.py``: softmax and log-softmax over any dimension.
 * ``embedding.py``: the table lookup Z = W[i], the linear layer of a one-hot input.
-* ``conv.py``: 2-D convolution, the linear layer at every patch.
+* ``conv.py``: 2-D convolution, the linear layer at every patch; 1-D as a 1 × L image.
 * ``pooling.py``: max, average and adaptive average 2-D pooling.
-* ``normalization.py``: batch norm (N, C) and (N, C, H, W); layer norm over the last dimensions.
+* ``normalization.py``: batch norm (N, C) and (N, C, H, W); layer norm over the last dimensions;
+  group norm (layer norm per group of channels).
 * ``dropout.py``: dropout (its mask an input of the Function).
 * ``shape.py``: Flatten, Unflatten.
 * ``losses.py``: softmax + cross-entropy, softmax + L2, the Euclidean loss.

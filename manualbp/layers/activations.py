@@ -22,6 +22,7 @@ from manualbp.layers.base import (
     multiply,
     one_minus,
     owns_buffers,
+    refuse_inplace,
 )
 
 __all__ = [
@@ -188,6 +189,7 @@ class SigmoidFunction(LayerFunction):
         return sigmoid_backward(input_tangent, output)
 
 
+@hand_writes(torch.nn.functional.sigmoid, torch.sigmoid, Tensor.sigmoid)
 def sigmoid(input: Tensor) -> Tensor:
     """σ(a) = 1/(1 + e^(−a)) elementwise, like ``torch.sigmoid``; any shape, floating point."""
     check_floating("sigmoid", "input", input)
@@ -247,6 +249,7 @@ class ReLUInplaceFunction(ReLUFunction):
         return input_tangent.copy_(relu_backward(input_tangent, output))  # Ż = 1[Z>0]·Ẋ, over Ẋ as Z over X
 
 
+@hand_writes(torch.nn.functional.relu, torch.relu, Tensor.relu)
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """max(0, x) elementwise, like ``torch.nn.functional.relu``; any shape, floating point.
 
@@ -305,8 +308,12 @@ class ELUFunction(LayerFunction):
         return elu_backward(input_tangent, input, output, ctx.alpha)
 
 
-def elu(input: Tensor, alpha: float = 1.0) -> Tensor:
-    """x if x > 0 else α(eˣ − 1) elementwise, like ``torch.nn.functional.elu``; any shape."""
+@hand_writes(torch.nn.functional.elu)
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """x if x > 0 else α(eˣ − 1) elementwise, like ``torch.nn.functional.elu``; any shape.
+    ``inplace=True`` raises NotImplementedError (the backward needs the input it would overwrite)."""
+    if inplace:
+        refuse_inplace("elu", "its backward needs the input it would overwrite")
     check_floating("elu", "input", input)
     return apply(ELUFunction, input, float(alpha))
 
@@ -360,6 +367,7 @@ class TanhFunction(LayerFunction):
         return tanh_backward(input_tangent, output)
 
 
+@hand_writes(torch.nn.functional.tanh, torch.tanh, Tensor.tanh)
 def tanh(input: Tensor) -> Tensor:
     """tanh x elementwise, like ``torch.tanh``; any shape, floating point."""
     check_floating("tanh", "input", input)
@@ -402,8 +410,12 @@ class LeakyReLUFunction(LayerFunction):
         return leaky_relu_backward(input_tangent, saved, ctx.negative_slope)  # diagonal: Ż = f'(X)·Ẋ
 
 
-def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
-    """X if X > 0 else negative_slope·X elementwise, like ``torch.nn.functional.leaky_relu``; any shape."""
+@hand_writes(torch.nn.functional.leaky_relu)
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """X if X > 0 else negative_slope·X elementwise, like ``torch.nn.functional.leaky_relu``; any shape.
+    ``inplace=True`` raises NotImplementedError (manualbp's leaky ReLU never runs in place)."""
+    if inplace:
+        refuse_inplace("leaky_relu", "manualbp's leaky ReLU never runs in place")
     check_floating("leaky_relu", "input", input)
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError(f"leaky_relu: expected negative_slope as a number, got {negative_slope!r}")

@@ -199,6 +199,25 @@ def autocast_enabled(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
+def dtype_under_autocast(tensor: Tensor) -> torch.dtype:
+    """The dtype ``tensor`` has once :func:`apply` casts it for a matmul-like op
+    (``autocast_to="lower"``): the autocast dtype where autocast is on for its device and casts it
+    (float32, float16, bfloat16), else its own. Argument checks compare these, since they run
+    before the cast (a bfloat16 input and a float32 weight are one dtype under bfloat16 autocast)."""
+    if _any_autocast_enabled() and _autocast_eligible(tensor) and autocast_enabled(tensor.device.type):
+        return torch.get_autocast_dtype(tensor.device.type)
+    return tensor.dtype
+
+
+def computes_in_float32(input: Tensor, *parameters: Tensor | None) -> bool:
+    """Whether a normalization runs as PyTorch's does on a float16/bfloat16 input with float32
+    parameters or statistics (mixed precision, e.g. under autocast): in float32, its output cast
+    back to the input's dtype."""
+    return input.dtype in (torch.float16, torch.bfloat16) and any(
+        parameter is not None and parameter.dtype == torch.float32 for parameter in parameters
+    )
+
+
 def torchscript_error(what: str) -> RuntimeError:
     """The one error for TorchScript: it cannot hold a Python autograd.Function (script cannot
     compile one; trace records one that ``torch.jit.save`` cannot export)."""
@@ -236,6 +255,13 @@ def check_floating(name: str, argument: str, tensor: Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # The Module: what convert, to_torch, the explicit engine, MLP and the configs read
 # ----------------------------------------------------------------------------------------------
+
+def refuse_inplace(function: str, why: str) -> None:
+    """``inplace=True`` of a torch.nn.functional signature that the hand-written layer does not
+    run: NotImplementedError, so that a caller (``manualbp.hand_written()``) runs torch's instead."""
+    raise NotImplementedError(f"{function}: inplace=True is not hand-written ({why}); pass inplace=False, or "
+                              f"call torch.nn.functional.{function} for the in-place version")
+
 
 # Filled by the layers' own public functions (@hand_writes), never by hand.
 HAND_WRITTEN: dict[Callable, Callable] = {}  # a torch callable -> the manualbp function computing the same

@@ -1,4 +1,4 @@
-"""2-D convolution with a hand-written backward: the slides' linear layer applied at every patch.
+"""2-D (and 1-D) convolution with a hand-written backward: the slides' linear layer at every patch.
 
 Notation (the lecture's, in torch's layout). A patch X_p is the C_in·kH·kW input values under the
 kernel at output position p (for every image of the batch: an (N, C_in·kH·kW) matrix), W is the
@@ -9,21 +9,29 @@ weight seen as a (C_out, C_in·kH·kW) matrix, δZ_p = ∂L/∂Z[:, :, p] is (N,
     δX  = Σ_p (δZ_p W scattered back onto patch p) (slides: δZ_p Wᵀ)
     δb  = Σ_p Σ_n δZ_p
 
-A convolution kernel computes each sum in one call, as matmul does for the linear layer:
-δX is a transposed convolution of δZ with W, δW a convolution of X with δZ over the batch.
-(torch.nn.grad and autograd of the forward are not used.)
+``conv2d_backward`` is the formula as code: the patches built by ``F.unfold`` and each sum a matrix
+product. ``conv2d_backward_fast`` (what the Function runs) computes the same sums with convolution
+kernels where PyTorch has fast ones: δX a transposed convolution of δZ with W, δW a convolution of
+X with δZ over the batch (README, "Conv nets", says which form runs for which dtype and why).
+conv1d is conv2d on the signal as a 1 × L image. (torch.nn.grad and autograd of the forward are not used.)
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, hand_writes, owns_buffers
 from manualbp.layers.sharing import SharesState
 
-__all__ = ["conv2d", "conv2d_forward", "conv2d_backward", "Conv2dFunction", "Conv2d"]
+__all__ = [
+    "conv2d", "conv2d_forward", "conv2d_backward", "conv2d_backward_fast", "Conv2dFunction", "Conv2d",
+    "conv1d", "conv1d_forward", "conv1d_backward", "Conv1dFunction", "Conv1d",
+]
 
 Pair = tuple[int, int]
 
@@ -56,19 +64,88 @@ def conv2d_backward(
     groups: int,
     needs_grad: tuple[bool, bool, bool] = (True, True, True),
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """δX, δW, δb of Z = conv2d(X, W, b), each computed only if ``needs_grad`` asks for it.
+    """δX, δW, δb of Z = conv2d(X, W, b) as the slides' linear layer at every patch, the patches
+    built explicitly (``F.unfold``, im2col); each computed only if ``needs_grad`` asks for it.
+    :func:`conv2d_backward_fast` computes the same with convolution kernels where those are faster.
 
     grad_output δZ: (N, C_out, H_out, W_out) or unbatched (C_out, H_out, W_out); input X: the
     forward's input (may be None if δW is not needed); weight W: (C_out, C_in/groups, kH, kW);
     input_shape: X's shape. Returns δX: X's shape, δW: W's shape, δb: (C_out,).
     """
-    if grad_output.dim() == 3:  # unbatched: a batch of one
-        grad_output = grad_output.unsqueeze(0)
-        input = None if input is None else input.unsqueeze(0)
-        grad_input, grad_weight, grad_bias = conv2d_backward(
-            grad_output, input, weight, (1, *input_shape), stride, padding, dilation, groups, needs_grad
+    if grad_output.dim() == 3:
+        return _as_a_batch_of_one(conv2d_backward, grad_output, input, weight, input_shape, stride, padding, dilation,
+                                  groups, needs_grad)
+    grad_input = grad_weight = grad_bias = None
+    if needs_grad[0]:
+        batch_size, out_channels, out_height, out_width = grad_output.shape
+        positions, patch_size = out_height * out_width, math.prod(weight.shape[1:])  # L patches of C_in/G·kH·kW
+        grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, positions)  # δZ_p, every p
+        weight_rows = weight.reshape(groups, out_channels // groups, patch_size)  # W: (G, C_out/G, C_in/G·kH·kW)
+        patch_grads = torch.matmul(weight_rows.transpose(1, 2), grad_rows)  # δX_p = δZ_p W, every p (slides: δZ_p Wᵀ)
+        grad_input = torch.nn.functional.fold(  # δX = Σ_p δX_p scattered back onto patch p
+            patch_grads.reshape(batch_size, groups * patch_size, positions), input_shape[-2:],
+            weight.shape[-2:], dilation, padding, stride,
         )
-        return (None if grad_input is None else grad_input.squeeze(0)), grad_weight, grad_bias
+    if needs_grad[1]:
+        grad_weight = _grad_weight_from_patches(grad_output, input, weight.shape, stride, padding, dilation, groups)
+    if needs_grad[2]:
+        grad_bias = grad_output.sum((0, 2, 3))  # δb = Σ_n Σ_p δZ_p
+    return grad_input, grad_weight, grad_bias
+
+
+def _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_n Σ_p δZ_pᵀ X_p with the patches X_p built by ``F.unfold``: per image n, one matrix
+    product (C_out, L)·(L, C_in·kH·kW) per group, added into δW as they come. That is PyTorch's own
+    float64 CPU algorithm (im2col, then one GEMM per image accumulated into δW), so it gives torch's
+    δW to the bit there; its memory is the patches, kH·kW times the input."""
+    batch_size, out_channels, out_height, out_width = grad_output.shape
+    if batch_size == 0:  # no image, no patch: δW = 0
+        return grad_output.new_zeros(weight_shape)
+    patches = torch.nn.functional.unfold(input, weight_shape[-2:], dilation, padding, stride)  # X_p: (N, C_in·kH·kW, L)
+    patches = patches.reshape(batch_size, groups, patches.shape[1] // groups, out_height * out_width)
+    grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, out_height * out_width)  # δZ_p
+    patches_t = patches.transpose(2, 3)  # X_p as (L, C_in/G·kH·kW) rows
+    # δW += ... into δW's own buffer where autograd does not record the backward (a copy per image otherwise)
+    add_product = torch.Tensor.baddbmm_ if owns_buffers(grad_output, input) else torch.baddbmm
+    grad_weight = torch.matmul(grad_rows[0], patches_t[0])  # Σ_p δZ_pᵀ X_p of image 0
+    for image in range(1, batch_size):
+        grad_weight = add_product(grad_weight, grad_rows[image], patches_t[image])  # δW += Σ_p δZ_pᵀ X_p of image n
+    return grad_weight.reshape(weight_shape)
+
+
+def _as_a_batch_of_one(backward, grad_output, input, weight, input_shape, *settings):
+    """``backward`` on an unbatched δZ (C_out, H_out, W_out): a batch of one, δX unbatched again."""
+    input = None if input is None else input.unsqueeze(0)
+    grad_input, grad_weight, grad_bias = backward(grad_output.unsqueeze(0), input, weight, (1, *input_shape), *settings)
+    return (None if grad_input is None else grad_input.squeeze(0)), grad_weight, grad_bias
+
+
+def conv2d_backward_fast(
+    grad_output: Tensor,
+    input: Tensor | None,
+    weight: Tensor,
+    input_shape: tuple[int, ...],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """What :func:`conv2d_backward` computes (same arguments, same results), each sum over the
+    patches done by a convolution kernel where one is fast, without building the patches:
+
+    * δX as a transposed convolution of δZ with W (every dtype: PyTorch's float64 kernel is the
+      same im2col GEMM as ``conv2d_backward``'s, and the float32 one does not build the patches);
+    * δW, per dtype and shape (README, "Conv nets", has the measurements): where PyTorch has a fast
+      convolution kernel (float32 and bfloat16 on the CPU with oneDNN, CUDA) a convolution of X
+      with δZ over the batch (:func:`_sum_over_patches_and_images`), or for few channels at stride 1
+      its transposed form; a 1×1 kernel and every other dtype (float64, float16 on the CPU, whose
+      convolution with δZ as the kernel is im2col over that kernel: 8–14× PyTorch's float64
+      backward) the patches of ``conv2d_backward`` itself.
+    """
+    if grad_output.dim() == 3:
+        return _as_a_batch_of_one(conv2d_backward_fast, grad_output, input, weight, input_shape, stride, padding,
+                                  dilation, groups, needs_grad)
     grad_input = grad_weight = grad_bias = None
     if needs_grad[0]:
         # The transposed convolution lands on (H_out − 1)·stride − 2·padding + dilation·(k − 1) + 1
@@ -83,10 +160,41 @@ def conv2d_backward(
             grad_output, weight, None, stride, padding, output_padding, groups, dilation
         )  # δX = Σ_p δZ_p W scattered onto patch p   (slides: δZ_p Wᵀ)
     if needs_grad[1]:
-        grad_weight = _sum_over_patches_and_images(grad_output, input, weight.shape, stride, padding, dilation, groups)
+        grad_weight = _grad_weight_fast(grad_output, input, weight.shape, stride, padding, dilation, groups)
     if needs_grad[2]:
         grad_bias = grad_output.sum((0, 2, 3))  # δb = Σ_n Σ_p δZ_p
     return grad_input, grad_weight, grad_bias
+
+
+def has_fast_convolution_kernel(tensor: Tensor) -> bool:
+    """Whether PyTorch convolves ``tensor``'s dtype on its device with a kernel that does not build
+    the patches (oneDNN for float32 and bfloat16 on the CPU, cuDNN on CUDA). Where it does not, a convolution
+    with δZ as its kernel (H_out × W_out wide) runs as im2col over that kernel: slow, and for the
+    transposed form quadratic in the image size (32 GiB for 2 float64 64×64 images)."""
+    if tensor.device.type == "cuda":
+        return True
+    return tensor.dtype in (torch.float32, torch.bfloat16) and _ONEDNN
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile cannot trace the call
+
+
+# The transposed form of δW: at most this many elements in the im2col buffer that PyTorch's slow
+# transposed-convolution kernel would make for it (C_out·H_out·W_out·H·W), whichever kernel runs.
+_TRANSPOSED_FORM_MAX_COLUMNS = 2**24
+# ... and only for few channels (C_in·C_out ≤ this): LeNet's convolutions (1·6, 6·16), where it saved
+# 5–11 % of δW; at ResNet-18's (64·64 and up) it took 1.6–1.9× the correlation form's time.
+_TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 256
+
+
+def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_p δZ_pᵀ X_p by the form measured fastest for this dtype and shape (see
+    :func:`conv2d_backward_fast`)."""
+    if not has_fast_convolution_kernel(input) or tuple(weight_shape[-2:]) == (1, 1) or input.shape[0] == 0:
+        return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
+    if _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups):
+        return _sum_over_patches_and_images_transposed(grad_output, input, padding)
+    return _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups)
 
 
 def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
@@ -99,8 +207,6 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     """
     batch_size, in_channels, height, width = input.shape
     kernel_height, kernel_width = weight_shape[-2:]
-    if _transposed_form_applies(input, weight_shape, stride, padding, dilation, groups):
-        return _sum_over_patches_and_images_transposed(grad_output, input, padding)
     images_as_channels = (  # (C_in/G, G·N, H, W)
         input.reshape(batch_size, groups, in_channels // groups, height, width)
         .permute(2, 1, 0, 3, 4)
@@ -115,11 +221,16 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     return correlation.transpose(0, 1).contiguous()
 
 
-def _transposed_form_applies(input, weight_shape, stride, padding, dilation, groups) -> bool:
-    """Whether :func:`_sum_over_patches_and_images_transposed` computes this δW: stride 1, no
-    dilation, one group, and H + padding ≥ kH (likewise W), so that its crop is not negative."""
+def _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups) -> bool:
+    """Whether :func:`_sum_over_patches_and_images_transposed` computes this δW, and fast: stride 1,
+    no dilation, one group, H + padding ≥ kH (likewise W) so that its crop is not negative; few
+    channels, and an im2col buffer of bounded size should PyTorch run its slow kernel."""
     sizes = zip(input.shape[-2:], padding, weight_shape[-2:], strict=True)
-    return stride == (1, 1) and dilation == (1, 1) and groups == 1 and all(h + pad >= k for h, pad, k in sizes)
+    if not (stride == (1, 1) and dilation == (1, 1) and groups == 1 and all(h + pad >= k for h, pad, k in sizes)):
+        return False
+    columns = grad_output[0].numel() * input.shape[-2] * input.shape[-1]  # C_out·H_out·W_out·H·W
+    channel_pairs = input.shape[1] * grad_output.shape[1]  # C_in·C_out
+    return columns <= _TRANSPOSED_FORM_MAX_COLUMNS and channel_pairs <= _TRANSPOSED_FORM_MAX_CHANNEL_PAIRS
 
 
 def _sum_over_patches_and_images_transposed(grad_output, input, padding) -> Tensor:
@@ -180,7 +291,8 @@ class Conv2dFunction(LayerFunction):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        grads = conv2d_backward(grad_output, input, weight, ctx.input_shape, *ctx.conv_args, ctx.needs_input_grad[:3])
+        grads = conv2d_backward_fast(grad_output, input, weight, ctx.input_shape, *ctx.conv_args,
+                                     ctx.needs_input_grad[:3])
         return *grads, None, None, None, None
 
     @staticmethod
@@ -241,7 +353,7 @@ def _check_conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None, 
                 f"conv2d: expected a floating-point {argument}, got dtype {tensor.dtype}; convert it, "
                 f"e.g. {argument}.float()"
             )
-        if tensor is not None and tensor.dtype != input.dtype:
+        if tensor is not None and dtype_under_autocast(tensor) != dtype_under_autocast(input):
             raise TypeError(
                 f"conv2d: input is {input.dtype} but {argument} is {tensor.dtype}; use one dtype for all, "
                 f"e.g. model.to({input.dtype})"
@@ -284,6 +396,7 @@ def conv2d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     return input, weight, bias, stride, padding, dilation, groups
 
 
+@hand_writes(torch.nn.functional.conv2d, torch.conv2d)
 def conv2d(
     input: Tensor,
     weight: Tensor,
@@ -341,3 +454,168 @@ class Conv2d(torch.nn.Conv2d, SharesState, torch_twin=torch.nn.Conv2d):
                 "run; give the padding as numbers, or use engine=autograd"
             )
         return Conv2dFunction, arguments
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-D convolution: a length-L signal is a 1 × L image, and conv1d is conv2d on it
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_image(signal: Tensor | None) -> Tensor | None:
+    """(N, C, L) or (C, L) -> (N, C, 1, L) or (C, 1, L): the signal as an image of one row."""
+    return None if signal is None else signal.unsqueeze(-2)
+
+
+def conv1d_forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int, dilation: int,
+                   groups: int) -> Tensor:
+    """Z_p = X_p Wᵀ + b at every patch p of the signal: conv2d's formula on the 1 × L image.
+
+    input X: (N, C_in, L) or (C_in, L); weight W: (C_out, C_in/groups, k); bias b: (C_out,) or
+    None. Returns Z: (N, C_out, L_out) (no N if the input had none),
+    L_out = ⌊(L + 2·padding − dilation·(k − 1) − 1)/stride⌋ + 1.
+    """
+    image = conv2d_forward(_as_image(input), _as_image(weight), bias, (1, stride), (0, padding), (1, dilation), groups)
+    return image.squeeze(-2)  # Z_p = X_p Wᵀ + b, every p of the 1 × L image
+
+
+def conv1d_backward(
+    grad_output: Tensor,
+    input: Tensor | None,
+    weight: Tensor,
+    input_shape: tuple[int, ...],
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+    image_backward: Callable = conv2d_backward,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δX, δW, δb of Z = conv1d(X, W, b): ``image_backward`` (:func:`conv2d_backward`, the formula;
+    the Function passes :func:`conv2d_backward_fast`) on the 1 × L images, each made a signal again.
+
+    grad_output δZ: (N, C_out, L_out) or (C_out, L_out); input X: (N, C_in, L) or (C_in, L), or
+    None if δW is not needed; weight W: (C_out, C_in/groups, k); input_shape: X's shape.
+    Returns δX: X's shape, δW: W's shape, δb: (C_out,).
+    """
+    image_shape = (*input_shape[:-1], 1, input_shape[-1])
+    grad_input, grad_weight, grad_bias = image_backward(  # δX, δW, δb of the 1 × L image
+        _as_image(grad_output), _as_image(input), _as_image(weight), image_shape, (1, stride), (0, padding),
+        (1, dilation), groups, needs_grad,
+    )
+    return (None if grad_input is None else grad_input.squeeze(-2)), (
+        None if grad_weight is None else grad_weight.squeeze(-2)), grad_bias
+
+
+class Conv1dFunction(LayerFunction):
+    """Z = conv1d(X, W, b) with the hand-written backward of :func:`conv1d_backward` (conv2d's, on a
+    1 × L image). Saves X only when W needs a gradient, and W. stride, padding, dilation, groups: ints."""
+
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        return conv1d_forward(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.conv_args = (stride, padding, dilation, groups)
+        ctx.input_shape = tuple(input.shape)
+        ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        grads = conv1d_backward(grad_output, input, weight, ctx.input_shape, *ctx.conv_args, ctx.needs_input_grad[:3],
+                                image_backward=conv2d_backward_fast)
+        return *grads, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        input, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        image_args = ((1, stride), (0, padding), (1, dilation), groups)
+        tangent = _conv2d_tangent(_as_image(input), _as_image(weight), image_args, _as_image(input_tangent),
+                                  _as_image(weight_tangent), bias_tangent)
+        return tangent.squeeze(-2)
+
+
+def _single_int(name: str, value) -> int | str:
+    """torch.nn.functional.conv1d's int or 1-tuple setting as an int (a padding string as it is)."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, str) and name == "padding":
+        return value
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"conv1d: expected {name} as an int or a 1-tuple of ints, got {value!r}; e.g. {name}=1")
+    return value
+
+
+def conv1d_arguments(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+                     groups: int = 1) -> tuple:
+    """The checked arguments of :class:`Conv1dFunction` (ints; padding="same" with an odd total pads
+    the input first), or a clear error: conv2d's checks on the 1 × L image."""
+    if weight.dim() != 3:
+        raise ValueError(f"conv1d: expected a weight of shape (out_channels, in_channels/groups, k), got shape "
+                         f"{tuple(weight.shape)}")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"conv1d: expected an input of shape (N, C, L) or (C, L), got shape {tuple(input.shape)}; "
+                         f"for a batch of 1-channel signals use input.unsqueeze(1)")
+    stride, padding, dilation = (_single_int(name, value) for name, value in
+                                 (("stride", stride), ("padding", padding), ("dilation", dilation)))
+    image_padding = padding if isinstance(padding, str) else (0, padding)
+    as_image = _as_image(input)
+    try:
+        image, _, _, _, image_padding, _, _ = conv2d_arguments(as_image, _as_image(weight), bias, (1, stride),
+                                                               image_padding, (1, dilation), groups)
+    except (TypeError, ValueError) as error:  # conv2d's check, on the signal as a 1 × L image: say so
+        message = str(error).replace("conv2d:", "conv1d (checked as conv2d on the signal as a 1 × L image):", 1)
+        raise type(error)(message) from None
+    signal = input if image is as_image else image.squeeze(-2)  # padded first for an uneven "same"
+    return signal, weight, bias, stride, image_padding[1], dilation, groups
+
+
+@hand_writes(torch.nn.functional.conv1d, torch.conv1d)
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    """1-D convolution like ``torch.nn.functional.conv1d``, with conv2d's hand-written backward.
+
+    input: (N, C_in, L) or (C_in, L); weight: (C_out, C_in/groups, k); bias: (C_out,) or None;
+    stride, dilation: int (≥ 1); padding: int (≥ 0), "valid" or "same". Returns (N, C_out, L_out)
+    (no N for an unbatched input). Under autocast it runs in the autocast dtype, as torch's does.
+    """
+    return apply(Conv1dFunction, *conv1d_arguments(input, weight, bias, stride, padding, dilation, groups),
+                 autocast_to="lower")
+
+
+class Conv1d(torch.nn.Conv1d, SharesState, torch_twin=torch.nn.Conv1d):
+    """``torch.nn.Conv1d`` (same parameters, init, state_dict, repr) with conv2d's hand-written
+    backward on the 1 × L image; padding_mode "zeros" only. input (N, C_in, L) or (C_in, L)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.check_convertible(self)
+
+    @classmethod
+    def check_convertible(cls, module: torch.nn.Conv1d) -> None:
+        if module.padding_mode != "zeros":
+            raise NotConvertibleError(
+                f"Conv1d: manualbp pads with zeros only, got padding_mode={module.padding_mode!r}; "
+                f"keep torch.nn.Conv1d for this layer (convert leaves it as it is)"
+            )
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(2, 2, 3).to(dtype), (torch.randn(6, 2, 5, dtype=dtype),)  # (6, 2, 5) signals -> (6, 2, 3)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def function_and_arguments(self, input: Tensor):
+        arguments = conv1d_arguments(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                     self.groups)
+        if arguments[0] is not input:
+            raise ValueError(
+                "Conv1d: padding='same' with an even kernel pads unevenly, which the manual engine does not "
+                "run; give the padding as a number, or use engine=autograd"
+            )
+        return Conv1dFunction, arguments

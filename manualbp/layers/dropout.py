@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply
+from manualbp.layers.base import LayerFunction, apply, hand_writes, refuse_inplace
 from manualbp.layers.sharing import SharesState
 
 __all__ = ["dropout", "dropout_mask", "dropout_forward", "dropout_backward", "DropoutFunction", "Dropout"]
@@ -78,13 +78,17 @@ class DropoutFunction(LayerFunction):
 # ----------------------------------------------------------------------------------------------
 
 
-def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
-    """Dropout like ``torch.nn.functional.dropout``, with the hand-written backward.
+@hand_writes(torch.nn.functional.dropout)
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Dropout like ``torch.nn.functional.dropout``, with the hand-written backward (never in
+    place: ``inplace=True`` raises NotImplementedError).
 
     input: any shape, floating point. In training, each value is zeroed with probability p and
     the rest scaled by 1/(1 − p); p = 0 or ``training=False`` returns the input itself (as torch
     does). The same seed drops the same values as ``torch.nn.functional.dropout`` on the CPU.
     """
+    if inplace:
+        refuse_inplace("dropout", "manualbp's dropout never runs in place")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ValueError(f"dropout: probability has to be between 0 and 1, but got {p!r}")
     if not input.is_floating_point():

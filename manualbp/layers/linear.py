@@ -11,7 +11,16 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.activations import relu_backward, relu_forward
-from manualbp.layers.base import Layer, LayerFunction, apply, as_rows, autocast_enabled, check_floating, is_traced
+from manualbp.layers.base import (
+    Layer,
+    LayerFunction,
+    apply,
+    as_rows,
+    autocast_enabled,
+    check_floating,
+    hand_writes,
+    is_traced,
+)
 
 __all__ = [
     "linear_forward",
@@ -119,6 +128,7 @@ class LinearFunction(LayerFunction):
         return _linear_tangent(input, weight, input_tangent, weight_tangent, bias_tangent)
 
 
+@hand_writes(torch.nn.functional.linear)
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Z = X Wᵀ + b, like ``torch.nn.functional.linear``, with the hand-written backward.
 

@@ -19,10 +19,12 @@ Shapes: input (N, C) or (N, C, *) (e.g. (N, C, H, W)); γ, β, μ, σ²: (C,).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply, check_floating, hand_writes, owns_buffers
+from manualbp.layers.base import LayerFunction, apply, check_floating, computes_in_float32, hand_writes, owns_buffers
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -40,6 +42,11 @@ __all__ = [
     "LayerNormFunction",
     "layer_norm",
     "LayerNorm",
+    "group_norm_forward",
+    "group_norm_backward",
+    "GroupNormFunction",
+    "group_norm",
+    "GroupNorm",
 ]
 
 
@@ -59,6 +66,9 @@ def _per_channel(values: Tensor, input: Tensor) -> Tensor:
 
 def batch_norm_statistics(input: Tensor) -> tuple[Tensor, Tensor]:
     """μ = mean(x) and the biased σ² = mean((x − μ)²) per channel. input: (N, C, *) -> (C,), (C,)."""
+    if input.numel() == 0:  # no values: the mean of nothing (NaN), without var_mean's warning about it
+        nothing = input.new_full((input.shape[1],), float("nan"))
+        return nothing, nothing.clone()
     variance, mean = torch.var_mean(input, _channel_dims(input), correction=0)  # μ, σ² over N and *
     return mean, variance
 
@@ -227,13 +237,14 @@ def _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, 
             "batch_norm: evaluation mode (training=False) normalizes with the running statistics, but "
             "running_mean and running_var are None; pass them, or use training=True"
         )
-    if training and input.numel() // max(channels, 1) <= 1:
+    if training and input.numel() // max(channels, 1) == 1:  # as torch: 0 values (an empty batch) are fine
         raise ValueError(
             f"batch_norm: expected more than 1 value per channel when training, got input size "
             f"{tuple(input.shape)}; use a batch of more than one, or training=False"
         )
 
 
+@hand_writes(torch.nn.functional.batch_norm)
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -251,11 +262,15 @@ def batch_norm(
     otherwise with the running ones. Returns y: the input's shape.
     """
     _check_batch_norm_arguments(input, running_mean, running_var, weight, bias, training)
+    if computes_in_float32(input, running_mean, running_var, weight, bias):  # as torch's mixed-precision kernel
+        output = batch_norm(input.float(), running_mean, running_var, weight, bias, training, momentum, eps)
+        return output.to(input.dtype)
     if not training:
         return apply(BatchNormEvalFunction, input, running_mean, running_var, weight, bias, eps)
     output, mean, variance = apply(BatchNormTrainingFunction, input, weight, bias, eps)
-    if running_mean is not None:
-        update_running_statistics(running_mean, running_var, mean, variance, input.numel() // input.shape[1], momentum)
+    count = input.numel() // max(input.shape[1], 1)  # M, values per channel
+    if running_mean is not None and count > 0:  # an empty batch leaves them as they are, as in torch
+        update_running_statistics(running_mean, running_var, mean, variance, count, momentum)
     return output
 
 
@@ -317,9 +332,9 @@ class _BatchNorm(SharesState):
         if isinstance(outputs, tuple) and self.track_running_stats and self.running_mean is not None:
             input = arguments[0]
             _, mean, variance = outputs
-            update_running_statistics(
-                self.running_mean, self.running_var, mean, variance, input.numel() // input.shape[1], momentum
-            )
+            count = input.numel() // max(input.shape[1], 1)
+            if count > 0:  # as batch_norm: an empty batch leaves them as they are
+                update_running_statistics(self.running_mean, self.running_var, mean, variance, count, momentum)
 
 
 class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d, torch_twin=torch.nn.BatchNorm1d):
@@ -363,6 +378,13 @@ def _normalized_rows(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[
     if torch.is_grad_enabled():  # recorded (double backward): centered is saved by the product above
         return centered * inverse_std, inverse_std  # x̂ = (x − μ)/σ
     return centered.mul_(inverse_std), inverse_std  # x̂ = (x − μ)/σ, over its own fresh buffer
+
+
+def _row_statistics(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
+    """μ and 1/σ of each row, kept broadcastable against the input (group norm's groups)."""
+    mean = input.mean(dims, keepdim=True)  # μ (NaN for rows of nothing, as torch's)
+    centered = input - mean
+    return mean, torch.rsqrt((centered * centered).mean(dims, keepdim=True) + eps)  # 1/σ = 1/√(σ² + ε)
 
 
 def layer_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | None, bias: Tensor | None,
@@ -498,6 +520,8 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     """
     normalized_shape = _normalized_shape(normalized_shape)
     _check_layer_norm_arguments(input, normalized_shape, weight, bias)
+    if computes_in_float32(input, weight, bias):  # as torch's mixed-precision kernel
+        return layer_norm(input.float(), normalized_shape, weight, bias, eps).to(input.dtype)
     return apply(LayerNormFunction, input, len(normalized_shape), weight, bias, float(eps))
 
 
@@ -516,3 +540,152 @@ class LayerNorm(SharesState, torch.nn.LayerNorm, torch_twin=torch.nn.LayerNorm):
     @classmethod
     def example(cls, dtype=torch.float64):
         return cls(4).to(dtype), (torch.randn(2, 3, 4, dtype=dtype),)
+
+
+# ----------------------------------------------------------------------------------------------
+# Group normalization: layer norm's formulas per (image, group of channels), then γ, β per channel
+# ----------------------------------------------------------------------------------------------
+#
+# For each image n and group of C/G channels, over its D = (C/G)·H·W values (any trailing dims):
+#     x̂ = (x − μ)/σ as in layer norm over that row,  y = γ_c x̂ + β_c      (γ, β: (C,))
+# Backward, with g = γ·δy: δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)) per group (layer norm's formula),
+#     δγ_c = Σ_{n, *} δy·x̂,   δβ_c = Σ_{n, *} δy
+
+
+def _group_rows(tensor: Tensor, num_groups: int) -> Tensor:
+    """(N, C, *) -> (N, G, (C/G)·∏*): each group of channels of an image as one row."""
+    return tensor.reshape(tensor.shape[0], num_groups, math.prod(tensor.shape[1:]) // num_groups)
+
+
+def group_norm_forward(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None,
+                       eps: float) -> Tensor:
+    """y = γ (x − μ)/σ + β, μ and σ per image and group of channels, γ and β per channel.
+
+    input: (N, C, *); weight γ, bias β: (C,) or None. Returns y: input's shape.
+    """
+    normalized = layer_norm_forward(_group_rows(input, num_groups), 1, None, None, eps).reshape(input.shape)  # x̂
+    if weight is not None:
+        normalized = normalized * _per_channel(weight, input)  # γ x̂
+    return normalized if bias is None else normalized + _per_channel(bias, input)  # y = γ x̂ + β
+
+
+def group_norm_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    eps: float,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """δx, δγ, δβ of y = γ (x − μ)/σ + β per group; μ and σ recomputed from x, as layer norm's.
+
+    grad_output δy, input x: (N, C, *); weight γ: (C,) or None. Returns δx: x's shape, δγ and δβ:
+    (C,) (each None unless ``needs_grad`` asks for it).
+    """
+    rows = _group_rows(input, num_groups)
+    mean, inverse_std = _row_statistics(rows, (2,), eps)
+    channel_dims = _channel_dims(input)
+    grad_weight = grad_bias = grad_input = None
+    if needs_grad[1]:
+        normalized = ((rows - mean) * inverse_std).reshape(input.shape)  # x̂
+        grad_weight = (grad_output * normalized).sum(channel_dims)  # δγ = Σ δy·x̂
+    if needs_grad[2]:
+        grad_bias = grad_output.sum(channel_dims)  # δβ = Σ δy
+    if needs_grad[0]:
+        scaled = grad_output if weight is None else grad_output * _per_channel(weight, input)  # g = γ·δy
+        grad_rows, _, _ = layer_norm_backward(_group_rows(scaled, num_groups), rows, 1, None, eps, (True, False, False))
+        grad_input = grad_rows.reshape(input.shape)  # δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)), per group
+    return grad_input, grad_weight, grad_bias
+
+
+def _group_norm_tangent(input, num_groups, weight, eps, input_tangent, weight_tangent, bias_tangent):
+    """ẏ = γ·(∂x̂/∂x)ẋ + x̂·γ̇ + β̇; (∂x̂/∂x) is layer norm's per group, symmetric: its product with ẋ
+    is the backward formula with δy = ẋ and γ = 1."""
+    tangent = 0
+    if input_tangent is not None:
+        tangent, _, _ = group_norm_backward(input_tangent, input, num_groups, None, eps, (True, False, False))
+        if weight is not None:
+            tangent = tangent * _per_channel(weight, input)
+    if weight_tangent is not None:
+        normalized = layer_norm_forward(_group_rows(input, num_groups), 1, None, None, eps).reshape(input.shape)
+        tangent = tangent + normalized * _per_channel(weight_tangent, input)  # x̂·γ̇
+    if bias_tangent is not None:
+        tangent = tangent + _per_channel(bias_tangent, input)  # β̇
+    return tangent
+
+
+class GroupNormFunction(LayerFunction):
+    """y = γ (x − μ)/σ + β per image and group of channels, with layer norm's backward per group.
+    Saves x and γ (inputs); the backward recomputes μ and σ."""
+
+    @staticmethod
+    def forward(input, num_groups, weight, bias, eps):
+        return group_norm_forward(input, num_groups, weight, bias, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.num_groups, weight, bias, ctx.eps = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight, grad_bias = group_norm_backward(
+            grad_output, input, ctx.num_groups, weight, ctx.eps, (needs[0], needs[2], needs[3])
+        )
+        return grad_input, None, grad_weight, grad_bias, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, groups_tangent, weight_tangent, bias_tangent, eps_tangent):
+        input, weight = ctx.saved_tensors
+        return _group_norm_tangent(input, ctx.num_groups, weight, ctx.eps, input_tangent, weight_tangent,
+                                   bias_tangent)
+
+
+def _check_group_norm_arguments(input, num_groups, weight, bias) -> None:
+    check_floating("group_norm", "input", input)
+    if input.dim() < 2:
+        raise ValueError(f"group_norm: expected an input of shape (N, C, *), got shape {tuple(input.shape)}; "
+                         f"for one sample use input.unsqueeze(0)")
+    channels = input.shape[1]
+    if channels == 0 or math.prod(input.shape[2:]) == 0:  # torch's kernel refuses these, with a RuntimeError
+        raise RuntimeError(f"group_norm: expected at least one channel and one value per channel of each image, "
+                           f"got shape {tuple(input.shape)}; skip the layer for an empty input")
+    if not isinstance(num_groups, int) or num_groups < 1 or channels % num_groups:
+        raise ValueError(f"group_norm: expected the number of channels ({channels}, dimension 1 of shape "
+                         f"{tuple(input.shape)}) to be divisible by num_groups, got num_groups={num_groups!r}")
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is not None and tuple(tensor.shape) != (channels,):
+            raise ValueError(f"group_norm: expected {name} of shape ({channels},), one per channel, "
+                             f"got {tuple(tensor.shape)}")
+
+
+@hand_writes(torch.nn.functional.group_norm)
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Group normalization like ``torch.nn.functional.group_norm``, with the hand-written backward.
+
+    input: (N, C, *), C divisible by num_groups; weight γ, bias β: (C,) or None. Returns y: input's shape.
+    """
+    _check_group_norm_arguments(input, num_groups, weight, bias)
+    if computes_in_float32(input, weight, bias):  # as torch's mixed-precision kernel
+        return group_norm(input.float(), num_groups, weight, bias, eps).to(input.dtype)
+    return apply(GroupNormFunction, input, num_groups, weight, bias, float(eps))
+
+
+class GroupNorm(SharesState, torch.nn.GroupNorm, torch_twin=torch.nn.GroupNorm):
+    """``torch.nn.GroupNorm`` (same parameters and state_dict) with the hand-written backward
+    δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)) per group, g = γδy. input (N, C, *)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def function_and_arguments(self, input: Tensor):
+        _check_group_norm_arguments(input, self.num_groups, self.weight, self.bias)
+        return GroupNormFunction, (input, self.num_groups, self.weight, self.bias, float(self.eps))
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(2, 4).to(dtype), (torch.randn(6, 4, 3, dtype=dtype),)

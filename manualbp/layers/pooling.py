@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply, is_traced
+from manualbp.layers.base import LayerFunction, apply, hand_writes, is_traced
 from manualbp.layers.conv import Pair, int_pair
 from manualbp.layers.sharing import SharesState
 
@@ -292,6 +292,7 @@ def _max_pool2d_arguments(input, kernel_size, stride, padding, dilation, ceil_mo
     return input, kernel_size, stride, padding, dilation, bool(ceil_mode)
 
 
+@hand_writes(torch.nn.functional.max_pool2d)
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
                return_indices: bool = False):
     """2-D max pooling like ``torch.nn.functional.max_pool2d``, with the hand-written backward.
@@ -313,6 +314,7 @@ def _avg_pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, count_
     return input, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override
 
 
+@hand_writes(torch.nn.functional.avg_pool2d)
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     """2-D average pooling like ``torch.nn.functional.avg_pool2d``, with the hand-written backward.
@@ -334,6 +336,7 @@ def _adaptive_avg_pool2d_arguments(input: Tensor, output_size) -> tuple:
     return input, output_size
 
 
+@hand_writes(torch.nn.functional.adaptive_avg_pool2d)
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """Adaptive 2-D average pooling like ``torch.nn.functional.adaptive_avg_pool2d``.
 
