@@ -114,8 +114,12 @@ def test_convert_and_hand_written_leave_no_arithmetic_node_to_pytorch_and_change
     ours = torch.autograd.grad(loss, list(converted.parameters()))
     theirs = torch.autograd.grad(expected, list(original.parameters()))
     assert len(ours) == len(theirs)
+    # A gradient that is 0 in exact arithmetic (a bias a training-mode batch norm cancels) is rounding
+    # noise in both, ~1e-14: measured against the model's largest gradient instead.
+    scale = max(grad.norm() for grad in theirs)
     for (parameter_name, _), our_grad, their_grad in zip(original.named_parameters(), ours, theirs, strict=True):
-        assert _relative_error(our_grad, their_grad) <= RELATIVE, parameter_name
+        error = (our_grad - their_grad).norm()
+        assert error <= RELATIVE * max(their_grad.norm(), 1e-3 * scale), (parameter_name, error.item())
 
 
 @pytest.mark.parametrize("name", ["nanoGPT", "VisionTransformer", "TransformerEncoder gelu"])
