@@ -194,6 +194,8 @@ def _zero_batch_run(module, inputs):
         output = module(*inputs)
     except Exception as error:  # noqa: BLE001 -- compared with torch's own below
         return error
+    if isinstance(output, tuple):  # MultiheadAttention: (output, weights)
+        output = output[0]
     differentiable = [x for x in inputs if x.requires_grad] + list(module.parameters())
     grads = torch.autograd.grad(output, differentiable, torch.ones_like(output), allow_unused=True)
     return output.detach(), grads, [buffer.clone() for buffer in module.buffers()]

@@ -126,6 +126,8 @@ def _outputs_and_parameter_grads(module, inputs):
     torch.manual_seed(1)  # dropout: the same draw for both
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = module(*inputs)
+    if isinstance(output, tuple):  # MultiheadAttention: (output, weights)
+        output = output[0]
     parameters = list(module.parameters())
     grads = torch.autograd.grad(output.float().sum(), parameters) if parameters else ()
     return output, dict(zip([name for name, _ in module.named_parameters()], grads, strict=True))
