@@ -459,3 +459,10 @@ def test_the_fast_layer_norm_backward_equals_the_readable_formula():
         readable = layer_norm_backward(grad, x, 1, weight, 1e-5)
     for ours, theirs in zip(fast, readable, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15)
+
+
+def test_the_fast_tanh_backward_equals_the_formula_to_the_bit():
+    from manualbp.layers.activations import tanh_backward, tanh_backward_fast
+
+    output, grad = torch.tanh(randn(7, 5)), randn(7, 5)
+    assert torch.equal(tanh_backward_fast(grad, output), tanh_backward(grad, output))

@@ -34,6 +34,7 @@ __all__ = [
     "elu_backward",
     "tanh_forward",
     "tanh_backward",
+    "tanh_backward_fast",
     "SigmoidFunction",
     "sigmoid",
     "Sigmoid",
@@ -143,8 +144,13 @@ def tanh_forward(input: Tensor) -> Tensor:
 
 def tanh_backward(grad_output: Tensor, output: Tensor) -> Tensor:
     """δX = (1 − Y²)·δZ, from the saved output Y = tanh X; same shape."""
-    in_place = owns_buffers(grad_output)
-    return multiply(one_minus(output * output, in_place), grad_output, into_first=in_place)  # δX = (1 − y²)·δZ
+    return (1 - output * output) * grad_output  # δX = (1 − y²)·δZ
+
+
+def tanh_backward_fast(grad_output: Tensor, output: Tensor) -> Tensor:
+    """:func:`tanh_backward` in the one buffer it makes (1 − y², then ·δZ in place): the same
+    numbers to the bit, half the peak memory; where ``owns_buffers`` allows it."""
+    return one_minus(output * output, True).mul_(grad_output)  # δX = (1 − y²)·δZ
 
 
 def leaky_relu_forward(input: Tensor, negative_slope: float = 0.01) -> Tensor:
@@ -359,7 +365,8 @@ class TanhFunction(LayerFunction):
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        return tanh_backward(grad_output, output)
+        backward = tanh_backward_fast if owns_buffers(grad_output) else tanh_backward
+        return backward(grad_output, output)
 
     @staticmethod
     def jvp(ctx, input_tangent):
