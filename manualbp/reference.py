@@ -19,7 +19,7 @@ from manualbp.layers.linear import TorchLinearReLU
 from manualbp.layers.losses import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
 from manualbp.nn import replace_functions, replace_modules
 
-__all__ = ["to_torch", "TorchLinearReLU", "TorchEuclideanLoss", "TorchSoftmaxEuclideanLoss"]
+__all__ = ["to_torch", "torch_gpt", "TorchLinearReLU", "TorchEuclideanLoss", "TorchSoftmaxEuclideanLoss"]
 
 
 def _torch_twin(module: torch.nn.Module) -> torch.nn.Module | None:
@@ -39,3 +39,12 @@ def to_torch(model: torch.nn.Module) -> torch.nn.Module:
 _TORCH_FUNCTIONS = {}
 for _torch_function, _manualbp_function in HAND_WRITTEN.items():
     _TORCH_FUNCTIONS.setdefault(_manualbp_function, _torch_function)
+
+
+def torch_gpt(**settings) -> torch.nn.Module:
+    """``manualbp.nn.GPT(**settings)``'s torch.nn twin (same initial weights for the same seed): the
+    A/B run of the GPT config, ``python train.py model=gpt model.net._target_=manualbp.reference.torch_gpt
+    model.loss._target_=torch.nn.CrossEntropyLoss``."""
+    from manualbp.gpt import GPT
+
+    return to_torch(GPT(**settings))

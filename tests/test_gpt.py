@@ -181,6 +181,7 @@ def test_train_gpt_writes_results_checkpoints_and_figures(gpt_run):
     results, run, corpus = gpt_run
     assert json.loads((run / "results.json").read_text()) == results
     assert results["model"] == "gpt" and results["steps"] == 40 and results["val/acc"] is None
+    assert 0 < results["train/loss"] < math.log(len(set(TEXT)))
     assert results["val/loss"] < 0.8 * math.log(len(set(TEXT)))  # from ln(vocabulary) at the start: it learns
     assert results["audit/max_rel_err"] < 1e-10  # every gradient equal to the torch.nn twin's, float64
     assert str(corpus) in results["data/corpus"] and results["data/vocabulary_size"] == len(set(TEXT))
@@ -243,3 +244,14 @@ def test_sample_refuses_bad_prompts_and_checkpoints_in_one_line(gpt_run, tmp_pat
     assert main([str(damaged)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "damaged.ckpt" in err
+
+
+def test_the_torch_twin_trains_under_the_same_config_for_an_a_b_run(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    results = train(compose_config([
+        "model=gpt", f"data.path={corpus}", *SMALL_NET, "trainer.max_steps=10", "data.steps_per_epoch=10",
+        "data.val_batches=1", "model.net._target_=manualbp.reference.torch_gpt",
+        "model.loss._target_=torch.nn.CrossEntropyLoss", "figures=false",
+    ], tmp_path / "run"))
+    assert results["loss"] == "CrossEntropyLoss" and results["steps"] == 10 and results["val/loss"] > 0

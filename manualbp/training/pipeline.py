@@ -165,11 +165,12 @@ def train_in_held_folder(cfg: DictConfig, output_dir: Path, extra_callbacks: lis
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_time_s = time.perf_counter() - started
             last = last_checkpoint_path(trainer)  # read now: testing a checkpoint restores callback state
+            train_loss = _float_or_none(trainer.callback_metrics.get("train/loss"))  # the last epoch's mean
             if signals.signum is None:
                 stage = "testing"
                 checkpoint = trainer.checkpoint_callback
                 best = (checkpoint.best_model_path if checkpoint else "") or None
-                metrics = checkpoint_metrics(trainer, module, datamodule, best)
+                metrics = checkpoint_metrics(trainer, module, datamodule, best) | {"train/loss": train_loss}
                 stage = "reporting"
                 results = report(
                     cfg, module, datamodule, trainer, callbacks, loggers,
@@ -227,6 +228,10 @@ def report(
     if trainer.is_global_zero:
         save_results(results, cfg, module, datamodule, loggers, trainer.global_step)
     return results
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def save_results(results: dict, cfg: DictConfig, module: LitNet, datamodule: LectureDataModule, loggers,
