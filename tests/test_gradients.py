@@ -328,6 +328,8 @@ CASES = [
     Case("layer_norm", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 4)),
     Case("layer_norm_no_affine", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 4, affine=False)),
     Case("layer_norm_2d", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(5, 3, 4, normalized_dims=2)),
+    # over the whole input: no batch dimensions (δγ was the buffer the backward went on to overwrite)
+    Case("layer_norm_whole_input", mbf.layer_norm, F.layer_norm, lambda: layer_norm_inputs(2, 3, normalized_dims=2)),
     Case("group_norm", mbf.group_norm, F.group_norm, lambda: (randn(3, 4, 5), 2, randn(4), randn(4)),
          layouts=NO_LEADING_DIMS),
     Case("group_norm_nchw_no_affine", mbf.group_norm, F.group_norm, lambda: (randn(2, 6, 3, 2), 3),

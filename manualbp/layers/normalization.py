@@ -369,6 +369,13 @@ def _row_dims(input: Tensor, normalized_dims: int) -> tuple[int, ...]:
     return tuple(range(input.dim() - normalized_dims, input.dim()))
 
 
+def _sum_over(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``tensor`` summed over ``dims``; over none, a copy of it (``tensor.sum(())`` would sum
+    everything: a layer norm over the whole input has no batch dimensions). A new tensor either
+    way: the caller may reuse ``tensor``'s buffer afterwards."""
+    return tensor.sum(dims) if dims else tensor.clone()
+
+
 def _normalized_rows(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
     """x̂ = (x − μ)/σ per row, and 1/σ (broadcastable against the input): μ = mean(x),
     σ = √(mean((x − μ)²) + ε), in two passes (torch.var_mean is ~10x slower on rows this short)."""
@@ -418,8 +425,8 @@ def layer_norm_backward(
     if owns_buffers(grad_output):
         return _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad)
     normalized, inverse_std = _normalized_rows(input, dims, eps)  # x̂, 1/σ
-    grad_weight = (grad_output * normalized).sum(batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
-    grad_bias = grad_output.sum(batch_dims) if needs_grad[2] else None  # δβ = Σ δy
+    grad_weight = _sum_over(grad_output * normalized, batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
+    grad_bias = _sum_over(grad_output, batch_dims) if needs_grad[2] else None  # δβ = Σ δy
     grad_input = None
     if needs_grad[0]:
         scaled = grad_output if weight is None else grad_output * weight  # g = γ·δy
@@ -434,8 +441,8 @@ def _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight
     product), each product written over a buffer already made (see ``owns_buffers``)."""
     normalized, inverse_std = _normalized_rows(input, dims, eps)  # x̂ = (x − μ)/σ, 1/σ
     product = grad_output * normalized  # δy·x̂
-    grad_weight = product.sum(batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
-    grad_bias = grad_output.sum(batch_dims) if needs_grad[2] else None  # δβ = Σ δy
+    grad_weight = _sum_over(product, batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
+    grad_bias = _sum_over(grad_output, batch_dims) if needs_grad[2] else None  # δβ = Σ δy
     if not needs_grad[0]:
         return None, grad_weight, grad_bias
     scaled = grad_output.clone() if weight is None else grad_output * weight  # g = γ·δy
