@@ -4,7 +4,10 @@ The commands are read from README.md itself (its bash blocks and inline code), s
 there is tested here. They run in a fresh folder (nothing but what the command writes), with
 ``$MANUALBP_DATA`` pointing at small MNIST-format files the test writes, so that each takes seconds.
 Only placeholders are substituted: ``RUN`` (a run folder this test makes first), ``/data`` (a
-data root) and ``a|b|c`` (one of the choices: the first).
+data root), ``my_text.txt`` (a text file this test writes) and ``a|b|c`` (one of the choices: the
+first). The data root also holds ``tinyshakespeare/input.txt`` (what the download would put there:
+this machine has no internet). One thing is added: a ``model=gpt`` command runs 50 of its 2,000
+steps (``trainer.max_steps=50``), the rest being the same steps again.
 """
 
 from __future__ import annotations
@@ -51,7 +54,12 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readme-data")
     for dataset in ("MNIST", "FashionMNIST", "KMNIST"):
         write_mnist_files(root, dataset=dataset, train_count=5500, test_count=500)
+    (root / "tinyshakespeare").mkdir()
+    (root / "tinyshakespeare" / "input.txt").write_text(TEXT)
     return root
+
+
+TEXT = "".join(f"First Citizen:\nBefore we proceed any further, hear me speak ({i}).\n\n" for i in range(300))
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +80,14 @@ def arguments(command: str, data_root: Path, request) -> list[str]:
         if "RUN" in word:
             word = word.replace("RUN", str(request.getfixturevalue("finished_mnist_run")))
         word = re.sub(r"=/data$", f"={data_root}", word)
+        if word.endswith("=my_text.txt"):
+            text = data_root / "my_text.txt"
+            text.write_text(TEXT)
+            word = word.replace("my_text.txt", str(text))
         word = re.sub(r"=(\w+)(\|\w+)+$", r"=\1", word)  # sin|abs|step: the first choice
         filled.append(word)
+    if "model=gpt" in filled:
+        filled += ["trainer.max_steps=50", "data.steps_per_epoch=25", "data.val_batches=5"]
     return filled
 
 
