@@ -99,3 +99,19 @@ def verified_checkpoint_bytes(path: str | os.PathLike, otherwise: str = "start a
         )
     log.info("checkpoint %s has no %s file: verified by its CRC32 checksums only", path, CHECKSUM_SUFFIX)
     return data
+
+
+def load_verified_checkpoint(path: str | os.PathLike, otherwise: str) -> dict:
+    """The checkpoint at ``path`` as torch.load reads it (CPU, ``weights_only``: plain values and
+    tensors), after :func:`verified_checkpoint_bytes`. Raises CheckpointError naming the file for
+    one that is damaged or that torch cannot read."""
+    import torch  # here: verifying needs only the standard library
+
+    data = verified_checkpoint_bytes(path, otherwise)
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: not a checkpoint torch can read ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a training checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from manualbp.checkpoint_file import CheckpointError, verified_checkpoint_bytes
+from manualbp.checkpoint_file import CheckpointError, load_verified_checkpoint
 from manualbp.errors import ManualbpError
 
 DIGITS = "MNIST"  # the dataset whose classes are the digits 0-9
@@ -113,14 +112,10 @@ class DigitClassifier:
             )
         # verified as train.py's resume and eval.py verify it: SHA-256 (.sha256 file), else CRC32
         try:
-            data = verified_checkpoint_bytes(path, otherwise="train one with: python train.py model=mnist")
+            checkpoint = load_verified_checkpoint(path, otherwise="train one with: python train.py model=mnist")
         except CheckpointError as error:
             raise PredictError(str(error)) from None
-        try:
-            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many kinds for a file that is not a checkpoint
-            raise PredictError(f"{path}: not a checkpoint torch can read ({type(error).__name__})") from None
-        description = checkpoint.get("manualbp") if isinstance(checkpoint, dict) else None
+        description = checkpoint.get("manualbp")
         if description is None:
             raise PredictError(
                 f"{path}: not a manualbp training checkpoint (it has no 'manualbp' entry describing its "

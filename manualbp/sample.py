@@ -13,13 +13,12 @@ among the K most likely if ``--top-k`` is given, from a generator seeded by ``--
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
 import torch
 
-from manualbp.checkpoint_file import CheckpointError, verified_checkpoint_bytes
+from manualbp.checkpoint_file import CheckpointError, load_verified_checkpoint
 from manualbp.errors import ManualbpError
 from manualbp.predict import build_net
 
@@ -35,14 +34,10 @@ def load_language_model(checkpoint_path: str | Path) -> tuple[torch.nn.Module, s
     if not path.is_file():
         raise SampleError(f"{path}: no such checkpoint; give one such as outputs/gpt/runs/<time>/checkpoints/last.ckpt")
     try:
-        data = verified_checkpoint_bytes(path, otherwise="train one with: python train.py model=gpt")
+        checkpoint = load_verified_checkpoint(path, otherwise="train one with: python train.py model=gpt")
     except CheckpointError as error:
         raise SampleError(str(error)) from None
-    try:
-        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a file that is not a checkpoint
-        raise SampleError(f"{path}: not a checkpoint torch can read ({type(error).__name__})") from None
-    description = checkpoint.get("manualbp") if isinstance(checkpoint, dict) else None
+    description = checkpoint.get("manualbp")
     vocabulary = ((description or {}).get("data") or {}).get("vocabulary")
     if not vocabulary:
         model = (description or {}).get("model")

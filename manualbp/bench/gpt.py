@@ -5,14 +5,13 @@ interleaved in one process, at nanoGPT's CPU shape (batch 12 windows of 64 chara
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
-from manualbp.bench.speed import STEPS_PER_ROUND, interleaved_runs, saved_activation_bytes, training_run
+from manualbp.bench.speed import STEPS_PER_ROUND, step_row
 from manualbp.reference import to_torch
 from manualbp.training.config import build, compose_config
 
@@ -46,19 +45,7 @@ def bench_gpt_steps(batch_sizes=GPT_BATCH_SIZES, rounds: int = 15, seed: int = 0
     steps = {}
     for batch_size in batch_sizes:
         batches = random_windows(batch_size, net.block_size)
-        copies = {name: copy.deepcopy(net) for name, net in nets.items()}
-        medians = interleaved_runs(
-            {name: training_run(net, losses[name], make_optimizer, batches) for name, net in copies.items()}, rounds
-        )
-        inputs, targets = batches[0]
-        saved = {name: saved_activation_bytes(net, losses[name], inputs, targets) for name, net in copies.items()}
-        steps[str(batch_size)] = {
-            "manual_us": medians["manual"] * 1e6,
-            "native_us": medians["native"] * 1e6,
-            "ratio": medians["manual"] / medians["native"],
-            "manual_saved_bytes": saved["manual"],
-            "native_saved_bytes": saved["native"],
-        }
+        steps[str(batch_size)] = step_row(nets, losses, make_optimizer, batches, rounds)
     return {
         "steps": steps,
         "rounds": rounds,

@@ -4,14 +4,13 @@ MaxPool2d, Linear, CrossEntropyLoss), same weights and batches, interleaved in o
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
-from manualbp.bench.speed import STEPS_PER_ROUND, interleaved_runs, random_batches, saved_activation_bytes, training_run
+from manualbp.bench.speed import STEPS_PER_ROUND, random_batches, step_row
 from manualbp.reference import to_torch
 from manualbp.training.config import build, compose_config
 
@@ -36,20 +35,7 @@ def bench_lenet_steps(batch_sizes=LENET_BATCH_SIZES, rounds: int = 15, seed: int
     losses = {"manual": manual_loss, "native": to_torch(manual_loss)}
     steps = {}
     for batch_size in batch_sizes:
-        batches = random_batches(batch_size)
-        copies = {name: copy.deepcopy(net) for name, net in nets.items()}  # each side trains its own copy
-        medians = interleaved_runs(
-            {name: training_run(net, losses[name], make_optimizer, batches) for name, net in copies.items()}, rounds
-        )
-        inputs, targets = batches[0]
-        saved = {name: saved_activation_bytes(net, losses[name], inputs, targets) for name, net in copies.items()}
-        steps[str(batch_size)] = {
-            "manual_us": medians["manual"] * 1e6,
-            "native_us": medians["native"] * 1e6,
-            "ratio": medians["manual"] / medians["native"],
-            "manual_saved_bytes": saved["manual"],
-            "native_saved_bytes": saved["native"],
-        }
+        steps[str(batch_size)] = step_row(nets, losses, make_optimizer, random_batches(batch_size), rounds)
     return {
         "steps": steps,
         "rounds": rounds,

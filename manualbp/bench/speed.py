@@ -96,6 +96,25 @@ def interleaved_runs(runs: dict[str, Callable[[], float]], rounds: int) -> dict[
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def step_row(nets: dict, losses: dict, make_optimizer, batches, rounds: int) -> dict:
+    """One row of a step table: ``nets["manual"]`` against ``nets["native"]`` (each trains a copy
+    of its own), interleaved over ``rounds``, on the same ``batches``; µs per step, their ratio,
+    and the bytes each keeps for backward."""
+    copies = {name: copy.deepcopy(net) for name, net in nets.items()}
+    medians = interleaved_runs(
+        {name: training_run(net, losses[name], make_optimizer, batches) for name, net in copies.items()}, rounds
+    )
+    inputs, targets = batches[0]
+    saved = {name: saved_activation_bytes(net, losses[name], inputs, targets) for name, net in copies.items()}
+    return {
+        "manual_us": medians["manual"] * 1e6,
+        "native_us": medians["native"] * 1e6,
+        "ratio": medians["manual"] / medians["native"],
+        "manual_saved_bytes": saved["manual"],
+        "native_saved_bytes": saved["native"],
+    }
+
+
 def saved_activation_bytes(net, loss, inputs, targets) -> int:
     """Bytes that autograd keeps for backward in one forward pass: every tensor handed to
     ``saved_tensors_hooks``, each storage counted once, parameters (kept anyway) excluded."""
