@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -255,3 +256,17 @@ def test_the_torch_twin_trains_under_the_same_config_for_an_a_b_run(tmp_path):
         "model.loss._target_=torch.nn.CrossEntropyLoss", "figures=false",
     ], tmp_path / "run"))
     assert results["loss"] == "CrossEntropyLoss" and results["steps"] == 10 and results["val/loss"] > 0
+
+
+def test_the_run_logs_which_backward_nodes_its_loss_uses(tmp_path, caplog):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    with caplog.at_level("INFO", logger="manualbp.training.module"):
+        train(compose_config([
+            "model=gpt", f"data.path={corpus}", *SMALL_NET, "trainer.max_steps=2", "data.steps_per_epoch=2",
+            "data.val_batches=1", "figures=false",
+        ], tmp_path / "run"))
+    lines = [record.getMessage() for record in caplog.records if "backward of the training loss" in record.getMessage()]
+    assert len(lines) == 1
+    written, total = re.search(r"(\d+) of (\d+) arithmetic backward nodes hand-written", lines[0]).groups()
+    assert written == total and int(total) > 5

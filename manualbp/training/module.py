@@ -8,6 +8,7 @@ net, loss, optimizer and scheduler; its task and number of classes come from the
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Callable
 
@@ -16,10 +17,13 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import Accuracy
 
+from manualbp.coverage import backward_coverage
 from manualbp.errors import ConfigError
 from manualbp.manual import backprop
 from manualbp.nn import LOSSES, forward_and_loss, positions_as_rows
 from manualbp.training.data.base import LectureDataModule
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("autograd", "manual")
 
@@ -86,6 +90,7 @@ class LitNet(L.LightningModule):
         self.val_acc: Accuracy | None = None  # made in setup, once the task is known
         self.test_acc: Accuracy | None = None
         self.trained_samples = 0  # over this process's fit, for train/samples_per_s
+        self._coverage_logged = False
         self.train_time_s = 0.0  # stays 0 if the fit has no training left (resumed at the end)
 
     def setup(self, stage: str) -> None:
@@ -140,6 +145,9 @@ class LitNet(L.LightningModule):
         else:
             # forward pass, then the loss (one node for a net that computes its loss: MLPClassifier)
             loss = forward_and_loss(self.net, self.loss, inputs, targets)
+            if not self._coverage_logged:  # once: which backward formulas this run's steps use
+                self._coverage_logged = True
+                log.info("backward of the training loss: %s", str(backward_coverage(loss)).replace("\n", ";"))
         self._log_training_loss(loss, len(inputs))
         self.trained_samples += len(inputs)
         return loss  # autograd engine: Lightning calls backward and the optimizer step
