@@ -468,3 +468,19 @@ def test_the_fast_tanh_backward_equals_the_formula_to_the_bit():
 
     output, grad = torch.tanh(randn(7, 5)), randn(7, 5)
     assert torch.equal(tanh_backward_fast(grad, output), tanh_backward(grad, output))
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+def test_the_fast_training_batch_norm_backward_equals_the_formula(affine):
+    from manualbp.layers.normalization import (
+        batch_norm_backward,
+        batch_norm_statistics,
+        batch_norm_training_backward_fast,
+    )
+
+    x, grad = randn(4, 3, 5, 5), randn(4, 3, 5, 5)
+    weight = randn(3) if affine else None
+    mean, variance = batch_norm_statistics(x)
+    readable = batch_norm_backward(grad, x, mean, variance, weight, 1e-5, True)
+    for ours, theirs in zip(batch_norm_training_backward_fast(grad, x, weight, 1e-5), readable, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)

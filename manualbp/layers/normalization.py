@@ -32,6 +32,7 @@ __all__ = [
     "batch_norm_statistics",
     "batch_norm_forward",
     "batch_norm_backward",
+    "batch_norm_training_backward_fast",
     "BatchNormTrainingFunction",
     "BatchNormEvalFunction",
     "update_running_statistics",
@@ -125,6 +126,31 @@ def batch_norm_backward(
     return grad_input, (grad_weight if needs_grad[1] else None), (grad_bias if needs_grad[2] else None)
 
 
+def batch_norm_training_backward_fast(
+    grad_output: Tensor, input: Tensor, weight: Tensor | None, eps: float,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`batch_norm_backward` in training (μ, σ² recomputed from x, as the Function does),
+    its products written over two buffers of x's size instead of seven (see ``owns_buffers``):
+    x − μ once for σ² and x̂, and one scratch buffer for δy·x̂ and x̂·mean(δy·x̂). Shapes as there."""
+    dims = _channel_dims(input)
+    count = input.numel() // input.shape[1]  # M
+    normalized = input - input.mean(dims, keepdim=True)  # x − μ
+    scratch = normalized * normalized
+    inverse_std = torch.rsqrt(scratch.mean(dims, keepdim=True) + eps)  # 1/σ, σ² = mean((x − μ)²)
+    normalized.mul_(inverse_std)  # x̂ = (x − μ)/σ
+    grad_bias = grad_output.sum(dims, keepdim=True)  # δβ = Σ δy
+    grad_weight = torch.mul(grad_output, normalized, out=scratch).sum(dims, keepdim=True)  # δγ = Σ δy·x̂
+    grad_input = None
+    if needs_grad[0]:
+        scale = inverse_std if weight is None else inverse_std * _per_channel(weight, input)  # γ/σ
+        correction = torch.mul(normalized, grad_weight / count, out=scratch)  # x̂·mean(δy·x̂)
+        grad_input = torch.sub(grad_output, grad_bias / count, out=normalized)  # δy − mean(δy)
+        grad_input.sub_(correction).mul_(scale)  # δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂))
+    return (grad_input, grad_weight.reshape(-1) if needs_grad[1] else None,
+            grad_bias.reshape(-1) if needs_grad[2] else None)
+
+
 def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tangent, weight_tangent, bias_tangent):
     """ẏ = (∂y/∂x)ẋ + x̂·γ̇ + β̇. ∂y/∂x is symmetric ((γ/σ)(I − 1/M − x̂x̂ᵀ/M) per channel in
     training, (γ/σ)·I in evaluation), so its product with ẋ is the backward formula with δy = ẋ."""
@@ -166,6 +192,9 @@ class BatchNormTrainingFunction(LayerFunction):
     @staticmethod
     def backward(ctx, grad_output, grad_mean, grad_variance):
         input, weight = ctx.saved_tensors
+        if owns_buffers(grad_output) and input.numel():
+            grads = batch_norm_training_backward_fast(grad_output, input, weight, ctx.eps, ctx.needs_input_grad[:3])
+            return *grads, None
         mean, variance = batch_norm_statistics(input)
         grads = batch_norm_backward(grad_output, input, mean, variance, weight, ctx.eps, True, ctx.needs_input_grad[:3])
         return *grads, None
