@@ -484,3 +484,16 @@ def test_the_fast_training_batch_norm_backward_equals_the_formula(affine):
     readable = batch_norm_backward(grad, x, mean, variance, weight, 1e-5, True)
     for ours, theirs in zip(batch_norm_training_backward_fast(grad, x, weight, 1e-5), readable, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+def test_the_fast_global_average_pool_backward_equals_the_formula():
+    from manualbp.layers.pooling import (
+        adaptive_avg_pool2d_matrices,
+        average_pool_backward,
+        global_average_pool_backward_fast,
+    )
+
+    grad = randn(3, 4, 1, 1)
+    rows, columns = adaptive_avg_pool2d_matrices((3, 4, 5, 7), grad.shape, grad)
+    torch.testing.assert_close(global_average_pool_backward_fast(grad, (3, 4, 5, 7)),
+                               average_pool_backward(grad, rows, columns), rtol=1e-14, atol=1e-16)

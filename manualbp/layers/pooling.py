@@ -30,6 +30,7 @@ __all__ = [
     "avg_pool2d_forward",
     "adaptive_avg_pool2d_forward",
     "average_pool_backward",
+    "global_average_pool_backward_fast",
     "avg_pool2d_matrices",
     "adaptive_avg_pool2d_matrices", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
@@ -129,6 +130,14 @@ def average_pool_backward(grad_output: Tensor, row_matrix: Tensor, column_matrix
     Returns δX: (*, H, W).
     """
     return row_matrix.t() @ (grad_output @ column_matrix)  # δX = A_hᵀ δZ A_w
+
+
+def global_average_pool_backward_fast(grad_output: Tensor, input_shape: tuple[int, ...]) -> Tensor:
+    """:func:`average_pool_backward` for a 1 × 1 output, where A_h = 1/H and A_w = 1/W are rows of
+    constants: δX = δZ/(H·W) at every position, with no matrices built or multiplied.
+    grad_output δZ: (*, 1, 1) -> δX: input_shape (*, H, W)."""
+    height, width = input_shape[-2:]
+    return (grad_output / (height * width)).expand(input_shape).contiguous()  # δX = A_hᵀ δZ A_w = δZ/(HW)
 
 
 def _averaging_matrix(starts: Tensor, ends: Tensor, divisors: Tensor, size: int, like: Tensor) -> Tensor:
@@ -248,6 +257,8 @@ class AdaptiveAvgPool2dFunction(LayerFunction):
 
     @staticmethod
     def backward(ctx, grad_output):
+        if grad_output.shape[-2:] == (1, 1):  # global average pooling (ResNet's, MobileNet's head)
+            return global_average_pool_backward_fast(grad_output, ctx.input_shape), None
         row_matrix, column_matrix = adaptive_avg_pool2d_matrices(ctx.input_shape, grad_output.shape, grad_output)
         return average_pool_backward(grad_output, row_matrix, column_matrix), None
 
