@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, write_mnist_files
+from helpers import compose_config, drawn_digits, write_mnist_files
 
 from manualbp.training.data.mnist_files import DATA_ENV
 
@@ -48,3 +48,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digit_checkpoint(tmp_path_factory) -> Path:
+    """The last checkpoint of a small net trained (train()) on 1,000 digits drawn with Pillow's font
+    (real digit shapes, no data set) in MNIST's IDX format: for predict and the playground's Draw
+    a digit. Trained once per session."""
+    from manualbp.training import train
+    from manualbp.training.data.idx import idx_bytes
+
+    root = tmp_path_factory.mktemp("drawn")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count, seed in (("train", 1000, 0), ("t10k", 200, 1)):
+        images, labels = drawn_digits(count, seed)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    results = train(compose_config([
+        "model=mnist", f"data.root={root}", "data.val_size=100", "data.batch_size=50", "trainer.max_epochs=8",
+        "model.net.sizes=[784,64,10]", "model.optimizer.lr=0.01", "figures=false",
+    ], root / "run"))
+    assert results["test/acc"] > 0.95, results["test/acc"]
+    return Path(results["last_checkpoint"])

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config
 from PIL import Image, ImageDraw
 
 pytest.importorskip("starlette", reason="the playground needs its extra: pip install -e \".[playground]\"")
@@ -68,29 +67,6 @@ def stop_server(process: subprocess.Popen) -> tuple[int, str]:
         process.kill()
         raise AssertionError("the playground did not stop within 30 s of Ctrl+C") from None
     return process.returncode, output + errors
-
-
-@pytest.fixture(scope="module")
-def digit_checkpoint(tmp_path_factory) -> Path:
-    """A small checkpoint of python train.py model=mnist, trained here on digits drawn with Pillow's font
-    (test_predict's): real digit shapes, so that a digit drawn in the page is recognised."""
-    from helpers import drawn_digits
-
-    from manualbp.training import train
-    from manualbp.training.data.idx import idx_bytes
-
-    root = tmp_path_factory.mktemp("digits")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, count, seed in (("train", 800, 0), ("t10k", 100, 1)):
-        images, labels = drawn_digits(count, seed)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
-    results = train(compose_config([
-        "model=mnist", f"data.root={root}", "data.val_size=100", "data.batch_size=50", "trainer.max_epochs=5",
-        "figures=false", "model.net.sizes=[784,64,10]", "model.optimizer.lr=0.01",
-    ], root / "run"))
-    return Path(results["last_checkpoint"])
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, draw_digit, drawn_digits, grey, overwrite_first_weight
+from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, draw_digit, grey, overwrite_first_weight
 from PIL import Image
 
 from manualbp.predict import DigitClassifier, PredictError, main, predict, read_grey, to_mnist_form
 from manualbp.training import train
-from manualbp.training.data.idx import idx_bytes
 
 # ----------------------------------------------------------------------------------------------
 # Digits drawn with Pillow's built-in font: real digit shapes, made without any data set
@@ -85,27 +83,6 @@ def test_a_blank_image_is_a_clear_error():
 # ----------------------------------------------------------------------------------------------
 # A checkpoint trained here, on drawn digits, and the command line
 # ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digit_checkpoint(tmp_path_factory) -> Path:
-    """The last checkpoint of a small net trained (train()) on 1,000 drawn digits in MNIST's IDX format."""
-    from helpers import compose_config
-
-    root = tmp_path_factory.mktemp("drawn")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, count, seed in (("train", 1000, 0), ("t10k", 200, 1)):
-        images, labels = drawn_digits(count, seed)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
-    run_dir = root / "run"
-    results = train(compose_config([
-        "model=mnist", f"data.root={root}", "data.val_size=100", "data.batch_size=50", "trainer.max_epochs=8",
-        "model.net.sizes=[784,64,10]", "model.optimizer.lr=0.01", "figures=false",
-    ], run_dir))
-    assert results["test/acc"] > 0.95, results["test/acc"]
-    return Path(results["last_checkpoint"])
 
 
 def test_drawn_digits_in_any_form_get_their_labels(digit_checkpoint, tmp_path):

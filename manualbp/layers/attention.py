@@ -39,7 +39,6 @@ __all__ = [
     "attention_forward",
     "attention_backward",
     "attention_probabilities",
-    "causal_mask",
     "attention_probabilities_backward",
     "AttentionFunction",
     "scaled_dot_product_attention",
@@ -59,7 +58,8 @@ def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, sca
     ``causal``: M = −∞ above the diagonal (key j > query i), written into the scores in place."""
     scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # S = Q Kᵀ·s (a fresh tensor: scaled in place)
     if causal:  # every row sees its own key at least: none is fully masked
-        return torch.softmax(scores.masked_fill_(~causal_mask(*scores.shape[-2:], scores.device), float("-inf")), -1)
+        above = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu_(1)  # key j > query i
+        return torch.softmax(scores.masked_fill_(above, float("-inf")), dim=-1)
     if mask is not None:
         scores = scores + mask  # + M
     probabilities = torch.softmax(scores, dim=-1)  # P = softmax(S)
@@ -157,11 +157,6 @@ def _attention_tangent(query, key, value, mask, scale, causal, tangents) -> Tens
     if value_tangent is not None:
         output_tangent = output_tangent + torch.matmul(probabilities, value_tangent)
     return output_tangent
-
-
-def causal_mask(queries: int, keys: int, device=None) -> Tensor:
-    """(L, S) bool, True where query i may see key j: j ≤ i (``is_causal=True``, PyTorch's tril)."""
-    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -337,8 +337,11 @@ def _cross_entropy_function_and_arguments(input, target, weight, size_average, i
     logits, rows_target, positions = _cross_entropy_rows(input, target)
     if not rows_target.is_floating_point():
         kept = rows_target != ignore_index
+        # The common case goes to the one-node formula, which has no ignored rows: only where that
+        # can be seen without waiting for a device or reading a traced value (elsewhere a target
+        # equal to ignore_index would reach it: the general path below handles every target).
         common = reduction == "mean" and not label_smoothing and input.dim() == 2
-        if common and (is_traced(kept) or input.device.type != "cpu" or bool(kept.all())):
+        if common and input.device.type == "cpu" and not is_traced(kept) and bool(kept.all()):
             return SoftmaxCrossEntropyFunction, (logits, _check_class_targets("cross_entropy", logits, rows_target)), \
                 positions
         safe = torch.where(kept, rows_target, 0)  # an ignored row's index, any valid class (its weight is 0)

@@ -65,16 +65,22 @@ def _per_channel(values: Tensor, input: Tensor) -> Tensor:
     return values.reshape(1, -1, *([1] * (input.dim() - 2)))
 
 
+def _centered_and_variance(input: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """μ = mean(x), x − μ and the biased σ² = mean((x − μ)²) over ``dims`` (kept, so that they
+    broadcast against x): the statistics of batch, layer and group norm, in two passes
+    (``torch.var_mean`` is 10-15x slower on a CPU at the shapes of ResNet's and GPT's norms)."""
+    mean = input.mean(dims, keepdim=True)  # μ
+    centered = input - mean  # x − μ
+    return mean, centered, (centered * centered).mean(dims, keepdim=True)  # σ² = mean((x − μ)²)
+
+
 def batch_norm_statistics(input: Tensor) -> tuple[Tensor, Tensor]:
     """μ = mean(x) and the biased σ² = mean((x − μ)²) per channel. input: (N, C, *) -> (C,), (C,)."""
     if input.numel() == 0:  # no values: the mean of nothing (NaN), without var_mean's warning about it
         nothing = input.new_full((input.shape[1],), float("nan"))
         return nothing, nothing.clone()
-    dims = _channel_dims(input)
-    mean = input.mean(dims, keepdim=True)  # μ over N and *
-    centered = input - mean
-    variance = (centered * centered).mean(dims)  # σ² = mean((x − μ)²): two passes, ~15x faster than var_mean here
-    return mean.reshape(-1), variance
+    mean, _, variance = _centered_and_variance(input, _channel_dims(input))  # over N and *
+    return mean.reshape(-1), variance.reshape(-1)
 
 
 def batch_norm_forward(
@@ -135,12 +141,12 @@ def batch_norm_training_backward_fast(
     x − μ once for σ² and x̂, and one scratch buffer for δy·x̂ and x̂·mean(δy·x̂). Shapes as there."""
     dims = _channel_dims(input)
     count = input.numel() // input.shape[1]  # M
-    normalized = input - input.mean(dims, keepdim=True)  # x − μ
-    scratch = normalized * normalized
-    inverse_std = torch.rsqrt(scratch.mean(dims, keepdim=True) + eps)  # 1/σ, σ² = mean((x − μ)²)
-    normalized.mul_(inverse_std)  # x̂ = (x − μ)/σ
+    _, normalized, variance = _centered_and_variance(input, dims)  # x − μ, σ²
+    inverse_std = torch.rsqrt(variance + eps)  # 1/σ
+    normalized.mul_(inverse_std)  # x̂ = (x − μ)/σ, over x − μ's buffer
     grad_bias = grad_output.sum(dims, keepdim=True)  # δβ = Σ δy
-    grad_weight = torch.mul(grad_output, normalized, out=scratch).sum(dims, keepdim=True)  # δγ = Σ δy·x̂
+    scratch = grad_output * normalized
+    grad_weight = scratch.sum(dims, keepdim=True)  # δγ = Σ δy·x̂
     grad_input = None
     if needs_grad[0]:
         scale = inverse_std if weight is None else inverse_std * _per_channel(weight, input)  # γ/σ
@@ -410,20 +416,12 @@ def _sum_over(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:
 
 def _normalized_rows(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
     """x̂ = (x − μ)/σ per row, and 1/σ (broadcastable against the input): μ = mean(x),
-    σ = √(mean((x − μ)²) + ε), in two passes (torch.var_mean is ~10x slower on rows this short)."""
-    centered = input - input.mean(dims, keepdim=True)  # x − μ
-    variance = (centered * centered).mean(dims, keepdim=True)  # mean((x − μ)²)
+    σ = √(mean((x − μ)²) + ε)."""
+    _, centered, variance = _centered_and_variance(input, dims)  # x − μ, σ²
     inverse_std = torch.rsqrt(variance + eps)  # 1/σ = 1/√(σ² + ε)
     if torch.is_grad_enabled():  # recorded (double backward): centered is saved by the product above
         return centered * inverse_std, inverse_std  # x̂ = (x − μ)/σ
     return centered.mul_(inverse_std), inverse_std  # x̂ = (x − μ)/σ, over its own fresh buffer
-
-
-def _row_statistics(input: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor]:
-    """μ and 1/σ of each row, kept broadcastable against the input (group norm's groups)."""
-    mean = input.mean(dims, keepdim=True)  # μ (NaN for rows of nothing, as torch's)
-    centered = input - mean
-    return mean, torch.rsqrt((centered * centered).mean(dims, keepdim=True) + eps)  # 1/σ = 1/√(σ² + ε)
 
 
 def layer_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | None, bias: Tensor | None,
@@ -622,12 +620,11 @@ def group_norm_backward(
     (C,) (each None unless ``needs_grad`` asks for it).
     """
     rows = _group_rows(input, num_groups)
-    mean, inverse_std = _row_statistics(rows, (2,), eps)
     channel_dims = _channel_dims(input)
     grad_weight = grad_bias = grad_input = None
     if needs_grad[1]:
-        normalized = ((rows - mean) * inverse_std).reshape(input.shape)  # x̂
-        grad_weight = (grad_output * normalized).sum(channel_dims)  # δγ = Σ δy·x̂
+        normalized, _ = _normalized_rows(rows, (2,), eps)  # x̂ (only here: layer_norm_backward makes its own)
+        grad_weight = (grad_output * normalized.reshape(input.shape)).sum(channel_dims)  # δγ = Σ δy·x̂
     if needs_grad[2]:
         grad_bias = grad_output.sum(channel_dims)  # δβ = Σ δy
     if needs_grad[0]:
