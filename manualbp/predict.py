@@ -1,7 +1,7 @@
 """Which digit is in your picture? ``python -m manualbp.predict CHECKPOINT image.png [more images]``
 
-    $ python -m manualbp.predict outputs/mnist/runs/<time>/checkpoints/last.ckpt docs/seven.png
-    docs/seven.png  7 99.9 %  2 0.1 %  3 0.0 %
+    $ python -m manualbp.predict outputs/mnist/runs/<time>/checkpoints/last.ckpt docs/pages/figures/seven.png
+    docs/pages/figures/seven.png  7 99.9 %  2 0.1 %  3 0.0 %
 
 CHECKPOINT is one written by ``python train.py model=mnist`` (any run on MNIST). Each image --
 any size, colour or grey, dark on light or light on dark -- is brought to MNIST's form, as MNIST

@@ -282,28 +282,3 @@ def test_torch_arguments_a_layer_does_not_hand_write_raise_not_implemented(call)
     with pytest.raises(NotImplementedError, match="inplace=True is not hand-written"):
         call(x)
     assert torch.equal(x, before)  # and the input is untouched
-
-
-def test_the_readmes_add_a_layer_functions_are_the_code():
-    """README's "Add a layer" shows tanh's formula pair, its fast variant and its public function:
-    each must be the code as it is (issue 24.11), decorators aside."""
-    import inspect
-    import re
-    import textwrap
-
-    from helpers import PROJECT_ROOT
-
-    from manualbp.layers import activations
-
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme.split("## Add a layer", 1)[1].split("\n## ", 1)[0]
-    snippets = [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", section, re.S)]
-    shown = {}
-    for snippet in snippets:
-        for match in re.finditer(r"^def (\w+)\(.*?(?=^def |\Z)", snippet, re.S | re.M):
-            shown[match.group(1)] = match.group(0).strip()
-    assert {"tanh_forward", "tanh_backward", "tanh_backward_fast", "tanh"} <= shown.keys()
-    for name, text in shown.items():
-        source = inspect.getsource(getattr(activations, name))
-        source = "\n".join(line for line in source.splitlines() if not line.startswith("@")).strip()
-        assert text == source, f"README's {name} is not the code's:\n{text}\n---\n{source}"

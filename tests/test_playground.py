@@ -4,7 +4,7 @@ with a message, tabs are independent); and the page itself in a real headless Ch
 chromium + chromium-driver, driven by Selenium): data and net changes, Step, Play, a clicked node's δ
 against autograd, a drawn digit, a bad parameter's message, the step time.
 
-``PLAYGROUND_SCREENSHOTS=docs/figures python -m pytest tests/test_playground.py -k screenshots`` writes
+``PLAYGROUND_SCREENSHOTS=docs/pages/figures python -m pytest tests/test_playground.py -k screenshots`` writes
 the README's screenshots of both tabs.
 """
 
