@@ -34,3 +34,11 @@ def api_block(module_name: str) -> str:
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     return API_LINE.sub(lambda match: api_block(match.group(1)), markdown)
+
+
+SPHINX_ROLE = re.compile(r":(?:func|mod|class|meth|attr|data):(?=<code)")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """The docstrings' Sphinx roles (``:func:`name```) shown as the code they mark, without the role."""
+    return SPHINX_ROLE.sub("", html)
