@@ -10,8 +10,9 @@ that each takes seconds. Only placeholders are substituted: ``RUN``, ``CHECKPOIN
 supplies), ``a|b|c`` (one of the choices: the first) and ``[optional arguments]`` (kept where they
 are concrete options, dropped where they hold a placeholder). The data root also holds
 ``tinyshakespeare/input.txt`` (what the download would put there: this machine has no internet).
-One thing is added: a ``model=gpt`` command runs 50 of its 2,000 steps (``trainer.max_steps=50``),
-the rest being the same steps again. The commands that are not run here (servers, installs,
+Two things are added: a ``model=gpt`` command runs 50 of its 2,000 steps (``trainer.max_steps=50``),
+and an Optuna search that does not say how many trials runs 2 of its 20 (``hydra.sweeper.n_trials=2``),
+the rest being the same steps, or trials, again. The commands that are not run here (servers, installs,
 several machines, the benchmark's measurements) are listed in ``NOT_RUN`` with the reason and the
 test that covers them instead; a command that is neither run nor listed fails
 ``test_every_documented_command_is_run_or_says_why_not``.
@@ -145,6 +146,9 @@ def arguments(command: str, data_root: Path, request) -> list[str]:
         filled.append(word)
     if "model=gpt" in filled:
         filled += ["trainer.max_steps=50", "data.steps_per_epoch=25", "data.val_batches=5"]
+    if any(word.startswith("hparams_search=") for word in filled) and not any(
+            word.startswith("hydra.sweeper.n_trials=") for word in filled):
+        filled.append("hydra.sweeper.n_trials=2")
     return filled
 
 
