@@ -476,9 +476,10 @@ BACKWARD_SHAPES = {
     "rows_dropped": ((2, 2, 9, 8), (3, 2, 2, 3), (3, 3), (0, 0), (1, 1), 1),
     "groups": ((2, 4, 6, 6), (6, 2, 3, 3), (2, 2), (1, 1), (1, 1), 2),
     "one_by_one": ((2, 8, 7, 7), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),  # patches at every dtype
-    "strided_many_channels": ((2, 16, 9, 9), (4, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),  # patches, per image
-    "few_positions": ((2, 16, 4, 4), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),  # patches in one product
-    "few_positions_groups": ((2, 32, 2, 2), (8, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2),  # one product per group
+    # the patches in one product (float32 at a stride with many channels, or on few positions)
+    "strided_many_channels": ((2, 16, 9, 8), (4, 16, 3, 2), (2, 3), (1, 2), (2, 1), 1),
+    "few_positions": ((2, 16, 4, 4), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "few_positions_groups": ((2, 32, 2, 2), (8, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2),
     "zero_batch": ((0, 3, 6, 6), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
 

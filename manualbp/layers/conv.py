@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, hand_writes, owns_buffers
+from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, hand_writes, is_traced, owns_buffers
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -193,9 +193,7 @@ def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilatio
     if not has_fast_convolution_kernel(input) or tuple(weight_shape[-2:]) == (1, 1) or input.shape[0] == 0:
         return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if _patch_form_is_faster(grad_output, input, stride):
-        if grad_output.shape[-2] * grad_output.shape[-1] <= grad_output.shape[1]:  # L ≤ C_out: see there
-            return _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups)
-        return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
+        return _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups):
         return _sum_over_patches_and_images_transposed(grad_output, input, padding)
     return _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups)
@@ -203,34 +201,52 @@ def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilatio
 
 # The patch form of δW in float32 where oneDNN's correlation is slow: at a stride (the correlation's
 # dilation), unless the input has few channels (ResNet's first conv, 3 → 64, 7×7/2, where the
-# correlation took 0.8x the patches' time), and where δZ is at most this many positions wide (ResNet-18's
-# last stage at 64×64 images, 2×2: oneDNN took 9x the patch form's time, 1.5x torch's own backward).
-# Measured at ResNet-18's shapes, batch 8 and 32 at 64×64, batch 8 at 224×224, 1 thread.
-_PATCH_FORM_MAX_POSITIONS = 4
+# correlation took 0.5–0.9x the patches' time), and where the product's depth N·H_out·W_out is at most
+# this (ResNet-18's last stage, 2×2 positions, batch 8: the correlation took 9x the patches' time and
+# 1.5x torch's own backward, whatever the batch; at batch 32, 0.7x). Measured at ResNet-18's shapes,
+# batch 8 and 32 at 64×64, batch 8 at 224×224, 1 thread.
+_PATCH_FORM_MAX_DEPTH = 64
 _PATCH_FORM_MIN_STRIDED_CHANNELS = 16
 
 
 def _patch_form_is_faster(grad_output, input, stride) -> bool:
-    if grad_output.shape[-2] * grad_output.shape[-1] <= _PATCH_FORM_MAX_POSITIONS:
+    if grad_output.shape[0] * grad_output.shape[-2] * grad_output.shape[-1] <= _PATCH_FORM_MAX_DEPTH:
         return True
     return stride != (1, 1) and input.shape[1] >= _PATCH_FORM_MIN_STRIDED_CHANNELS
 
 
 def _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
     """δW = Σ_n Σ_p δZ_pᵀ X_p as ONE matrix product over every image and patch (per group): δZ as
-    (C_out, N·L) times the patches as (N·L, C_in·kH·kW). :func:`_grad_weight_from_patches` runs one
-    product per image, each adding C_out × C_in·kH·kW values into δW; this one copies δZ and the
-    patches once into that layout instead (N·L·(C_out + C_in·kH·kW) values), less work where the
-    L = H_out·W_out positions are fewer than C_out (ResNet's later stages: 2×2 positions, 512 filters)."""
-    batch_size, out_channels, out_height, out_width = grad_output.shape
-    positions = batch_size * out_height * out_width  # N·L
-    patches = torch.nn.functional.unfold(input, weight_shape[-2:], dilation, padding, stride)  # X_p: (N, C_in·kH·kW, L)
-    patch_rows = patches.reshape(batch_size, groups, patches.shape[1] // groups, -1).permute(1, 2, 0, 3)
-    patch_rows = patch_rows.reshape(groups, patches.shape[1] // groups, positions)  # (G, C_in/G·kH·kW, N·L)
+    (C_out, N·L) times the patches as (N·L, C_in·kH·kW), the patches copied once straight into that
+    layout from a strided view of the (padded) input. :func:`_grad_weight_from_patches` runs one
+    product per image, each adding C_out × C_in·kH·kW values into δW (slow where the L = H_out·W_out
+    positions are few: ResNet's later stages), on patches that ``F.unfold`` builds (4x the strided
+    copy's time, measured at ResNet's first conv)."""
+    batch_size, out_channels = grad_output.shape[:2]
+    patch_rows = _patches_as_rows(input, weight_shape[-2:], grad_output.shape[-2:], stride, padding, dilation, groups)
     grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, -1).permute(1, 2, 0, 3)
-    grad_rows = grad_rows.reshape(groups, out_channels // groups, positions)  # δZ_p: (G, C_out/G, N·L)
+    grad_rows = grad_rows.reshape(groups, out_channels // groups, patch_rows.shape[-1])  # δZ_p: (G, C_out/G, N·L)
     grad_weight = torch.matmul(grad_rows, patch_rows.transpose(1, 2))  # δW = Σ_n Σ_p δZ_pᵀ X_p
     return grad_weight.reshape(weight_shape)
+
+
+def _patches_as_rows(input, kernel_size, out_size, stride, padding, dilation, groups) -> Tensor:
+    """The patches X_p of every image as (G, C_in/G·kH·kW, N·L) rows, the layout of
+    ``F.unfold(input, ...)`` (N, C_in·kH·kW, L) with the images moved next to the positions: one copy
+    of a strided view of the zero-padded input (``F.unfold`` builds them element by element)."""
+    batch_size, in_channels = input.shape[:2]
+    if is_traced(input):  # a torch.func-batched tensor has no strides to view: F.unfold's patches, moved
+        patches = torch.nn.functional.unfold(input, kernel_size, dilation, padding, stride)  # (N, C_in·kH·kW, L)
+        patches = patches.reshape(batch_size, groups, patches.shape[1] // groups, -1).permute(1, 2, 0, 3)
+        return patches.reshape(groups, patches.shape[1], -1)
+    if padding != (0, 0):
+        input = torch.nn.functional.pad(input, (padding[1], padding[1], padding[0], padding[0]))
+    image_stride, channel_stride, row_stride, column_stride = input.stride()
+    sizes = (groups, in_channels // groups, *kernel_size, batch_size, *out_size)
+    strides = (channel_stride * (in_channels // groups), channel_stride, row_stride * dilation[0],
+               column_stride * dilation[1], image_stride, row_stride * stride[0], column_stride * stride[1])
+    patches = input.as_strided(sizes, strides, input.storage_offset())  # X_p: (G, C_in/G, kH, kW, N, H_out, W_out)
+    return patches.reshape(groups, sizes[1] * sizes[2] * sizes[3], batch_size * out_size[0] * out_size[1])
 
 
 def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
