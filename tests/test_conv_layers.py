@@ -475,7 +475,10 @@ BACKWARD_SHAPES = {
     "stride_dilation": ((2, 3, 9, 8), (4, 3, 3, 2), (2, 1), (2, 0), (1, 2), 1),
     "rows_dropped": ((2, 2, 9, 8), (3, 2, 2, 3), (3, 3), (0, 0), (1, 1), 1),
     "groups": ((2, 4, 6, 6), (6, 2, 3, 3), (2, 2), (1, 1), (1, 1), 2),
-    "one_by_one": ((2, 8, 7, 7), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),  # patches at every dtype
+    # 1×1 at a stride: float32's δW in one product, δX scattered onto every stride-th pixel; else the patches
+    "one_by_one": ((2, 8, 7, 7), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),
+    "one_by_one_uneven_stride": ((2, 8, 7, 8), (4, 8, 1, 1), (3, 2), (0, 0), (1, 1), 1),
+    "one_by_one_stride_1": ((2, 8, 5, 5), (16, 8, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # the patches, every dtype
     # the patches in one product (float32 at a stride with many channels, or on few positions)
     "strided_many_channels": ((2, 16, 9, 8), (4, 16, 3, 2), (2, 3), (1, 2), (2, 1), 1),
     "few_positions": ((2, 16, 4, 4), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),

@@ -147,7 +147,9 @@ def conv2d_backward_fast(
         return _as_a_batch_of_one(conv2d_backward_fast, grad_output, input, weight, input_shape, stride, padding,
                                   dilation, groups, needs_grad)
     grad_input = grad_weight = grad_bias = None
-    if needs_grad[0]:
+    if needs_grad[0] and _one_by_one_at_a_stride(grad_output, weight, stride, padding, groups):
+        grad_input = _grad_input_one_by_one(grad_output, weight, input_shape, stride)
+    elif needs_grad[0]:
         # The transposed convolution lands on (H_out − 1)·stride − 2·padding + dilation·(k − 1) + 1
         # rows; the rows the forward's floor division dropped come back as output_padding (zeros).
         output_padding = tuple(
@@ -164,6 +166,27 @@ def conv2d_backward_fast(
     if needs_grad[2]:
         grad_bias = grad_output.sum((0, 2, 3))  # δb = Σ_n Σ_p δZ_p
     return grad_input, grad_weight, grad_bias
+
+
+def _one_by_one_at_a_stride(grad_output, weight, stride, padding, groups) -> bool:
+    """A 1×1 kernel at a stride, no padding, one group (ResNet's downsampling shortcut), in float32
+    where oneDNN runs (its transposed convolution there took 1.5-6x :func:`_grad_input_one_by_one`'s
+    time at ResNet-18's shapes), on tensors that are not torch.func-batched."""
+    return (tuple(weight.shape[-2:]) == (1, 1) and stride != (1, 1) and padding == (0, 0) and groups == 1
+            and has_fast_convolution_kernel(grad_output) and not is_traced(grad_output) and not is_traced(weight))
+
+
+def _grad_input_one_by_one(grad_output, weight, input_shape, stride) -> Tensor:
+    """δX of a 1×1 convolution at a stride: δX_p = δZ_p W at every patch p, as one product over every
+    image and position, each patch one pixel, so that scattering back onto the patches writes every
+    ``stride``-th pixel once (the others get no patch: 0)."""
+    batch_size, out_channels, out_height, out_width = grad_output.shape
+    grad_rows = grad_output.transpose(0, 1).reshape(out_channels, -1)  # δZ_p: (C_out, N·L)
+    patch_grads = weight.reshape(out_channels, -1).t().mm(grad_rows)  # δX_p = δZ_p W, every p (slides: δZ_p Wᵀ)
+    patch_grads = patch_grads.reshape(-1, batch_size, out_height, out_width).transpose(0, 1)
+    grad_input = grad_output.new_zeros(input_shape)
+    grad_input[:, :, :: stride[0], :: stride[1]] = patch_grads  # δX = Σ_p δX_p scattered back onto patch p
+    return grad_input
 
 
 def has_fast_convolution_kernel(tensor: Tensor) -> bool:
@@ -190,9 +213,10 @@ _TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 256
 def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
     """δW = Σ_p δZ_pᵀ X_p by the form measured fastest for this dtype and shape (see
     :func:`conv2d_backward_fast`)."""
-    if not has_fast_convolution_kernel(input) or tuple(weight_shape[-2:]) == (1, 1) or input.shape[0] == 0:
+    one_by_one = tuple(weight_shape[-2:]) == (1, 1)
+    if not has_fast_convolution_kernel(input) or (one_by_one and stride == (1, 1)) or input.shape[0] == 0:
         return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
-    if _patch_form_is_faster(grad_output, input, stride):
+    if one_by_one or _patch_form_is_faster(grad_output, input, stride):  # 1×1 at a stride: 0.7x per image
         return _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups):
         return _sum_over_patches_and_images_transposed(grad_output, input, padding)
