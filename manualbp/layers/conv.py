@@ -217,26 +217,48 @@ def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilatio
     if not has_fast_convolution_kernel(input) or (one_by_one and stride == (1, 1)) or input.shape[0] == 0:
         return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if one_by_one or _patch_form_is_faster(grad_output, input, stride):  # 1×1 at a stride: 0.7x per image
+        if grad_output.shape[-2] * grad_output.shape[-1] > grad_output.shape[1] and not is_traced(input):
+            # more positions than filters: one product per image, no copy of δZ (ResNet's first conv)
+            return _grad_weight_per_image(grad_output, input, weight_shape, stride, padding, dilation, groups)
         return _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups):
         return _sum_over_patches_and_images_transposed(grad_output, input, padding)
     return _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups)
 
 
-# The patch form of δW in float32 where oneDNN's correlation is slow: at a stride (the correlation's
-# dilation), unless the input has few channels (ResNet's first conv, 3 → 64, 7×7/2, where the
-# correlation took 0.5–0.9x the patches' time), and where the product's depth N·H_out·W_out is at most
-# this (ResNet-18's last stage, 2×2 positions, batch 8: the correlation took 9x the patches' time and
-# 1.5x torch's own backward, whatever the batch; at batch 32, 0.7x). Measured at ResNet-18's shapes,
-# batch 8 and 32 at 64×64, batch 8 at 224×224, 1 thread.
+# The patch form of δW in float32 where oneDNN's correlation is slow: at any stride (the correlation's
+# dilation: ResNet's first conv, 7×7/2 3 → 64, took 1.7-1.8x the patches' time per image; its 3×3/2 convs
+# up to 1.6x the patches' in one product), and where the product's depth N·H_out·W_out is at most this
+# (ResNet-18's last stage, 2×2 positions, batch 8: the correlation took 9x the patches' time and 1.5x
+# torch's own backward, whatever the batch; at batch 32, 0.7x). Measured at ResNet-18's shapes, batch 8
+# and 32 at 64×64, batch 8 at 224×224, 1 thread.
 _PATCH_FORM_MAX_DEPTH = 64
-_PATCH_FORM_MIN_STRIDED_CHANNELS = 16
 
 
 def _patch_form_is_faster(grad_output, input, stride) -> bool:
     if grad_output.shape[0] * grad_output.shape[-2] * grad_output.shape[-1] <= _PATCH_FORM_MAX_DEPTH:
         return True
-    return stride != (1, 1) and input.shape[1] >= _PATCH_FORM_MIN_STRIDED_CHANNELS
+    return stride != (1, 1)
+
+
+def _grad_weight_per_image(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_n Σ_p δZ_pᵀ X_p as :func:`_grad_weight_from_patches` sums it, one product per image added
+    into δW, each image's patches copied from a strided view of the padded input (as
+    :func:`_patches_as_rows` does for the batch) and δZ read in its own layout: for many positions per
+    image (L = H_out·W_out more than C_out), where copying δZ for one product costs more than the
+    per-image sums (ResNet's first conv, 7×7/2 on 64×64 and 224×224 images: 0.55-0.9x one product)."""
+    batch_size, out_channels = grad_output.shape[:2]
+    grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, -1)  # δZ_p of each image
+    add_product = torch.Tensor.baddbmm_ if owns_buffers(grad_output, input) else torch.baddbmm
+    grad_weight = None
+    for image in range(batch_size):
+        patch_rows = _patches_as_rows(input[image : image + 1], weight_shape[-2:], grad_output.shape[-2:], stride,
+                                      padding, dilation, groups)  # X_p of image n: (G, C_in/G·kH·kW, L)
+        if grad_weight is None:
+            grad_weight = torch.matmul(grad_rows[image], patch_rows.transpose(1, 2))  # Σ_p δZ_pᵀ X_p of image 0
+        else:  # δW += Σ_p δZ_pᵀ X_p of image n
+            grad_weight = add_product(grad_weight, grad_rows[image], patch_rows.transpose(1, 2))
+    return grad_weight.reshape(weight_shape)
 
 
 def _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
