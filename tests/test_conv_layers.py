@@ -475,7 +475,14 @@ BACKWARD_SHAPES = {
     "stride_dilation": ((2, 3, 9, 8), (4, 3, 3, 2), (2, 1), (2, 0), (1, 2), 1),
     "rows_dropped": ((2, 2, 9, 8), (3, 2, 2, 3), (3, 3), (0, 0), (1, 1), 1),
     "groups": ((2, 4, 6, 6), (6, 2, 3, 3), (2, 2), (1, 1), (1, 1), 2),
-    "one_by_one": ((2, 8, 7, 7), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),  # patches at every dtype
+    # 1×1 at a stride: float32's δW in one product, δX scattered onto every stride-th pixel; else the patches
+    "one_by_one": ((2, 8, 7, 7), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),
+    "one_by_one_uneven_stride": ((2, 8, 7, 8), (4, 8, 1, 1), (3, 2), (0, 0), (1, 1), 1),
+    "one_by_one_stride_1": ((2, 8, 5, 5), (16, 8, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # the patches, every dtype
+    # the patches in one product (float32 at a stride with many channels, or on few positions)
+    "strided_many_channels": ((2, 16, 9, 8), (4, 16, 3, 2), (2, 3), (1, 2), (2, 1), 1),
+    "few_positions": ((2, 16, 4, 4), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    "few_positions_groups": ((2, 32, 2, 2), (8, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2),
     "zero_batch": ((0, 3, 6, 6), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
 
@@ -601,6 +608,7 @@ def test_a_conv_weight_gradient_with_stride_and_dilation_unswapped_is_rejected(m
 
     case = BY_NAME["conv_asymmetric"]
     monkeypatch.setattr(conv, "has_fast_convolution_kernel", lambda tensor: True)  # the correlation form, in float64
+    monkeypatch.setattr(conv, "_patch_form_is_faster", lambda *args: False)  # ... also at a stride
     assert_matches_reference(case.function, case.reference, make_inputs(case))
     original = conv._sum_over_patches_and_images
 

@@ -486,6 +486,22 @@ def test_the_fast_training_batch_norm_backward_equals_the_formula(affine):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+def test_the_fast_evaluation_batch_norm_backward_equals_the_formula(affine):
+    from manualbp.layers.normalization import batch_norm_backward, batch_norm_eval_backward_fast
+
+    x, grad = randn(4, 3, 5, 5), randn(4, 3, 5, 5)
+    mean, variance = randn(3), randn(3).abs() + 0.5
+    weight = randn(3) if affine else None
+    for needs in ((True, True, True), (False, True, False), (True, False, True)):
+        readable = batch_norm_backward(grad, x, mean, variance, weight, 1e-5, False, needs)
+        fast = batch_norm_eval_backward_fast(grad, x, mean, variance, weight, 1e-5, needs)
+        for ours, theirs in zip(fast, readable, strict=True):
+            assert (ours is None) == (theirs is None)
+            if ours is not None:
+                torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
 def test_the_fast_global_average_pool_backward_equals_the_formula():
     from manualbp.layers.pooling import (
         adaptive_avg_pool2d_matrices,

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
-from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, hand_writes, owns_buffers
+from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, hand_writes, is_traced, owns_buffers
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -147,7 +147,9 @@ def conv2d_backward_fast(
         return _as_a_batch_of_one(conv2d_backward_fast, grad_output, input, weight, input_shape, stride, padding,
                                   dilation, groups, needs_grad)
     grad_input = grad_weight = grad_bias = None
-    if needs_grad[0]:
+    if needs_grad[0] and _one_by_one_at_a_stride(grad_output, weight, stride, padding, groups):
+        grad_input = _grad_input_one_by_one(grad_output, weight, input_shape, stride)
+    elif needs_grad[0]:
         # The transposed convolution lands on (H_out − 1)·stride − 2·padding + dilation·(k − 1) + 1
         # rows; the rows the forward's floor division dropped come back as output_padding (zeros).
         output_padding = tuple(
@@ -164,6 +166,27 @@ def conv2d_backward_fast(
     if needs_grad[2]:
         grad_bias = grad_output.sum((0, 2, 3))  # δb = Σ_n Σ_p δZ_p
     return grad_input, grad_weight, grad_bias
+
+
+def _one_by_one_at_a_stride(grad_output, weight, stride, padding, groups) -> bool:
+    """A 1×1 kernel at a stride, no padding, one group (ResNet's downsampling shortcut), in float32
+    where oneDNN runs (its transposed convolution there took 1.5-6x :func:`_grad_input_one_by_one`'s
+    time at ResNet-18's shapes), on tensors that are not torch.func-batched."""
+    return (tuple(weight.shape[-2:]) == (1, 1) and stride != (1, 1) and padding == (0, 0) and groups == 1
+            and has_fast_convolution_kernel(grad_output) and not is_traced(grad_output) and not is_traced(weight))
+
+
+def _grad_input_one_by_one(grad_output, weight, input_shape, stride) -> Tensor:
+    """δX of a 1×1 convolution at a stride: δX_p = δZ_p W at every patch p, as one product over every
+    image and position, each patch one pixel, so that scattering back onto the patches writes every
+    ``stride``-th pixel once (the others get no patch: 0)."""
+    batch_size, out_channels, out_height, out_width = grad_output.shape
+    grad_rows = grad_output.transpose(0, 1).reshape(out_channels, -1)  # δZ_p: (C_out, N·L)
+    patch_grads = weight.reshape(out_channels, -1).t().mm(grad_rows)  # δX_p = δZ_p W, every p (slides: δZ_p Wᵀ)
+    patch_grads = patch_grads.reshape(-1, batch_size, out_height, out_width).transpose(0, 1)
+    grad_input = grad_output.new_zeros(input_shape)
+    grad_input[:, :, :: stride[0], :: stride[1]] = patch_grads  # δX = Σ_p δX_p scattered back onto patch p
+    return grad_input
 
 
 def has_fast_convolution_kernel(tensor: Tensor) -> bool:
@@ -190,11 +213,93 @@ _TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 256
 def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
     """δW = Σ_p δZ_pᵀ X_p by the form measured fastest for this dtype and shape (see
     :func:`conv2d_backward_fast`)."""
-    if not has_fast_convolution_kernel(input) or tuple(weight_shape[-2:]) == (1, 1) or input.shape[0] == 0:
+    one_by_one = tuple(weight_shape[-2:]) == (1, 1)
+    if not has_fast_convolution_kernel(input) or (one_by_one and stride == (1, 1)) or input.shape[0] == 0:
         return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
+    if one_by_one or _patch_form_is_faster(grad_output, input, stride):  # 1×1 at a stride: 0.7x per image
+        if grad_output.shape[-2] * grad_output.shape[-1] > grad_output.shape[1] and not is_traced(input):
+            # more positions than filters: one product per image, no copy of δZ (ResNet's first conv)
+            return _grad_weight_per_image(grad_output, input, weight_shape, stride, padding, dilation, groups)
+        return _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups):
         return _sum_over_patches_and_images_transposed(grad_output, input, padding)
     return _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups)
+
+
+# The patch form of δW in float32 where oneDNN's correlation is slow: at any stride (the correlation's
+# dilation: ResNet's first conv, 7×7/2 3 → 64, took 1.7-1.8x the patches' time per image; its 3×3/2 convs
+# up to 1.6x the patches' in one product), and where the product's depth N·H_out·W_out is at most this
+# (ResNet-18's last stage, 2×2 positions, batch 8: the correlation took 9x the patches' time and 1.5x
+# torch's own backward, whatever the batch; at batch 32, 0.7x). Measured at ResNet-18's shapes, batch 8
+# and 32 at 64×64, batch 8 at 224×224, 1 thread.
+_PATCH_FORM_MAX_DEPTH = 64
+
+
+def _patch_form_is_faster(grad_output, input, stride) -> bool:
+    if grad_output.shape[0] * grad_output.shape[-2] * grad_output.shape[-1] <= _PATCH_FORM_MAX_DEPTH:
+        return True
+    return stride != (1, 1)
+
+
+def _grad_weight_per_image(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_n Σ_p δZ_pᵀ X_p as :func:`_grad_weight_from_patches` sums it, one product per image added
+    into δW, each image's patches copied from a strided view of the padded input (as
+    :func:`_patches_as_rows` does for the batch) and δZ read in its own layout: for many positions per
+    image (L = H_out·W_out more than C_out), where copying δZ for one product costs more than the
+    per-image sums (ResNet's first conv, 7×7/2 on 64×64 and 224×224 images: 0.55-0.9x one product)."""
+    batch_size, out_channels = grad_output.shape[:2]
+    grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, -1)  # δZ_p of each image
+    add_product = torch.Tensor.baddbmm_ if owns_buffers(grad_output, input) else torch.baddbmm
+    grad_weight = None
+    for image in range(batch_size):
+        patch_rows = _patches_as_rows(input[image : image + 1], weight_shape[-2:], grad_output.shape[-2:], stride,
+                                      padding, dilation, groups)  # X_p of image n: (G, C_in/G·kH·kW, L)
+        if grad_weight is None:
+            grad_weight = torch.matmul(grad_rows[image], patch_rows.transpose(1, 2))  # Σ_p δZ_pᵀ X_p of image 0
+        else:  # δW += Σ_p δZ_pᵀ X_p of image n
+            grad_weight = add_product(grad_weight, grad_rows[image], patch_rows.transpose(1, 2))
+    return grad_weight.reshape(weight_shape)
+
+
+def _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
+    """δW = Σ_n Σ_p δZ_pᵀ X_p as ONE matrix product over every image and patch (per group): δZ as
+    (C_out, N·L) times the patches as (N·L, C_in·kH·kW), the patches copied once straight into that
+    layout from a strided view of the (padded) input. :func:`_grad_weight_from_patches` runs one
+    product per image, each adding C_out × C_in·kH·kW values into δW (slow where the L = H_out·W_out
+    positions are few: ResNet's later stages), on patches that ``F.unfold`` builds (4x the strided
+    copy's time, measured at ResNet's first conv)."""
+    batch_size, out_channels = grad_output.shape[:2]
+    patch_rows = _patches_as_rows(input, weight_shape[-2:], grad_output.shape[-2:], stride, padding, dilation, groups)
+    grad_rows = grad_output.reshape(batch_size, groups, out_channels // groups, -1).permute(1, 2, 0, 3)
+    grad_rows = grad_rows.reshape(groups, out_channels // groups, patch_rows.shape[-1])  # δZ_p: (G, C_out/G, N·L)
+    grad_weight = torch.matmul(grad_rows, patch_rows.transpose(1, 2))  # δW = Σ_n Σ_p δZ_pᵀ X_p
+    return grad_weight.reshape(weight_shape)
+
+
+def _patches_as_rows(input, kernel_size, out_size, stride, padding, dilation, groups) -> Tensor:
+    """The patches X_p of every image as (G, C_in/G·kH·kW, N·L) rows, the layout of
+    ``F.unfold(input, ...)`` (N, C_in·kH·kW, L) with the images moved next to the positions: one copy
+    of a strided view of the zero-padded input (``F.unfold`` builds them element by element)."""
+    batch_size, in_channels = input.shape[:2]
+    if is_traced(input):  # a torch.func-batched tensor has no strides to view: F.unfold's patches, moved
+        patches = torch.nn.functional.unfold(input, kernel_size, dilation, padding, stride)  # (N, C_in·kH·kW, L)
+        patches = patches.reshape(batch_size, groups, patches.shape[1] // groups, -1).permute(1, 2, 0, 3)
+        return patches.reshape(groups, patches.shape[1], -1)
+    if padding != (0, 0):
+        input = torch.nn.functional.pad(input, (padding[1], padding[1], padding[0], padding[0]))
+    image_stride, channel_stride, row_stride, column_stride = input.stride()
+    sizes = (groups, in_channels // groups, *kernel_size, batch_size, *out_size)
+    strides = (channel_stride * (in_channels // groups), channel_stride, row_stride * dilation[0],
+               column_stride * dilation[1], image_stride, row_stride * stride[0], column_stride * stride[1])
+    patches = input.as_strided(sizes, strides, input.storage_offset())  # X_p: (G, C_in/G, kH, kW, N, H_out, W_out)
+    return patches.reshape(groups, sizes[1] * sizes[2] * sizes[3], batch_size * out_size[0] * out_size[1])
+
+
+# The correlation's images-as-channels input in channels-last layout (the images the innermost
+# dimension, one copy either way) from this many positions per image up: oneDNN's channels-last kernel
+# took 0.82-0.91x the time at ResNet-18's stride-1 3×3 convs on 8×8 to 56×56 images (batch 8), 1.08x
+# at 7×7 and 1.4-3x at 4×4 and 2×2 (1 thread).
+_CHANNELS_LAST_MIN_POSITIONS = 64
 
 
 def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
@@ -212,6 +317,8 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
         .permute(2, 1, 0, 3, 4)
         .reshape(in_channels // groups, groups * batch_size, height, width)
     )
+    if height * width >= _CHANNELS_LAST_MIN_POSITIONS:  # oneDNN's channels-last kernel: see there
+        images_as_channels = images_as_channels.contiguous(memory_format=torch.channels_last)
     grads_as_kernels = grad_output.transpose(0, 1)  # (C_out, N, H_out, W_out): the images as its channels
     correlation = torch.conv2d(images_as_channels, grads_as_kernels, None, dilation, padding, stride, groups)
     if correlation.shape[-2:] != (kernel_height, kernel_width):  # rows past kH pair patches the forward's

@@ -24,7 +24,15 @@ import math
 import torch
 from torch import Tensor
 
-from manualbp.layers.base import LayerFunction, apply, check_floating, computes_in_float32, hand_writes, owns_buffers
+from manualbp.layers.base import (
+    LayerFunction,
+    apply,
+    check_floating,
+    computes_in_float32,
+    hand_writes,
+    is_traced,
+    owns_buffers,
+)
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
@@ -33,6 +41,7 @@ __all__ = [
     "batch_norm_forward",
     "batch_norm_backward",
     "batch_norm_training_backward_fast",
+    "batch_norm_eval_backward_fast",
     "BatchNormTrainingFunction",
     "BatchNormEvalFunction",
     "update_running_statistics",
@@ -93,8 +102,12 @@ def batch_norm_forward(
     scale = torch.rsqrt(variance + eps)  # 1/σ
     if weight is not None:
         scale = scale * weight  # γ/σ
-    shift = -mean * scale if bias is None else bias - mean * scale  # β − μγ/σ
-    return torch.addcmul(_per_channel(shift, input), input, _per_channel(scale, input))  # y = γ(x − μ)/σ + β
+    shift = _per_channel(-mean * scale if bias is None else bias - mean * scale, input)  # β − μγ/σ
+    # x·(γ/σ), then + (β − μγ/σ) over that fresh buffer (torch.addcmul with a per-channel term broadcast
+    # takes 2-3x as long on a CPU from 16 values per channel up); under torch.func the shift may be
+    # batched where the product is not: added anew there
+    output = input * _per_channel(scale, input)
+    return output + shift if is_traced(shift) else output.add_(shift)  # y = γ(x − μ)/σ + β
 
 
 def batch_norm_backward(
@@ -157,6 +170,27 @@ def batch_norm_training_backward_fast(
             grad_bias.reshape(-1) if needs_grad[2] else None)
 
 
+def batch_norm_eval_backward_fast(
+    grad_output: Tensor, input: Tensor, mean: Tensor, variance: Tensor, weight: Tensor | None, eps: float,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`batch_norm_backward` in evaluation (μ, σ² given), with one buffer of x's size for δγ
+    instead of three (see ``owns_buffers``): δy·(x − μ) written over x − μ and summed, then times 1/σ
+    per channel (δγ = Σ δy·x̂ = (1/σ)·Σ δy·(x − μ): 1/σ is constant over the sum). Shapes as there."""
+    dims = _channel_dims(input)
+    inverse_std = torch.rsqrt(variance + eps)  # 1/σ
+    grad_input = grad_weight = grad_bias = None
+    if needs_grad[1]:
+        products = (input - _per_channel(mean, input)).mul_(grad_output)  # δy·(x − μ)
+        grad_weight = products.sum(dims).mul_(inverse_std)  # δγ = Σ δy·x̂ = (1/σ)·Σ δy·(x − μ)
+    if needs_grad[2]:
+        grad_bias = grad_output.sum(dims)  # δβ = Σ δy
+    if needs_grad[0]:
+        scale = inverse_std if weight is None else weight * inverse_std  # γ/σ
+        grad_input = grad_output * _per_channel(scale, input)  # δx = (γ/σ)·δy
+    return grad_input, grad_weight, grad_bias
+
+
 def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tangent, weight_tangent, bias_tangent):
     """ẏ = (∂y/∂x)ẋ + x̂·γ̇ + β̇. ∂y/∂x is symmetric ((γ/σ)(I − 1/M − x̂x̂ᵀ/M) per channel in
     training, (γ/σ)·I in evaluation), so its product with ẋ is the backward formula with δy = ẋ."""
@@ -215,6 +249,10 @@ class BatchNormTrainingFunction(LayerFunction):
         return tangent, None, None
 
 
+def _batch_norm_eval_backward(grad_output, input, mean, variance, weight, eps, needs_grad):
+    return batch_norm_backward(grad_output, input, mean, variance, weight, eps, False, needs_grad)
+
+
 class BatchNormEvalFunction(LayerFunction):
     """Evaluation-mode batch norm: normalizes with given statistics (the running ones), which get
     no gradient. Saves x, μ, σ², γ (all inputs)."""
@@ -234,8 +272,9 @@ class BatchNormEvalFunction(LayerFunction):
     def backward(ctx, grad_output):
         input, mean, variance, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_input, grad_weight, grad_bias = batch_norm_backward(
-            grad_output, input, mean, variance, weight, ctx.eps, False, (needs[0], needs[3], needs[4])
+        backward = batch_norm_eval_backward_fast if owns_buffers(grad_output) else _batch_norm_eval_backward
+        grad_input, grad_weight, grad_bias = backward(
+            grad_output, input, mean, variance, weight, ctx.eps, (needs[0], needs[3], needs[4])
         )
         return grad_input, None, None, grad_weight, grad_bias, None
 
