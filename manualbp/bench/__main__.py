@@ -1,4 +1,4 @@
-"""The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--e2e] [--time-to-98]
+"""The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--resnet18-full] [--e2e] [--time-to-98]
 [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...] [--gpt-batch-sizes N ...]
 (see manualbp/bench/__init__.py)."""
 
@@ -18,7 +18,13 @@ from manualbp.bench.gpt import GPT_BATCH_SIZES, bench_gpt_steps, print_gpt_steps
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
 from manualbp.bench.lenet import LENET_BATCH_SIZES, bench_lenet_steps, print_lenet_steps
 from manualbp.bench.memory import BENCH_ROWS, bench_memory, print_memory
-from manualbp.bench.resnet18 import bench_resnet18_layers, bench_resnet18_steps, print_resnet18
+from manualbp.bench.resnet18 import (
+    RESNET18_CONFIGS,
+    RESNET18_FULL_CONFIGS,
+    bench_resnet18_layers,
+    bench_resnet18_steps,
+    print_resnet18,
+)
 from manualbp.bench.speed import BATCH_SIZES, bench_e2e, bench_steps, bench_time_to_98, print_steps
 
 
@@ -39,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for every measurement (default: torch's)")
     parser.add_argument("--resnet18", action="store_true",
                         help="convert(resnet18) training step vs resnet18 (float32, float64) and a per-layer table")
+    parser.add_argument("--resnet18-full", action="store_true",
+                        help="--resnet18 at float32 batch 32 of 64x64 and batch 8 of 224x224 too (several minutes)")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -57,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("manualbp").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
-    if args.resnet18:
-        report = {"steps": bench_resnet18_steps(rounds=args.rounds), "layers": bench_resnet18_layers()}
+    if args.resnet18 or args.resnet18_full:
+        configs = RESNET18_FULL_CONFIGS if args.resnet18_full else RESNET18_CONFIGS
+        report = {"steps": bench_resnet18_steps(configs, rounds=args.rounds), "layers": bench_resnet18_layers()}
         print(json.dumps(report, indent=2)) if args.json else print_resnet18(report)
         return
     if args.memory:

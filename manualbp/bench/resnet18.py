@@ -19,6 +19,8 @@ from manualbp.bench.speed import interleaved_runs, saved_activation_bytes, train
 
 # (dtype, batch, image side): small enough to run in a couple of minutes on 2 cores
 RESNET18_CONFIGS = ((torch.float32, 8, 64), (torch.float64, 4, 32))
+# issue 21's shapes (--resnet18-full): float32 at batch 32 of 64x64 and batch 8 of 224x224 (ImageNet's side)
+RESNET18_FULL_CONFIGS = ((torch.float32, 32, 64), (torch.float32, 8, 224), (torch.float64, 4, 32))
 RESNET18_STEPS_PER_ROUND = 5
 
 
