@@ -119,7 +119,7 @@ def test_other_mnist_family_datasets_use_the_same_pipeline(config, tmp_path, dat
 @pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
 @pytest.mark.slow
 @pytest.mark.parametrize("model, accuracy", [("mnist", 0.98), ("lenet", 0.99)])
-def test_the_default_config_reaches_its_accuracy_on_full_mnist(config, monkeypatch, model, accuracy):
+def test_the_default_config_reaches_its_accuracy_on_full_mnist(config, monkeypatch, all_threads, model, accuracy):
     monkeypatch.setenv(DATA_ENV, FULL_MNIST_ROOT)
     results = train(config(f"model={model}"))
     assert "torchvision.datasets.MNIST" in results["data"]
