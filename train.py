@@ -21,12 +21,14 @@ def main(cfg: DictConfig) -> float:
     # Imported here, after Hydra has composed the config: a bad override is then reported
     # before torch and Lightning take seconds to load.
     from manualbp.errors import ManualbpError
-    from manualbp.training import train
-    from manualbp.training.config import metric_value
-    from manualbp.training.console import use_hydra_logging
+    from manualbp.training.config import check_config, metric_value
 
-    use_hydra_logging()
     try:
+        check_config(cfg)  # train() checks it too; here before Lightning loads
+        from manualbp.training import train
+        from manualbp.training.console import use_hydra_logging
+
+        use_hydra_logging()
         results = train(cfg)
         return metric_value(results, cfg.get("optimized_metric"))  # what a sweep optimises
     except (ManualbpError, InstantiationException) as error:

@@ -40,6 +40,26 @@ def small_mnist(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_by_default():
+    """One torch thread for every test unless it asks for all (``all_threads``): the tests' tensors
+    are small, and on a busy machine a parallel region waits for a thread the scheduler has put
+    aside (measured: a LeNet float64 backward on 128 images took 0.07 to 4 s with 2 threads on 2
+    shared cores). Subprocesses (train.py, notebook kernels) keep torch's default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def all_threads(one_thread_by_default):
+    """Torch's default thread count for this test: long training on full MNIST."""
+    torch.set_num_threads(one_thread_by_default)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of tests on tiny tensors: on a busy machine, waiting for the

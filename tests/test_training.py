@@ -5,9 +5,6 @@ the NaN stop, resume, DDP and multirun."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import FULL_MNIST_ROOT, PROJECT_ROOT, run_train_py, wait_until, write_mnist_files
+from helpers import FULL_MNIST_ROOT, run_train_py, write_mnist_files
 
 from manualbp.errors import DataError, GradientMismatchError, NonFiniteLossError
 from manualbp.layers import activations
@@ -122,7 +119,7 @@ def test_other_mnist_family_datasets_use_the_same_pipeline(config, tmp_path, dat
 @pytest.mark.skipif(not FULL_MNIST_ROOT, reason="set MANUALBP_DATA to a folder with full MNIST")
 @pytest.mark.slow
 @pytest.mark.parametrize("model, accuracy", [("mnist", 0.98), ("lenet", 0.99)])
-def test_the_default_config_reaches_its_accuracy_on_full_mnist(config, monkeypatch, model, accuracy):
+def test_the_default_config_reaches_its_accuracy_on_full_mnist(config, monkeypatch, all_threads, model, accuracy):
     monkeypatch.setenv(DATA_ENV, FULL_MNIST_ROOT)
     results = train(config(f"model={model}"))
     assert "torchvision.datasets.MNIST" in results["data"]
@@ -344,44 +341,6 @@ def test_progress_is_a_rich_or_tqdm_bar_in_a_terminal_and_lines_otherwise(config
 # ----------------------------------------------------------------------------------------------
 # Resume, DDP, multirun: train.py as a user runs it
 # ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_killed_run_resumed_from_last_ckpt_ends_like_an_uninterrupted_run(tmp_path, small_mnist):
-    common = [
-        "model=mnist", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=50",
-        "trainer.max_epochs=8", "seed=3",
-    ]
-    full = run_train_py(*common, f"hydra.run.dir={tmp_path}/full", cwd=tmp_path)
-    assert full.returncode == 0, full.stderr[-3000:]
-
-    killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *common, f"hydra.run.dir={killed_dir}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    last = killed_dir / "checkpoints" / "last.ckpt"
-    wait_until(last.exists, f"{last} to be written", process=process)
-    os.kill(process.pid, signal.SIGKILL)  # right after the first epoch's checkpoint
-    process.wait()
-    assert process.returncode == -signal.SIGKILL and not (killed_dir / "results.json").exists()
-    epoch_at_kill = torch.load(last, weights_only=False)["epoch"]
-    assert epoch_at_kill < 7
-
-    # Resume in the run's own folder, so that the best-checkpoint bookkeeping carries on too.
-    resumed = run_train_py(*common, f"ckpt_path={last}", f"hydra.run.dir={killed_dir}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    expected = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
-    actual = torch.load(killed_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert actual["epoch"] == expected["epoch"] == 7
-    assert actual["global_step"] == expected["global_step"]
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(actual["state_dict"][name], tensor), name
-    resumed_results, full_results = _read_results(killed_dir), _read_results(tmp_path / "full")
-    assert Path(resumed_results["best_checkpoint"]).name == Path(full_results["best_checkpoint"]).name
-    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
-        assert resumed_results[key] == full_results[key], key
 
 
 @pytest.mark.slow

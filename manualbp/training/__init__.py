@@ -12,6 +12,14 @@ It uses the library (``manualbp``, ``manualbp.nn``, ``manualbp.manual``) as any 
 * ``figures``: learning curves and the tasks' pictures.
 """
 
-from manualbp.training.pipeline import train
-
 __all__ = ["train"]
+
+
+def __getattr__(name: str):
+    # ``train`` loads Lightning (seconds): imported when asked for, so that the run-folder check and
+    # the config checks of ``python train.py`` answer before it loads.
+    if name == "train":
+        from manualbp.training.pipeline import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
