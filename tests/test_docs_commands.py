@@ -11,8 +11,10 @@ supplies), ``a|b|c`` (one of the choices: the first) and ``[optional arguments]`
 are concrete options, dropped where they hold a placeholder). The data root also holds
 ``tinyshakespeare/input.txt`` (what the download would put there: this machine has no internet).
 Two things are added: a ``model=gpt`` command runs 50 of its 2,000 steps (``trainer.max_steps=50``),
-and an Optuna search that does not say how many trials runs 2 of its 20 (``hydra.sweeper.n_trials=2``),
-the rest being the same steps, or trials, again. The commands that are not run here (servers, installs,
+and an Optuna search that does not say how many trials runs 2 of its 20, one epoch each
+(``hydra.sweeper.n_trials=2 trainer.max_epochs=1``), the rest being the same steps, or trials, again.
+Every command runs torch on one thread (``OMP_NUM_THREADS=1``: the data is tiny, and on a loaded
+machine a second thread only waits). The commands that are not run here (servers, installs,
 several machines, the benchmark's measurements) are listed in ``NOT_RUN`` with the reason and the
 test that covers them instead; a command that is neither run nor listed fails
 ``test_every_documented_command_is_run_or_says_why_not``.
@@ -55,6 +57,8 @@ def is_a_mention(command: str) -> bool:
 RUN_HERE = ("python eval.py", "python -m manualbp.testing", "python -m manualbp.predict", "python -m manualbp.sample",
             "python -m manualbp.coverage", "python -m manualbp.demos.")
 OTHER_COMMANDS = [command for command in COMMANDS if command.startswith(RUN_HERE) and not is_a_mention(command)]
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 # Commands not run as written, each with why and what tests it instead.
 NOT_RUN = {
@@ -124,7 +128,8 @@ TEXT = "".join(f"First Citizen:\nBefore we proceed any further, hear me speak ({
 def finished_mnist_run(data_root, tmp_path_factory) -> Path:
     """RUN in the README's resume command: a finished ``python train.py model=mnist`` run."""
     run = tmp_path_factory.mktemp("readme-run") / "run"
-    result = run_train_py("model=mnist", f"hydra.run.dir={run}", cwd=run.parent, env={DATA_ENV: str(data_root)})
+    result = run_train_py("model=mnist", f"hydra.run.dir={run}", cwd=run.parent,
+                          env={DATA_ENV: str(data_root), **ONE_THREAD})
     assert result.returncode == 0, result.stderr[-3000:]
     return run
 
@@ -148,7 +153,7 @@ def arguments(command: str, data_root: Path, request) -> list[str]:
         filled += ["trainer.max_steps=50", "data.steps_per_epoch=25", "data.val_batches=5"]
     if any(word.startswith("hparams_search=") for word in filled) and not any(
             word.startswith("hydra.sweeper.n_trials=") for word in filled):
-        filled.append("hydra.sweeper.n_trials=2")
+        filled += ["hydra.sweeper.n_trials=2", "trainer.max_epochs=1"]
     return filled
 
 
@@ -158,7 +163,7 @@ def test_documented_train_command_runs_as_written(command, data_root, tmp_path, 
     if "accelerator=gpu" in command and not torch.cuda.is_available():
         pytest.skip("the command asks for GPUs and this machine has none")
     args = arguments(command, data_root, request)
-    result = run_train_py(*args, cwd=tmp_path, env={DATA_ENV: str(data_root)})
+    result = run_train_py(*args, cwd=tmp_path, env={DATA_ENV: str(data_root), **ONE_THREAD})
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr
     if "hydra.run.dir=" in command:
@@ -180,7 +185,7 @@ def finished_gpt_run(data_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("docs-gpt") / "run"
     result = run_train_py("model=gpt", "trainer.max_steps=50", "data.steps_per_epoch=25", "data.val_batches=5",
                           f"data.path={data_root / 'tinyshakespeare' / 'input.txt'}", f"hydra.run.dir={run}",
-                          cwd=run.parent, env={DATA_ENV: str(data_root)})
+                          cwd=run.parent, env={DATA_ENV: str(data_root), **ONE_THREAD})
     assert result.returncode == 0, result.stderr[-3000:]
     return run
 
@@ -242,7 +247,8 @@ def test_documented_tool_command_runs_as_written(command, data_root, tmp_path, r
         (tmp_path / "my_tanh.py").write_text(written_file("my_tanh.py"))
     if words[1] == "eval.py":
         words[1] = str(PROJECT_ROOT / "eval.py")
-    result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, env={**os.environ, DATA_ENV: str(data_root)},
+    environment = {**os.environ, DATA_ENV: str(data_root), **ONE_THREAD}
+    result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, env=environment,
                             capture_output=True, text=True, timeout=600)
     output = f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr, output
