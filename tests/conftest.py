@@ -60,16 +60,6 @@ def all_threads(one_thread_by_default):
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread for a module of tests on tiny tensors: on a busy machine, waiting for the
-    other threads costs more than the work (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def digit_checkpoint(tmp_path_factory) -> Path:
     """The last checkpoint of a small net trained (train()) on 1,000 digits drawn with Pillow's font

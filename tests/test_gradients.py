@@ -34,7 +34,6 @@ from manualbp.reference import TorchEuclideanLoss, TorchSoftmaxEuclideanLoss
 from manualbp.testing import check_function
 
 pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
     # torch's own conv2d warns that padding="same" with an even kernel copies the input (so does manualbp's).
     pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning"),
 ]

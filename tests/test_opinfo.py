@@ -13,8 +13,6 @@ from torch.testing._internal.common_methods_invocations import op_db  # noqa: E4
 
 from manualbp.layers.base import HAND_WRITTEN  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 OPS = [op for op in op_db if op.op in HAND_WRITTEN and op.supports_autograd]
 REFUSALS = (NotImplementedError, ValueError, TypeError, RuntimeError, IndexError)
 

@@ -17,8 +17,6 @@ import manualbp.functional as mf
 from manualbp.testing import check_function
 from manualbp.testing.__main__ import main as cli_main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 DTYPE = torch.float64
 
 

@@ -22,8 +22,6 @@ import manualbp.functional as mbf
 from manualbp.coverage import backward_coverage
 from manualbp.reference import to_torch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 RELATIVE = 1e-10  # the bar; seen: ≤ 7e-16 (transformers), 2e-13 (resnet18), 7e-12 (mobilenet_v2)
 
 
