@@ -3,6 +3,7 @@ and a small MNIST written by the tests themselves. (Shared helpers: helpers.py.)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,31 @@ def small_mnist(tmp_path) -> Path:
     return root
 
 
+# `python -m pytest -n auto` (pytest-xdist): one worker process per core, each on one thread
+IN_A_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+
+
+def pytest_configure(config):
+    """In a worker, the subprocesses it starts (train.py, notebook kernels, torchrun) use one thread
+    too: the other cores run the other workers."""
+    if IN_A_WORKER:
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """In workers, the longest tests first (each worker collects the same order, which the scheduler
+    hands out): a minute-long test started last would run alone while the other cores idle. First
+    the trainings on full MNIST (the only tests given ``all_threads``), then the other slow ones."""
+
+    def start_rank(item) -> int:
+        if "all_threads" in item.fixturenames:
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    if IN_A_WORKER:
+        items.sort(key=start_rank)  # a stable sort: the file order within each rank
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread_by_default():
     """One torch thread for every test unless it asks for all (``all_threads``): the tests' tensors
@@ -54,8 +80,9 @@ def one_thread_by_default():
 
 @pytest.fixture
 def all_threads(one_thread_by_default):
-    """Torch's default thread count for this test: long training on full MNIST."""
-    torch.set_num_threads(one_thread_by_default)
+    """Torch's default thread count for this test: long training on full MNIST (one thread in a
+    worker of ``-n auto``, where the other cores run the other workers)."""
+    torch.set_num_threads(1 if IN_A_WORKER else one_thread_by_default)
     yield
     torch.set_num_threads(1)
 
