@@ -484,6 +484,9 @@ BACKWARD_SHAPES = {
     "few_positions": ((2, 16, 4, 4), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
     "few_positions_groups": ((2, 32, 2, 2), (8, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2),
     "zero_batch": ((0, 3, 6, 6), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # stride 1 on few positions (≤ 16) over a deep batch (> 64): float32's flipped-gradients form
+    "flipped_grads": ((8, 16, 4, 4), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "flipped_grads_uneven": ((5, 16, 5, 4), (24, 16, 3, 2), (1, 1), (1, 0), (1, 1), 1),
 }
 
 

@@ -223,8 +223,15 @@ def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilatio
         return _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups):
         return _sum_over_patches_and_images_transposed(grad_output, input, padding)
+    if _flipped_grads_form_applies(grad_output, weight_shape, stride, padding, dilation, groups):
+        return _sum_over_patches_and_images_flipped_grads(grad_output, input, padding)
     return _sum_over_patches_and_images(grad_output, input, weight_shape, stride, padding, dilation, groups)
 
+
+# The flipped-gradients form of δW (C_out first, no transposing copy of δW) at stride 1 up to this many
+# positions per image: 0.64x the correlation's time at ResNet-18's 3×3 512 → 512 on 2×2 images, 0.71x at
+# 256 → 256 on 4×4 (batch 32); 1.1x at 8×8, 1.3-2.2x at 7×7 to 28×28 (batch 8, 224×224). 1 thread.
+_FLIPPED_GRADS_FORM_MAX_POSITIONS = 16
 
 # The patch form of δW in float32 where oneDNN's correlation is slow: at any stride (the correlation's
 # dilation: ResNet's first conv, 7×7/2 3 → 64, took 1.7-1.8x the patches' time per image; its 3×3/2 convs
@@ -326,6 +333,32 @@ def _sum_over_patches_and_images(grad_output, input, weight_shape, stride, paddi
     # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in/G, kH, kW), laid out as W is (autograd would copy it so anyway, and an
     # optimizer handed δW by the manual engine rounds alike only if its layout is the same)
     return correlation.transpose(0, 1).contiguous()
+
+
+def _flipped_grads_form_applies(grad_output, weight_shape, stride, padding, dilation, groups) -> bool:
+    """Whether :func:`_sum_over_patches_and_images_flipped_grads` computes this δW, and fast: stride 1,
+    no dilation, one group, padding < H_out (likewise W) so that its crop is not negative, and few
+    positions per image."""
+    out_size = grad_output.shape[-2:]
+    return (stride == (1, 1) and dilation == (1, 1) and groups == 1
+            and out_size[0] * out_size[1] <= _FLIPPED_GRADS_FORM_MAX_POSITIONS
+            and all(pad <= out - 1 for pad, out in zip(padding, out_size, strict=True)))
+
+
+def _sum_over_patches_and_images_flipped_grads(grad_output, input, padding) -> Tensor:
+    """δW = Σ_p δZ_pᵀ X_p for stride 1, no dilation, one group, with C_out first as W is laid out.
+
+    The correlation of :func:`_sum_over_patches_and_images` gives δW with C_in first: a transposing
+    copy of δW after it, as large as W (4.4 ms a layer for ResNet-18's 3×3 512 → 512 inside the
+    batch-32 step). Here δZ̃ = δZ reversed in H and W, its images as channels (C_out, N, H_out, W_out),
+    is transposed-convolved with X itself as the kernel ((N, C_in, H, W) is a transposed convolution's
+    (in, out, kH, kW) layout), cropped by P' = H_out − 1 − padding:
+    out[k, c, t] = Σ_n Σ_q δZ̃[n, k, q] X[n, c, t + P' − q] = Σ_n Σ_p δZ[n, k, p] X[n, c, p + t − padding]
+    (p = H_out − 1 − q) = δW[k, c, t]. Its only copy is δZ's (reversed and transposed).
+    """
+    crop = tuple(out - 1 - pad for out, pad in zip(grad_output.shape[-2:], padding, strict=True))
+    flipped_grads = grad_output.flip(-2, -1).transpose(0, 1)  # δZ̃: (C_out, N, H_out, W_out), one copy
+    return torch.conv_transpose2d(flipped_grads, input, None, 1, crop)  # δW = Σ_p δZ_pᵀ X_p: (C_out, C_in, kH, kW)
 
 
 def _transposed_form_applies(grad_output, input, weight_shape, stride, padding, dilation, groups) -> bool:
