@@ -487,6 +487,8 @@ BACKWARD_SHAPES = {
     # stride 1 on few positions (≤ 16) over a deep batch (> 64): float32's flipped-gradients form
     "flipped_grads": ((8, 16, 4, 4), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     "flipped_grads_uneven": ((5, 16, 5, 4), (24, 16, 3, 2), (1, 1), (1, 0), (1, 1), 1),
+    # more images than one correlation takes at once: the correlation over 8, then the one left
+    "correlation_in_parts": ((9, 16, 5, 5), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
 
 
