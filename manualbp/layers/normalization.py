@@ -210,10 +210,12 @@ _FEW_POSITIONS = 64
 
 
 def _fast_float32(*tensors: Tensor | None) -> bool:
-    """Whether the float32 forms apply: float32, contiguous, non-empty, batched (N, C, *), not traced."""
+    """Whether the float32 forms apply: the input (first) batched (N, C, *) and non-empty, every
+    tensor given float32, contiguous and not traced."""
     input = tensors[0]
-    return (input.dtype == torch.float32 and input.dim() >= 2 and input.numel() > 0
-            and all(t is None or (t.is_contiguous() and not is_traced(t)) for t in tensors))
+    return (input.dim() >= 2 and input.numel() > 0
+            and all(t is None or (t.dtype == torch.float32 and t.is_contiguous() and not is_traced(t))
+                    for t in tensors))
 
 
 def _channel_sums(values: Tensor) -> Tensor:
@@ -393,7 +395,7 @@ class BatchNormEvalFunction(LayerFunction):
         input, mean, variance, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
         backward = batch_norm_eval_backward_fast if owns_buffers(grad_output) else _batch_norm_eval_backward
-        if backward is batch_norm_eval_backward_fast and _fast_float32(input, grad_output, weight):
+        if backward is batch_norm_eval_backward_fast and _fast_float32(input, grad_output, weight, mean, variance):
             backward = batch_norm_eval_backward_fast32
         grad_input, grad_weight, grad_bias = backward(
             grad_output, input, mean, variance, weight, ctx.eps, (needs[0], needs[3], needs[4])
