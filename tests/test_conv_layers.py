@@ -519,6 +519,30 @@ def test_the_fast_backward_agrees_with_the_readable_formula(shapes, dtype, fast_
         torch.testing.assert_close(ours, torchs, **tolerance, msg=lambda m, name=name: f"{name} vs torch: {m}")
 
 
+@pytest.mark.parametrize("slab_positions", [1, 13], ids=["one_row", "two_rows"])
+@pytest.mark.parametrize("shapes", ["stride_dilation", "rows_dropped", "groups"])
+def test_the_per_image_patches_in_slabs_agree_with_the_formula(shapes, slab_positions, monkeypatch):
+    """float32's per-image δW (more positions than filters, at a stride) in slabs of a few output
+    rows each, the last one shorter: the formula's δW and torch's."""
+    from manualbp.layers import conv
+
+    monkeypatch.setattr(conv, "_PATCH_SLAB_POSITIONS", slab_positions)
+    calls = []
+    per_image = conv._grad_weight_per_image
+    monkeypatch.setattr(conv, "_grad_weight_per_image", lambda *args: calls.append(1) or per_image(*args))
+    x_shape, w_shape, stride, padding, dilation, groups = BACKWARD_SHAPES[shapes]
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(x_shape, generator=generator), torch.randn(w_shape, generator=generator)
+    grad_output = torch.randn(TF.conv2d(x, weight, None, stride, padding, dilation, groups).shape, generator=generator)
+    arguments = (grad_output, x, weight, x.shape, stride, padding, dilation, groups)
+    fast = conv.conv2d_backward_fast(*arguments)[1]
+    assert calls
+    torch.testing.assert_close(fast, conv.conv2d_backward(*arguments)[1], rtol=1e-5, atol=1e-5)
+    expected = torch.ops.aten.convolution_backward(grad_output, x, weight, [w_shape[0]], stride, padding, dilation,
+                                                   False, (0, 0), groups, (False, True, False))[1]
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_function_runs_the_fast_backward(monkeypatch):
     from manualbp.layers import conv
 
