@@ -484,6 +484,11 @@ BACKWARD_SHAPES = {
     "few_positions": ((2, 16, 4, 4), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
     "few_positions_groups": ((2, 32, 2, 2), (8, 16, 3, 3), (1, 1), (1, 1), (1, 1), 2),
     "zero_batch": ((0, 3, 6, 6), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # stride 1 on few positions (≤ 16) over a deep batch (> 64): float32's flipped-gradients form
+    "flipped_grads": ((8, 16, 4, 4), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    "flipped_grads_uneven": ((5, 16, 5, 4), (24, 16, 3, 2), (1, 1), (1, 0), (1, 1), 1),
+    # more images than one correlation takes at once: the correlation over 8, then the one left
+    "correlation_in_parts": ((9, 16, 5, 5), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
 }
 
 
@@ -512,6 +517,30 @@ def test_the_fast_backward_agrees_with_the_readable_formula(shapes, dtype, fast_
                      torch.bfloat16: {"rtol": 0, "atol": 3e-2 * scale}}[dtype]
         torch.testing.assert_close(ours, theirs, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
         torch.testing.assert_close(ours, torchs, **tolerance, msg=lambda m, name=name: f"{name} vs torch: {m}")
+
+
+@pytest.mark.parametrize("slab_positions", [1, 13], ids=["one_row", "two_rows"])
+@pytest.mark.parametrize("shapes", ["stride_dilation", "rows_dropped", "groups"])
+def test_the_per_image_patches_in_slabs_agree_with_the_formula(shapes, slab_positions, monkeypatch):
+    """float32's per-image δW (more positions than filters, at a stride) in slabs of a few output
+    rows each, the last one shorter: the formula's δW and torch's."""
+    from manualbp.layers import conv
+
+    monkeypatch.setattr(conv, "_PATCH_SLAB_POSITIONS", slab_positions)
+    calls = []
+    per_image = conv._grad_weight_per_image
+    monkeypatch.setattr(conv, "_grad_weight_per_image", lambda *args: calls.append(1) or per_image(*args))
+    x_shape, w_shape, stride, padding, dilation, groups = BACKWARD_SHAPES[shapes]
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(x_shape, generator=generator), torch.randn(w_shape, generator=generator)
+    grad_output = torch.randn(TF.conv2d(x, weight, None, stride, padding, dilation, groups).shape, generator=generator)
+    arguments = (grad_output, x, weight, x.shape, stride, padding, dilation, groups)
+    fast = conv.conv2d_backward_fast(*arguments)[1]
+    assert calls
+    torch.testing.assert_close(fast, conv.conv2d_backward(*arguments)[1], rtol=1e-5, atol=1e-5)
+    expected = torch.ops.aten.convolution_backward(grad_output, x, weight, [w_shape[0]], stride, padding, dilation,
+                                                   False, (0, 0), groups, (False, True, False))[1]
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_the_function_runs_the_fast_backward(monkeypatch):

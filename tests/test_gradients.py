@@ -501,6 +501,100 @@ def test_the_fast_evaluation_batch_norm_backward_equals_the_formula(affine):
                 torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
+# ResNet-18's batch-norm shapes (small and large images: the float32 forms lay per-channel work out
+# differently for each), an (N, C) and an (N, C, L) input
+FLOAT32_BATCH_NORM_SHAPES = [(6, 16, 8, 8), (6, 32, 2, 2), (4, 8, 3, 5), (5, 3), (4, 3, 7)]
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("shape", FLOAT32_BATCH_NORM_SHAPES, ids=str)
+def test_the_float32_training_batch_norm_forms_equal_the_formula_and_torch(shape, affine):
+    """The float32 forward and training backward against the formula functions (in float64, on
+    the same values) and against torch's gradients, within float32 rounding; an offset mean (x
+    around 5, spread 3) so that a form subtracting large terms would show."""
+    from manualbp.layers.normalization import (
+        batch_norm_backward,
+        batch_norm_forward,
+        batch_norm_statistics,
+        batch_norm_training_backward_fast32,
+        batch_norm_training_forward_fast,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator) * 3 + 5
+    grad = torch.randn(shape, generator=generator)
+    weight, bias = (torch.randn(shape[1], generator=generator) for _ in range(2)) if affine else (None, None)
+    output, mean, variance = batch_norm_training_forward_fast(x, weight, bias, 1e-5)
+    as64 = [None if t is None else t.double() for t in (x, grad, weight, bias)]
+    mean64, variance64 = batch_norm_statistics(as64[0])
+    tolerance = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(mean.double(), mean64, **tolerance)
+    torch.testing.assert_close(variance.double(), variance64, **tolerance)
+    torch.testing.assert_close(output.double(), batch_norm_forward(as64[0], mean64, variance64, as64[2], as64[3], 1e-5),
+                               **tolerance)
+    formula = batch_norm_backward(as64[1], as64[0], mean64, variance64, as64[2], 1e-5, True)
+    for needs in ((True, True, True), (True, False, False), (False, True, True)):
+        fast = batch_norm_training_backward_fast32(grad, x, mean, variance, weight, 1e-5, needs)
+        for ours, theirs, needed in zip(fast, formula, needs, strict=True):
+            assert (ours is None) == (not needed)
+            if needed:
+                torch.testing.assert_close(ours.double(), theirs, **tolerance)
+    leaves = [None if t is None else t.clone().requires_grad_() for t in (x, weight, bias)]
+    expected = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True)
+    torch.testing.assert_close(output, expected, **tolerance)
+    expected_grads = torch.autograd.grad(expected, [t for t in leaves if t is not None], grad)
+    needs = (True, affine, affine)
+    fast = batch_norm_training_backward_fast32(grad, x, mean, variance, weight, 1e-5, needs)
+    fast = [t for t in fast if t is not None]
+    for ours, theirs in zip(fast, expected_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, **tolerance)
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("shape", FLOAT32_BATCH_NORM_SHAPES, ids=str)
+def test_the_float32_evaluation_batch_norm_backward_equals_the_formula_and_torch(shape, affine):
+    from manualbp.layers.normalization import batch_norm_backward, batch_norm_eval_backward_fast32
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator) * 3 + 5
+    grad = torch.randn(shape, generator=generator)
+    mean, variance = torch.randn(shape[1], generator=generator) + 5, torch.rand(shape[1], generator=generator) + 0.5
+    weight = torch.randn(shape[1], generator=generator) if affine else None
+    tolerance = {"rtol": 1e-5, "atol": 1e-5}
+    formula = batch_norm_backward(grad.double(), x.double(), mean.double(), variance.double(),
+                                  None if weight is None else weight.double(), 1e-5, False)
+    for needs in ((True, True, True), (False, True, False), (True, False, True)):
+        fast = batch_norm_eval_backward_fast32(grad, x, mean, variance, weight, 1e-5, needs)
+        for ours, theirs, needed in zip(fast, formula, needs, strict=True):
+            assert (ours is None) == (not needed)
+            if needed:
+                torch.testing.assert_close(ours.double(), theirs, **tolerance)
+    leaves = [x.clone().requires_grad_()] + ([weight.clone().requires_grad_()] if affine else [])
+    expected = F.batch_norm(leaves[0], mean, variance, leaves[1] if affine else None, None, False)
+    expected_grads = torch.autograd.grad(expected, leaves, grad)
+    fast = batch_norm_eval_backward_fast32(grad, x, mean, variance, weight, 1e-5, (True, affine, False))
+    for ours, theirs in zip(fast[: len(leaves)], expected_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, **tolerance)
+
+
+def test_the_float32_batch_norm_functions_run_the_float32_forms(monkeypatch):
+    from manualbp.layers import normalization
+
+    calls = []
+    for name in ("batch_norm_training_forward_fast", "batch_norm_training_backward_fast32",
+                 "batch_norm_eval_backward_fast32"):
+        original = getattr(normalization, name)
+        monkeypatch.setattr(normalization, name,
+                            lambda *args, original=original, name=name: calls.append(name) or original(*args))
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    weight, bias = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    grad = torch.randn(4, 3, 5, 5)  # contiguous (a .sum()'s gradient is expanded: the other forms take it)
+    mbf.batch_norm(x, None, None, weight, bias, True).backward(grad)
+    mbf.batch_norm(x, torch.zeros(3), torch.ones(3), weight, bias).backward(grad)
+    assert calls == ["batch_norm_training_forward_fast", "batch_norm_training_backward_fast32",
+                     "batch_norm_eval_backward_fast32"]
+
+
 def test_the_fast_global_average_pool_backward_equals_the_formula():
     from manualbp.layers.pooling import (
         adaptive_avg_pool2d_matrices,

@@ -42,6 +42,9 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_training_backward_fast",
     "batch_norm_eval_backward_fast",
+    "batch_norm_training_forward_fast",
+    "batch_norm_training_backward_fast32",
+    "batch_norm_eval_backward_fast32",
     "BatchNormTrainingFunction",
     "BatchNormEvalFunction",
     "update_running_statistics",
@@ -191,6 +194,119 @@ def batch_norm_eval_backward_fast(
     return grad_input, grad_weight, grad_bias
 
 
+# ----------------------------------------------------------------------------------------------
+# Float32 forms of the training forward and of both backwards (what the Functions run in float32;
+# tests/test_gradients.py holds each to the formula functions above and to torch's gradients)
+# ----------------------------------------------------------------------------------------------
+#
+# At ResNet-18's shapes each op over the batch costs its passes over memory, a fresh buffer's page
+# faults, and for small images a per-channel loop only H·W values long. So: the batch's statistics
+# kept from the forward (not recomputed), the fewest buffers and passes, and for small images
+# per-channel sums and factors laid out over (C, H, W) so that every inner loop runs C·H·W long.
+
+# Below this many values per channel and image, sum over the images first, then over the positions
+# (torch's reduction over (N, H, W) at once took 3-6x as long at 4×4 and 2×2 images, batch 32).
+_FEW_POSITIONS = 64
+
+
+def _fast_float32(*tensors: Tensor | None) -> bool:
+    """Whether the float32 forms apply: the input (first) batched (N, C, *) and non-empty, every
+    tensor given float32, contiguous and not traced."""
+    input = tensors[0]
+    return (input.dim() >= 2 and input.numel() > 0
+            and all(t is None or (t.dtype == torch.float32 and t.is_contiguous() and not is_traced(t))
+                    for t in tensors))
+
+
+def _channel_sums(values: Tensor) -> Tensor:
+    """Σ over every dimension but the channels': (N, C, *) contiguous -> (C,)."""
+    rows = values.reshape(values.shape[0], values.shape[1], -1)  # (N, C, H·W)
+    if rows.shape[-1] < _FEW_POSITIONS:
+        return rows.sum(0).sum(-1)  # over the images, then each channel's positions
+    return rows.sum(-1).sum(0)
+
+
+def _channel_factor(values: Tensor, input: Tensor) -> Tensor:
+    """(C,) -> broadcastable against input (N, C, *): (1, C, 1, ...), or for few positions per
+    channel the values repeated over them, (1, C, *) (C·H·W values: the broadcast's inner loop runs
+    over all of them instead of H·W at a time)."""
+    factor = _per_channel(values, input)
+    if 1 < math.prod(input.shape[2:]) < _FEW_POSITIONS:
+        factor = factor.expand(1, *input.shape[1:]).contiguous()
+    return factor
+
+
+def batch_norm_training_forward_fast(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`batch_norm_statistics` then :func:`batch_norm_forward` in float32, over one buffer:
+    x − μ written once, σ² summed from its squares, then scaled and shifted in place.
+
+    input x: (N, C, *) contiguous float32; weight γ, bias β: (C,) or None.
+    Returns y: x's shape, μ: (C,), σ²: (C,) (biased)."""
+    count = input.numel() // input.shape[1]  # M
+    mean = _channel_sums(input) / count  # μ = mean(x)
+    output = input - _channel_factor(mean, input)  # x − μ
+    variance = _channel_sums(output * output) / count  # σ² = mean((x − μ)²)
+    scale = torch.rsqrt(variance + eps)  # 1/σ
+    if weight is not None:
+        scale = scale * weight  # γ/σ
+    output.mul_(_channel_factor(scale, input))  # γ(x − μ)/σ
+    if bias is not None:
+        output.add_(_channel_factor(bias, input))  # y = γ(x − μ)/σ + β
+    return output, mean, variance
+
+
+def batch_norm_training_backward_fast32(
+    grad_output: Tensor, input: Tensor, mean: Tensor, variance: Tensor, weight: Tensor | None, eps: float,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`batch_norm_backward` in training, float32, with the forward's μ and σ² (the batch's
+    own), in one buffer of x's size (the δx it returns; see ``owns_buffers``): δy·(x − μ) written
+    there and summed, then x − μ again and δx made over it. Uses 1/σ constant over each sum:
+    δγ = Σ δy·x̂ = (1/σ)·Σ δy·(x − μ), and x̂·mean(δy·x̂) = (x − μ)·(mean(δy·x̂)/σ).
+
+    grad_output δy, input x: (N, C, *) contiguous float32; mean μ, variance σ², weight γ (or None):
+    (C,). Returns δx: x's shape, δγ, δβ: (C,) (each None unless ``needs_grad`` asks for it)."""
+    count = input.numel() // input.shape[1]  # M
+    inverse_std = torch.rsqrt(variance + eps)  # 1/σ
+    mean_factor = _channel_factor(mean, input)
+    buffer = (input - mean_factor).mul_(grad_output)  # δy·(x − μ)
+    grad_weight = _channel_sums(buffer).mul_(inverse_std)  # δγ = Σ δy·x̂ = (1/σ)·Σ δy·(x − μ)
+    grad_bias = _channel_sums(grad_output)  # δβ = Σ δy
+    grad_input = None
+    if needs_grad[0]:
+        scale = inverse_std if weight is None else inverse_std * weight  # γ/σ
+        correction = inverse_std * grad_weight / count  # mean(δy·x̂)/σ
+        grad_input = torch.sub(input, mean_factor, out=buffer)  # x − μ
+        grad_input.mul_(_channel_factor(-scale * correction, input))  # −(γ/σ)·x̂·mean(δy·x̂)
+        grad_input.addcmul_(grad_output, _channel_factor(scale, input))  # + (γ/σ)·δy
+        grad_input.sub_(_channel_factor(scale * grad_bias / count, input))  # δx = (γ/σ)(δy − mean(δy) − x̂·mean(δy·x̂))
+    return grad_input, (grad_weight if needs_grad[1] else None), (grad_bias if needs_grad[2] else None)
+
+
+def batch_norm_eval_backward_fast32(
+    grad_output: Tensor, input: Tensor, mean: Tensor, variance: Tensor, weight: Tensor | None, eps: float,
+    needs_grad: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`batch_norm_eval_backward_fast` in float32 in one buffer of x's size (the δx it
+    returns): δy·(x − μ) written there and summed for δγ, then δx = (γ/σ)·δy over it.
+    Shapes as there; input and grad_output contiguous."""
+    inverse_std = torch.rsqrt(variance + eps)  # 1/σ
+    buffer = grad_weight = grad_bias = None
+    if needs_grad[1]:
+        buffer = (input - _channel_factor(mean, input)).mul_(grad_output)  # δy·(x − μ)
+        grad_weight = _channel_sums(buffer).mul_(inverse_std)  # δγ = Σ δy·x̂ = (1/σ)·Σ δy·(x − μ)
+    if needs_grad[2]:
+        grad_bias = _channel_sums(grad_output)  # δβ = Σ δy
+    grad_input = None
+    if needs_grad[0]:
+        scale = _channel_factor(inverse_std if weight is None else weight * inverse_std, input)  # γ/σ
+        out = torch.empty_like(grad_output) if buffer is None else buffer
+        grad_input = torch.mul(grad_output, scale, out=out)  # δx = (γ/σ)·δy
+    return grad_input, grad_weight, grad_bias
+
+
 def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tangent, weight_tangent, bias_tangent):
     """ẏ = (∂y/∂x)ẋ + x̂·γ̇ + β̇. ∂y/∂x is symmetric ((γ/σ)(I − 1/M − x̂x̂ᵀ/M) per channel in
     training, (γ/σ)·I in evaluation), so its product with ẋ is the backward formula with δy = ẋ."""
@@ -218,6 +334,8 @@ class BatchNormTrainingFunction(LayerFunction):
 
     @staticmethod
     def forward(input, weight, bias, eps):
+        if _fast_float32(input, weight, bias):
+            return batch_norm_training_forward_fast(input, weight, bias, eps)
         mean, variance = batch_norm_statistics(input)
         return batch_norm_forward(input, mean, variance, weight, bias, eps), mean, variance
 
@@ -226,12 +344,16 @@ class BatchNormTrainingFunction(LayerFunction):
         input, weight, bias, ctx.eps = inputs
         _, mean, variance = output
         ctx.mark_non_differentiable(mean, variance)
-        ctx.save_for_backward(input, weight)
+        ctx.save_for_backward(input, weight, mean, variance)
         ctx.save_for_forward(input, weight)
 
     @staticmethod
     def backward(ctx, grad_output, grad_mean, grad_variance):
-        input, weight = ctx.saved_tensors
+        input, weight, mean, variance = ctx.saved_tensors
+        if owns_buffers(grad_output) and _fast_float32(input, grad_output, weight):
+            grads = batch_norm_training_backward_fast32(grad_output, input, mean, variance, weight, ctx.eps,
+                                                        ctx.needs_input_grad[:3])
+            return *grads, None
         if owns_buffers(grad_output) and input.numel():
             grads = batch_norm_training_backward_fast(grad_output, input, weight, ctx.eps, ctx.needs_input_grad[:3])
             return *grads, None
@@ -273,6 +395,8 @@ class BatchNormEvalFunction(LayerFunction):
         input, mean, variance, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
         backward = batch_norm_eval_backward_fast if owns_buffers(grad_output) else _batch_norm_eval_backward
+        if backward is batch_norm_eval_backward_fast and _fast_float32(input, grad_output, weight, mean, variance):
+            backward = batch_norm_eval_backward_fast32
         grad_input, grad_weight, grad_bias = backward(
             grad_output, input, mean, variance, weight, ctx.eps, (needs[0], needs[3], needs[4])
         )
