@@ -53,9 +53,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """In workers, the longest tests first (each worker collects the same order, which the scheduler
-    hands out): a minute-long test started last would run alone while the other cores idle. First
-    the trainings on full MNIST (the only tests given ``all_threads``), then the other slow ones."""
+    """In workers, the longest tests first (each worker collects the same order, and the scheduler
+    hands it out one test at a time: ``--maxschedchunk 1`` in pyproject.toml): a minute-long test
+    started last would run alone while the other cores idle. First the trainings on full MNIST (the
+    only tests given ``all_threads``), then the other slow ones, then the rest to fill in."""
 
     def start_rank(item) -> int:
         if "all_threads" in item.fixturenames:

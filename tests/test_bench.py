@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import manualbp
@@ -14,6 +15,7 @@ from manualbp.layers.base import TORCH_TWINS
 from manualbp.reference import to_torch
 
 
+@pytest.mark.slow
 def test_step_bench_json_has_the_relied_on_keys():
     result = subprocess.run(
         [sys.executable, "-m", "manualbp.bench", "--json", "--batch-sizes", "64", "--rounds", "5",
@@ -42,6 +44,7 @@ def test_step_bench_json_has_the_relied_on_keys():
     assert 0 < gpt["manual_saved_bytes"] and report["gpt"]["optimizer"] == "AdamW"
 
 
+@pytest.mark.slow
 def test_step_bench_prints_the_lenet_table():
     result = subprocess.run(
         [sys.executable, "-m", "manualbp.bench", "--batch-sizes", "16", "--rounds", "5", "--compile-batch-sizes",

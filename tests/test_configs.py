@@ -117,6 +117,7 @@ def test_a_net_that_does_not_fit_the_data_fails_fast(config, small_mnist):
         train(config("model=xor", "model.net.sizes=[2,8,2]"))
 
 
+@pytest.mark.slow
 def test_the_command_line_reports_bad_overrides_without_a_stack_trace(tmp_path):
     result = run_train_py("model=xor", "model.optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 1
@@ -132,6 +133,7 @@ def test_the_command_line_reports_bad_overrides_without_a_stack_trace(tmp_path):
     assert "Could not find 'model/resnet'" in unknown.stderr and "xor" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_compose_is_what_hydra_main_sees(tmp_path):
     # hydra.main and compose share the same conf/ tree: a run folder records its config.
     result = run_train_py("model=xor", "debug=fast", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)

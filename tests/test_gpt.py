@@ -208,6 +208,7 @@ def test_a_vocab_size_that_does_not_fit_the_data_is_refused(tmp_path):
         train(compose_config(["model=gpt", f"data.path={corpus}", "model.net.vocab_size=7"], tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_sample_prints_text_of_the_corpus_characters_without_lightning_or_hydra(gpt_run):
     _, run, _ = gpt_run
     checkpoint = run / "checkpoints" / "last.ckpt"

@@ -362,7 +362,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+# The cases that take 10-18 s (every check in float64 on a conv with groups, on attention with a mask):
+# marked slow, so that `-m "not slow"` stays quick and `-n auto` starts them first
+SLOW_CASES = {"conv2d_groups", "attention_bool_mask", "attention_float_mask"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, marks=pytest.mark.slow) if case.name in SLOW_CASES else case for case in CASES],
+    ids=lambda case: case.name,
+)
 def test_matches_torch_in_every_check(case):
     check_function(case.function, case.reference, case.inputs, layouts=case.layouts, skip=case.skip, **EXACT)
 

@@ -609,6 +609,7 @@ def test_a_step_of_a_2_8_8_1_net_on_200_points_shows_within_100_ms(page):
     assert median < 100, times
 
 
+@pytest.mark.slow
 def test_screenshots_of_both_tabs(page, tmp_path):
     """Screenshots of the two tabs; with PLAYGROUND_SCREENSHOTS=<folder>, kept there (the README's)."""
     driver, url, session = page

@@ -409,6 +409,7 @@ def _cli(tmp_path, *args):
     )
 
 
+@pytest.mark.slow
 def test_the_command_line_passes_and_fails_with_the_exit_code(tmp_path):
     (tmp_path / "good_tanh.py").write_text(STUDENT_MODULE.format(op="*"))
     (tmp_path / "bad_tanh.py").write_text(STUDENT_MODULE.format(op="+"))

@@ -253,6 +253,7 @@ def test_offline_fashion_mnist_has_no_sample_to_fall_back_to(tmp_path, no_networ
         data.setup()
 
 
+@pytest.mark.slow
 def test_the_offline_fallback_trains_end_to_end(config, tmp_path, no_network):
     empty = tmp_path / "empty"
     empty.mkdir()
