@@ -53,18 +53,27 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """In workers, the longest tests first (each worker collects the same order, and the scheduler
-    hands it out one test at a time: ``--maxschedchunk 1`` in pyproject.toml): a minute-long test
-    started last would run alone while the other cores idle. First the trainings on full MNIST (the
-    only tests given ``all_threads``), then the other slow ones, then the rest to fill in."""
-
-    def start_rank(item) -> int:
-        if "all_threads" in item.fixturenames:
-            return 0
-        return 1 if item.get_closest_marker("slow") else 2
-
-    if IN_A_WORKER:
-        items.sort(key=start_rank)  # a stable sort: the file order within each rank
+    """In workers, the long tests dealt over the workers' first slices and run first. ``--dist
+    worksteal`` starts worker k on the k-th of equal consecutive slices of this order (each worker
+    collects the same order), then lets a worker that runs out take half of another's remaining
+    queue, from its end. Left in file order, every slow test would start in one slice and the last
+    ones could run alone while the other cores idle. Long: the trainings on full MNIST (the only
+    tests given ``all_threads``), then the other ``slow`` ones."""
+    if not IN_A_WORKER:
+        return
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    ranked = sorted(items, key=lambda item: 0 if "all_threads" in item.fixturenames else 1)  # stable
+    long_ones = [item for item in ranked if item.get_closest_marker("slow")]
+    others = iter([item for item in ranked if not item.get_closest_marker("slow")])
+    order, left = [], len(items)
+    for worker in range(workers):
+        size = left // (workers - worker)  # the slice worksteal hands this worker first
+        left -= size
+        share = long_ones[worker::workers]
+        if len(share) > size:  # (almost) only long tests selected: nothing to balance
+            return
+        order += share + [next(others) for _ in range(size - len(share))]
+    items[:] = order
 
 
 @pytest.fixture(scope="session", autouse=True)
