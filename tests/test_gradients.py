@@ -514,6 +514,14 @@ def test_the_fast_evaluation_batch_norm_backward_equals_the_formula(affine):
 FLOAT32_BATCH_NORM_SHAPES = [(6, 16, 8, 8), (6, 32, 2, 2), (4, 8, 3, 5), (5, 3), (4, 3, 7)]
 
 
+def assert_the_asked_for_gradients_close(fast, formula, needs, tolerance):
+    """Each gradient ``needs`` asks for equals the float64 formula's; the others are None."""
+    for ours, theirs, needed in zip(fast, formula, needs, strict=True):
+        assert (ours is None) == (not needed)
+        if needed:
+            torch.testing.assert_close(ours.double(), theirs, **tolerance)
+
+
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
 @pytest.mark.parametrize("shape", FLOAT32_BATCH_NORM_SHAPES, ids=str)
 def test_the_float32_training_batch_norm_forms_equal_the_formula_and_torch(shape, affine):
@@ -543,10 +551,7 @@ def test_the_float32_training_batch_norm_forms_equal_the_formula_and_torch(shape
     formula = batch_norm_backward(as64[1], as64[0], mean64, variance64, as64[2], 1e-5, True)
     for needs in ((True, True, True), (True, False, False), (False, True, True)):
         fast = batch_norm_training_backward_fast32(grad, x, mean, variance, weight, 1e-5, needs)
-        for ours, theirs, needed in zip(fast, formula, needs, strict=True):
-            assert (ours is None) == (not needed)
-            if needed:
-                torch.testing.assert_close(ours.double(), theirs, **tolerance)
+        assert_the_asked_for_gradients_close(fast, formula, needs, tolerance)
     leaves = [None if t is None else t.clone().requires_grad_() for t in (x, weight, bias)]
     expected = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True)
     torch.testing.assert_close(output, expected, **tolerance)
@@ -573,10 +578,7 @@ def test_the_float32_evaluation_batch_norm_backward_equals_the_formula_and_torch
                                   None if weight is None else weight.double(), 1e-5, False)
     for needs in ((True, True, True), (False, True, False), (True, False, True)):
         fast = batch_norm_eval_backward_fast32(grad, x, mean, variance, weight, 1e-5, needs)
-        for ours, theirs, needed in zip(fast, formula, needs, strict=True):
-            assert (ours is None) == (not needed)
-            if needed:
-                torch.testing.assert_close(ours.double(), theirs, **tolerance)
+        assert_the_asked_for_gradients_close(fast, formula, needs, tolerance)
     leaves = [x.clone().requires_grad_()] + ([weight.clone().requires_grad_()] if affine else [])
     expected = F.batch_norm(leaves[0], mean, variance, leaves[1] if affine else None, None, False)
     expected_grads = torch.autograd.grad(expected, leaves, grad)

@@ -302,8 +302,8 @@ def batch_norm_eval_backward_fast32(
     grad_input = None
     if needs_grad[0]:
         scale = _channel_factor(inverse_std if weight is None else weight * inverse_std, input)  # γ/σ
-        out = torch.empty_like(grad_output) if buffer is None else buffer
-        grad_input = torch.mul(grad_output, scale, out=out)  # δx = (γ/σ)·δy
+        into = {} if buffer is None else {"out": buffer}  # δγ's buffer, spent: δx written over it
+        grad_input = torch.mul(grad_output, scale, **into)  # δx = (γ/σ)·δy
     return grad_input, grad_weight, grad_bias
 
 
@@ -328,8 +328,9 @@ def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tang
 
 class BatchNormTrainingFunction(LayerFunction):
     """Training-mode batch norm: normalizes with the batch's own μ, σ². Returns (y, μ, σ²); μ and
-    σ² are for the running statistics only (not differentiable). Saves x and γ (inputs); the
-    backward recomputes μ and σ² from x, so that double backward sees how they depend on x."""
+    σ² are for the running statistics only (not differentiable). Saves x and γ (inputs), and μ,
+    σ² for the float32 backward; the other backwards recompute μ and σ² from x, so that double
+    backward sees how they depend on x."""
 
 
     @staticmethod
@@ -394,9 +395,12 @@ class BatchNormEvalFunction(LayerFunction):
     def backward(ctx, grad_output):
         input, mean, variance, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        backward = batch_norm_eval_backward_fast if owns_buffers(grad_output) else _batch_norm_eval_backward
-        if backward is batch_norm_eval_backward_fast and _fast_float32(input, grad_output, weight, mean, variance):
+        if not owns_buffers(grad_output):
+            backward = _batch_norm_eval_backward
+        elif _fast_float32(input, grad_output, weight, mean, variance):
             backward = batch_norm_eval_backward_fast32
+        else:
+            backward = batch_norm_eval_backward_fast
         grad_input, grad_weight, grad_bias = backward(
             grad_output, input, mean, variance, weight, ctx.eps, (needs[0], needs[3], needs[4])
         )
