@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,15 @@ class WriteWeightsHash(L.Callback):
         path.write_text(f"{digest.hexdigest()} {trainer.global_rank} {trainer.node_rank} {trainer.world_size}\n")
 
 
+def _agent_output(node: subprocess.Popen, deadline: float) -> tuple[str, bool]:
+    """A torchrun agent's output, and whether it was still running at ``deadline`` (then killed)."""
+    try:
+        return node.communicate(timeout=max(deadline - time.monotonic(), 1))[0], False
+    except subprocess.TimeoutExpired:
+        node.kill()
+        return node.communicate()[0], True
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -46,7 +56,8 @@ def test_num_nodes_is_a_key_of_the_ddp_trainer(config):
 @pytest.mark.slow
 def test_two_torchrun_nodes_on_this_machine_end_with_the_same_weights(tmp_path):
     port = free_port()
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(TESTS_DIR)])}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(TESTS_DIR)]),
+                   "LOGLEVEL": "INFO"}  # torchrun's agent says when its workers are done
     nodes = []
     for node_rank in (0, 1):
         command = [
@@ -59,14 +70,16 @@ def test_two_torchrun_nodes_on_this_machine_end_with_the_same_weights(tmp_path):
         ]
         nodes.append(subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    outputs = []
+    deadline = time.monotonic() + 240  # the run takes ~10 s alone, ~30 s beside a busy test worker
     for node in nodes:
-        try:
-            outputs.append(node.communicate(timeout=600)[0])
-        finally:
-            node.kill()
-    for node, output in zip(nodes, outputs, strict=True):
-        assert node.returncode == 0, output[-3000:]
+        output, stuck = _agent_output(node, deadline)
+        if stuck:
+            # torchrun's agents wait for each other after their workers end (the exit barrier, up to 5
+            # minutes), and on rare runs here node 0's waited past the deadline after both workers were
+            # done (pytorch/pytorch#69520). What this test checks, the training, is over: the files below.
+            assert "worker group successfully finished" in output, output[-3000:]
+        else:
+            assert node.returncode == 0, output[-3000:]
     hash0, rank0, node_rank0, world0 = (tmp_path / "node0" / "weights-rank0.txt").read_text().split()
     hash1, rank1, node_rank1, world1 = (tmp_path / "node1" / "weights-rank1.txt").read_text().split()
     assert (rank0, node_rank0, rank1, node_rank1, world0, world1) == ("0", "0", "1", "1", "2", "2")
