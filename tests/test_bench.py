@@ -130,3 +130,52 @@ def test_resnet18_bench_times_both_nets_and_every_layer_kind(capsys):
     assert all(entry["manual_us"] > 0 and entry["native_us"] > 0 for entry in layers["layers"].values())
     resnet18.print_resnet18({"steps": steps, "layers": layers})
     assert "| float64 2x3x32x32 |" in capsys.readouterr().out
+
+
+def test_the_floor_functions_compute_torchs_values_and_gradients():
+    """The floor ``--floors`` times is the work done, not skipped: each floor Function gives torch's
+    values and gradients (float64)."""
+    from manualbp.bench.floor import BatchNormEvalFloor, MLPSoftmaxCrossEntropyFloor
+
+    torch.manual_seed(0)
+    input = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight, bias = (torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mean, variance = torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5
+    grad_output = torch.randn_like(input)
+    ours = BatchNormEvalFloor.apply(input, mean, variance, weight, bias, 1e-5)
+    theirs = torch.nn.functional.batch_norm(input, mean, variance, weight, bias, False, 0.1, 1e-5)
+    torch.testing.assert_close(ours, theirs)
+    for mine, torchs in zip(torch.autograd.grad(ours, (input, weight, bias), grad_output),
+                            torch.autograd.grad(theirs, (input, weight, bias), grad_output), strict=True):
+        torch.testing.assert_close(mine, torchs)
+
+    sizes = [7, 5, 4, 3]
+    parameters = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        parameters += [torch.randn(fan_out, fan_in, dtype=torch.float64, requires_grad=True),
+                       torch.randn(fan_out, dtype=torch.float64, requires_grad=True)]
+    inputs, targets = torch.randn(6, 7, dtype=torch.float64), torch.randint(0, 3, (6,))
+    ours = MLPSoftmaxCrossEntropyFloor.apply(inputs, targets, *parameters)
+    activation = inputs
+    for layer in range(len(sizes) - 1):
+        activation = torch.nn.functional.linear(activation, parameters[2 * layer], parameters[2 * layer + 1])
+        activation = activation.relu() if layer < len(sizes) - 2 else activation
+    theirs = torch.nn.functional.cross_entropy(activation, targets)
+    torch.testing.assert_close(ours, theirs)
+    for mine, torchs in zip(torch.autograd.grad(ours, parameters), torch.autograd.grad(theirs, parameters),
+                            strict=True):
+        torch.testing.assert_close(mine, torchs)
+
+
+def test_floors_bench_times_manualbp_the_floor_and_torch(capsys):
+    """``--floors`` at a size that runs in seconds: a row for batch norm in evaluation and one per
+    MLP batch size, each timing all three sides."""
+    from manualbp.bench import floor
+
+    report = floor.bench_floors(batch_sizes=(8,), rounds=1)
+    rows = [report["batch_norm_eval"], report["mlp_step"]["8"]]
+    for row in rows:
+        assert row["manual_us"] > 0 and row["floor_us"] > 0 and row["native_us"] > 0
+        assert abs(row["floor_ratio"] - row["floor_us"] / row["native_us"]) < 1e-9
+    floor.print_floors(report)
+    assert "| MNIST MLP step, batch 8 |" in capsys.readouterr().out

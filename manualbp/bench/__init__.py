@@ -5,6 +5,8 @@ the lecture's sweeps over the training configs.
                                              # one node per layer, torch.nn; both under torch.compile;
                                              # then the LeNet step (model=lenet) at batch 128 and 512
     python -m manualbp.bench --json          # the same as one JSON object
+    python -m manualbp.bench --floors        # batch norm in evaluation and the MLP step: manualbp, the
+                                             # floor of a Python autograd node (the formulas, nothing else), torch
     python -m manualbp.bench --e2e           # one epoch of python train.py model=mnist vs the
                                              # typical Lightning + torchvision DataLoader pipeline
     python -m manualbp.bench --time-to-98    # training time to 98% test accuracy (full MNIST)
@@ -12,7 +14,8 @@ the lecture's sweeps over the training configs.
     python -m manualbp.bench --approx        # universal approximation: error against hidden width
     python -m manualbp.bench --softmax-losses curves.png  # softmax + cross-entropy vs + L2 loss
 
-``speed``: the step, end-to-end and time-to-98 benchmarks; ``lenet``: the LeNet step;
+``speed``: the step, end-to-end and time-to-98 benchmarks; ``lenet``: the LeNet step; ``floor``: the
+floor of a Python autograd node;
 ``lecture``: the sweeps (XOR seeds, approximation, softmax losses); ``common``: what both use;
 ``__main__``: the command line.
 

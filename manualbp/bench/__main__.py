@@ -1,5 +1,5 @@
-"""The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--resnet18-full] [--e2e]
-[--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...]
+"""The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--resnet18-full] [--floors]
+[--e2e] [--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...]
 [--gpt-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import manualbp.bench
+from manualbp.bench.floor import bench_floors, print_floors
 from manualbp.bench.gpt import GPT_BATCH_SIZES, bench_gpt_steps, print_gpt_steps
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
 from manualbp.bench.lenet import LENET_BATCH_SIZES, bench_lenet_steps, print_lenet_steps
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per batch size (>= 5)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        help=f"batch sizes of the MLP step (default {' '.join(map(str, BATCH_SIZES))}; "
+                             f"64 128 for --floors)")
     parser.add_argument("--memory", type=int, nargs="?", const=BENCH_ROWS, metavar="ROWS",
                         help=f"peak memory of every Function, manualbp vs torch (default {BENCH_ROWS:,} rows)")
     parser.add_argument("--compile-batch-sizes", type=int, nargs="*", default=[1024],
@@ -47,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="convert(resnet18) training step vs resnet18 (float32, float64) and a per-layer table")
     parser.add_argument("--resnet18-full", action="store_true",
                         help="--resnet18 at float32 batch 32 of 64x64 and batch 8 of 224x224 too (several minutes)")
+    parser.add_argument("--floors", action="store_true",
+                        help="batch norm in evaluation and the MLP step at --batch-sizes (default 64 128): manualbp, "
+                             "the floor of a Python autograd node, torch")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -69,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         configs = RESNET18_FULL_CONFIGS if args.resnet18_full else RESNET18_CONFIGS
         report = {"steps": bench_resnet18_steps(configs, rounds=args.rounds), "layers": bench_resnet18_layers()}
         print(json.dumps(report, indent=2)) if args.json else print_resnet18(report)
+        return
+    if args.floors:
+        report = bench_floors(args.batch_sizes or (64, 128), args.rounds)
+        print(json.dumps(report, indent=2)) if args.json else print_floors(report)
         return
     if args.memory:
         report = bench_memory(args.memory)
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({report['typical_pipeline']})")
             print(f"  ratio                       : {report['ratio']:.2f}x")
         return
-    report = bench_steps(args.batch_sizes, args.rounds, compile_batch_sizes=args.compile_batch_sizes)
+    report = bench_steps(args.batch_sizes or BATCH_SIZES, args.rounds, compile_batch_sizes=args.compile_batch_sizes)
     if args.lenet_batch_sizes:
         report["lenet"] = bench_lenet_steps(args.lenet_batch_sizes, args.rounds)
     if args.gpt_batch_sizes:
