@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 import torch
@@ -616,3 +617,44 @@ def test_the_fast_global_average_pool_backward_equals_the_formula():
     rows, columns = adaptive_avg_pool2d_matrices((3, 4, 5, 7), grad.shape, grad)
     torch.testing.assert_close(global_average_pool_backward_fast(grad, (3, 4, 5, 7)),
                                average_pool_backward(grad, rows, columns), rtol=1e-14, atol=1e-16)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 10, 16])
+def test_softmax_of_short_rows_in_separate_ops_equals_torchs_kernel(classes):
+    """float32 rows of ≤ 16 values (a 10-class classifier's logits) run as the formula's own ops in
+    the losses, faster on a CPU than PyTorch's kernels: the float64 kernel's values to float32's
+    precision, as the float32 kernel's are, special values included (a row of −inf, an inf, a NaN)."""
+    from manualbp.layers.softmax import log_softmax_forward, softmax_forward
+
+    exact = torch.randn(40, classes, dtype=DTYPE, generator=torch.Generator().manual_seed(classes)) * 30
+    exact[0, 0], exact[1], exact[2, -1], exact[3, 0] = float("-inf"), float("-inf"), float("nan"), float("inf")
+    logits = exact.float()
+    with torch.no_grad():  # (recorded by autograd, the kernel runs: the ops write over their buffers)
+        for ours, kernel, reference in (
+            (softmax_forward(logits, -1, short_rows_in_ops=True), torch.softmax(logits, -1), torch.softmax(exact, -1)),
+            (log_softmax_forward(logits, 1, short_rows_in_ops=True), torch.log_softmax(logits, 1),
+             torch.log_softmax(exact, 1)),
+        ):
+            torch.testing.assert_close(ours, kernel, equal_nan=True, rtol=3e-6, atol=1e-6)
+            ours_error = (ours.double() - reference).abs().nan_to_num(posinf=0).max()
+            kernel_error = (kernel.double() - reference).abs().nan_to_num(posinf=0).max()
+            assert ours_error <= 4 * kernel_error + 1e-7, (ours_error, kernel_error)
+
+
+def test_softmax_keeps_torchs_kernel_unasked_for_long_rows_other_dimensions_and_while_recorded():
+    """The softmax layer's values stay the kernel's to the bit (its bit-for-bit case above); so do
+    the losses' in float64, and where the rows are long, along another dimension, or recorded for
+    double backward."""
+    from manualbp.layers.softmax import log_softmax_forward, softmax_forward
+
+    short, long_rows, columns = randn(5, 10).float(), randn(5, 17).float(), randn(10, 5).float()
+    with torch.no_grad():
+        assert torch.equal(softmax_forward(short, -1), torch.softmax(short, -1))
+        assert torch.equal(softmax_forward(short.double(), -1, short_rows_in_ops=True),
+                           torch.softmax(short.double(), -1))  # float64: the kernel's values to the bit
+        assert torch.equal(softmax_forward(long_rows, -1, short_rows_in_ops=True), torch.softmax(long_rows, -1))
+        assert torch.equal(log_softmax_forward(columns, 0, short_rows_in_ops=True), torch.log_softmax(columns, 0))
+    with torch.no_grad(), mock.patch.object(torch, "softmax", side_effect=AssertionError("the kernel ran")):
+        softmax_forward(short, -1, short_rows_in_ops=True)  # short rows asked for: the separate ops
+    recorded = softmax_forward(short.requires_grad_(), -1, short_rows_in_ops=True)
+    assert torch.equal(recorded, torch.softmax(short, -1)) and recorded.grad_fn is not None

@@ -21,7 +21,7 @@ from manualbp.layers.base import (
     owns_buffers,
 )
 from manualbp.layers.sharing import share_state
-from manualbp.layers.softmax import log_softmax_forward
+from manualbp.layers.softmax import log_softmax_forward, softmax_forward
 
 __all__ = [
     "softmax_cross_entropy_forward",
@@ -77,7 +77,7 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> Tensor:
     logits: (N, C); target: class indices (N,) or probabilities / one-hot rows (N, C).
     Returns the scalar mean loss over the batch.
     """
-    log_probs = log_softmax_forward(logits, -1)  # log yp = logits − log Σ exp(logits)
+    log_probs = log_softmax_forward(logits, -1, short_rows_in_ops=True)  # log yp = logits − log Σ exp(logits)
     if target.is_floating_point():
         return -(target * log_probs).sum() / _cross_entropy_batch_size(logits)  # L = −(1/N) Σ_n Σ_k y_nk log yp_nk
     # nll_loss picks and averages, in one kernel: (targets are checked to lie in [0, C) before,
@@ -103,7 +103,7 @@ def softmax_cross_entropy_backward(
     scale = grad_output / _cross_entropy_batch_size(logits)  # s = g/N
     in_place = owns_buffers(scale)
     if not target.is_floating_point():
-        probs = torch.softmax(logits, dim=-1)  # yp = exp(logits) / Σ exp(logits)
+        probs = softmax_forward(logits, -1, short_rows_in_ops=True)  # yp = exp(logits) / Σ exp(logits)
         grad_logits = multiply(probs, scale, into_first=in_place)  # yp·s ...
         minus_scale, at_target = (-scale).expand(target.shape[0], 1), target.unsqueeze(1)
         add_at_target = grad_logits.scatter_add_ if in_place else grad_logits.scatter_add
