@@ -87,3 +87,16 @@ def test_two_torchrun_nodes_on_this_machine_end_with_the_same_weights(tmp_path):
     assert "distributed_backend=gloo" in (tmp_path / "node0" / "train.log").read_text()  # the console shows less
     assert (tmp_path / "node0" / "results.json").is_file()  # written by global rank 0 only
     assert not (tmp_path / "node1" / "results.json").exists()
+
+
+def test_an_agent_still_running_at_the_deadline_is_killed_and_its_output_kept():
+    """What the two-node test does with a torchrun agent that outlives the deadline (its exit barrier):
+    the process is killed, not waited for, and what it printed is kept for the check that follows."""
+    started = time.monotonic()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; print('worker group successfully finished', "
+                                "flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    output, stuck = _agent_output(sleeper, time.monotonic() + 2)
+    assert stuck and sleeper.returncode is not None and time.monotonic() - started < 30
+    assert "worker group successfully finished" in output
+    quick = subprocess.Popen([sys.executable, "-c", "print('done')"], stdout=subprocess.PIPE, text=True)
+    assert _agent_output(quick, time.monotonic() + 60) == ("done\n", False) and quick.returncode == 0
