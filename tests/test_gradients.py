@@ -459,16 +459,33 @@ def test_the_fast_tanh_gelu_backward_equals_the_readable_formula():
     torch.testing.assert_close(_tanh_gelu_backward_in_buffers(grad, x), readable, rtol=1e-13, atol=1e-14)
 
 
-def test_the_fast_layer_norm_backward_equals_the_readable_formula():
-    from manualbp.layers.normalization import layer_norm_backward
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("normalized_dims", [1, 2])
+def test_the_fast_layer_norm_forward_and_backward_equal_the_readable_formulas(normalized_dims, affine):
+    """The Function's forward in one buffer (returning μ and 1/σ) and its backward into buffers of
+    its own, with those statistics or recomputing them, against the formulas as written (recorded)."""
+    from manualbp.layers.normalization import layer_norm_backward, layer_norm_forward, layer_norm_forward_fast
 
-    x, grad, weight = randn(6, 5), randn(6, 5), randn(5)
+    x, grad = randn(3, 6, 5) * 4 + 7, randn(3, 6, 5)
+    shape = x.shape[-normalized_dims:]
+    weight, bias = (randn(*shape), randn(*shape)) if affine else (None, None)
     with torch.no_grad():
-        fast = layer_norm_backward(grad, x, 1, weight, 1e-5)
+        output, mean, inverse_std = layer_norm_forward_fast(x, normalized_dims, weight, bias, 1e-5)
+        with_statistics = layer_norm_backward(grad, x, normalized_dims, weight, 1e-5, statistics=(mean, inverse_std))
+        recomputed = layer_norm_backward(grad, x, normalized_dims, weight, 1e-5)
+    dims = tuple(range(3 - normalized_dims, 3))
+    torch.testing.assert_close(mean, x.mean(dims, keepdim=True), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(inverse_std, 1 / (x.var(dims, correction=0, keepdim=True) + 1e-5).sqrt(),
+                               rtol=1e-13, atol=1e-15)
     with torch.enable_grad():
-        readable = layer_norm_backward(grad, x, 1, weight, 1e-5)
-    for ours, theirs in zip(fast, readable, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(output, layer_norm_forward(x, normalized_dims, weight, bias, 1e-5),
+                                   rtol=1e-13, atol=1e-15)
+        readable = layer_norm_backward(grad, x, normalized_dims, weight, 1e-5)
+    for fast in (with_statistics, recomputed):
+        for ours, theirs in zip(fast, readable, strict=True):
+            assert (ours is None) == (theirs is None)
+            if ours is not None:
+                torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-14)
 
 
 def test_the_fast_tanh_backward_equals_the_formula_to_the_bit():

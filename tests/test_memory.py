@@ -20,7 +20,8 @@ ROW_SIZED = 8 * ROWS  # slack for (N, 1) or scalar temporaries (e.g. g/N): 8 kB 
 #   1 + x(1 − σ)) that torch's one fused kernel never materialises: one buffer more; GELU's tanh
 #   form has three (t, du/dx, 1 − t²): two more.
 # * layer_norm: x̂ and g = γ·δy held while their row means are taken: two buffers more (torch's
-#   kernel works row by row).
+#   kernel works row by row); and the rows' μ and 1/σ, which the Function keeps for its backward
+#   (as torch's does), held beside the row means of g and g·x̂: one row-sized pair more than the slack.
 # * attention: P is recomputed and δP / δS held, two (…, L, S) tensors; PyTorch's CPU kernel works
 #   in blocks and holds none of that size.
 
@@ -41,7 +42,7 @@ EXTRA_BYTES = {
     "gelu": _input_buffers(1),
     "silu": _input_buffers(1),
     "gelu tanh": _input_buffers(2),
-    "layer_norm": _input_buffers(2),
+    "layer_norm": lambda inputs: _input_buffers(2)(inputs) + 2 * inputs[0].shape[0] * inputs[0].element_size(),
     "attention, causal": _score_buffers(2),
 }
 

@@ -51,6 +51,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "layer_norm_forward",
+    "layer_norm_forward_fast",
     "layer_norm_backward",
     "LayerNormFunction",
     "layer_norm",
@@ -603,6 +604,28 @@ def layer_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | Non
     return normalized if bias is None else normalized + bias  # y = γ x̂ + β
 
 
+def layer_norm_forward_fast(input: Tensor, normalized_dims: int, weight: Tensor | None, bias: Tensor | None,
+                            eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`layer_norm_forward` over one buffer of the input's size (x − μ written once, σ² from
+    its squares, then scaled and shifted in place: two buffers fewer), also returning μ and 1/σ per
+    row, which the Function keeps for its backward (as PyTorch's layer norm keeps them).
+
+    input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None.
+    Returns y: input's shape, μ and 1/σ: (*, 1, ..., 1)."""
+    dims = _row_dims(input, normalized_dims)
+    mean = input.mean(dims, keepdim=True)  # μ
+    output = input - mean  # x − μ
+    inverse_std = (output * output).mean(dims, keepdim=True).add_(eps).rsqrt_()  # 1/σ = 1/√(mean((x − μ)²) + ε)
+    output.mul_(inverse_std)  # x̂ = (x − μ)/σ
+    # a γ or β batched by a torch.func transform where x̂ is not: new tensors
+    in_place = not any(parameter is not None and is_traced(parameter) for parameter in (weight, bias))
+    if weight is not None:
+        output = output.mul_(weight) if in_place else output * weight  # γ x̂
+    if bias is not None:
+        output = output.add_(bias) if in_place else output + bias  # y = γ x̂ + β
+    return output, mean, inverse_std
+
+
 def layer_norm_backward(
     grad_output: Tensor,
     input: Tensor,
@@ -610,9 +633,12 @@ def layer_norm_backward(
     weight: Tensor | None,
     eps: float,
     needs_grad: tuple[bool, bool, bool] = (True, True, True),
+    statistics: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """δx, δγ, δβ of y = γ (x − μ)/σ + β per row; μ and σ are recomputed from x (so that double
-    backward, which differentiates this function, sees how they depend on x).
+    backward, which differentiates this function, sees how they depend on x), or, where the
+    products may go into buffers of our own (see ``owns_buffers``), read from ``statistics`` when
+    given: (μ, 1/σ) as :func:`layer_norm_forward_fast` returns them.
 
     grad_output δy, input x: (*, *normalized_shape); weight γ: normalized_shape or None.
     Returns δx: x's shape, δγ and δβ: normalized_shape (each None unless ``needs_grad`` asks for it).
@@ -620,7 +646,8 @@ def layer_norm_backward(
     dims = _row_dims(input, normalized_dims)
     batch_dims = tuple(range(input.dim() - normalized_dims))
     if owns_buffers(grad_output):
-        return _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad)
+        return _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad,
+                                               statistics)
     normalized, inverse_std = _normalized_rows(input, dims, eps)  # x̂, 1/σ
     grad_weight = _sum_over(grad_output * normalized, batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
     grad_bias = _sum_over(grad_output, batch_dims) if needs_grad[2] else None  # δβ = Σ δy
@@ -633,10 +660,15 @@ def layer_norm_backward(
     return grad_input, grad_weight, grad_bias
 
 
-def _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad):
+def _layer_norm_backward_in_buffers(grad_output, input, dims, batch_dims, weight, eps, needs_grad, statistics=None):
     """:func:`layer_norm_backward`'s formulas in three buffers of the input's size (x̂, g, one
-    product), each product written over a buffer already made (see ``owns_buffers``)."""
-    normalized, inverse_std = _normalized_rows(input, dims, eps)  # x̂ = (x − μ)/σ, 1/σ
+    product), each product written over a buffer already made (see ``owns_buffers``); x̂ from the
+    forward's μ and 1/σ when ``statistics`` holds them."""
+    if statistics is None:
+        normalized, inverse_std = _normalized_rows(input, dims, eps)  # x̂ = (x − μ)/σ, 1/σ
+    else:
+        mean, inverse_std = statistics
+        normalized = (input - mean).mul_(inverse_std)  # x̂ = (x − μ)/σ
     product = grad_output * normalized  # δy·x̂
     grad_weight = _sum_over(product, batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
     grad_bias = _sum_over(grad_output, batch_dims) if needs_grad[2] else None  # δβ = Σ δy
@@ -667,32 +699,39 @@ def _layer_norm_tangent(input, normalized_dims, weight, eps, input_tangent, weig
 
 class LayerNormFunction(LayerFunction):
     """y = γ (x − μ)/σ + β per row, with backward (1/σ)(g − mean(g) − x̂·mean(g·x̂)), g = γδy.
-    Saves x and γ (inputs); the backward recomputes μ and σ, one pass over x, as batch norm's does."""
+    Returns (y, μ, 1/σ); μ and 1/σ per row are not differentiable, kept for the backward (as
+    PyTorch's layer norm keeps them: the backward into buffers of its own reads them instead of
+    recomputing them; the recorded one, for double backward, recomputes them from x). Saves x and γ
+    (inputs), μ and 1/σ."""
 
     @staticmethod
     def forward(input, normalized_dims, weight, bias, eps):
-        return layer_norm_forward(input, normalized_dims, weight, bias, eps)
+        return layer_norm_forward_fast(input, normalized_dims, weight, bias, eps)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, ctx.normalized_dims, weight, bias, ctx.eps = inputs
-        ctx.save_for_backward(input, weight)
+        _, mean, inverse_std = output
+        ctx.mark_non_differentiable(mean, inverse_std)
+        ctx.save_for_backward(input, weight, mean, inverse_std)
         ctx.save_for_forward(input, weight)
 
     @staticmethod
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
+    def backward(ctx, grad_output, grad_mean, grad_inverse_std):
+        input, weight, mean, inverse_std = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input, grad_weight, grad_bias = layer_norm_backward(
-            grad_output, input, ctx.normalized_dims, weight, ctx.eps, (needs[0], needs[2], needs[3])
+            grad_output, input, ctx.normalized_dims, weight, ctx.eps, (needs[0], needs[2], needs[3]),
+            (mean, inverse_std)
         )
         return grad_input, None, grad_weight, grad_bias, None
 
     @staticmethod
     def jvp(ctx, input_tangent, dims_tangent, weight_tangent, bias_tangent, eps_tangent):
         input, weight = ctx.saved_tensors
-        return _layer_norm_tangent(input, ctx.normalized_dims, weight, ctx.eps, input_tangent, weight_tangent,
-                                   bias_tangent)
+        tangent = _layer_norm_tangent(input, ctx.normalized_dims, weight, ctx.eps, input_tangent, weight_tangent,
+                                      bias_tangent)
+        return tangent, None, None
 
 
 def _normalized_shape(normalized_shape) -> tuple[int, ...]:
@@ -726,7 +765,8 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     _check_layer_norm_arguments(input, normalized_shape, weight, bias)
     if computes_in_float32(input, weight, bias):  # as torch's mixed-precision kernel
         return layer_norm(input.float(), normalized_shape, weight, bias, eps).to(input.dtype)
-    return apply(LayerNormFunction, input, len(normalized_shape), weight, bias, float(eps))
+    output, _, _ = apply(LayerNormFunction, input, len(normalized_shape), weight, bias, float(eps))
+    return output
 
 
 class LayerNorm(SharesState, torch.nn.LayerNorm, torch_twin=torch.nn.LayerNorm):
