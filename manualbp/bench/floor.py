@@ -15,24 +15,24 @@ their time is the time of the work, not of skipping it.
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import manualbp.functional as mbf
+from manualbp.bench.resnet18 import _timed
 from manualbp.bench.speed import interleaved_runs, mnist_nets, random_batches, training_run
 from manualbp.layers.losses import SoftmaxCrossEntropyLoss
+from manualbp.layers.normalization import _channel_sums, _per_channel
 
 _threshold_backward = torch.ops.aten.threshold_backward
 
 
 class BatchNormEvalFloor(torch.autograd.Function):
     """y = γ(x − μ)/σ + β with μ, σ² given, and δx, δγ, δβ: 5 ops forward, 8 backward (of which 5
-    pass over x's size: x − μ, its product with δy, two channel sums, δx).
-    input (N, C, *) contiguous; mean, variance, weight, bias: (C,)."""
+    pass over x's size: x − μ, its product with δy, two channel sums, δx), the channel sums and
+    per-channel views manualbp's own. input (N, C, *) contiguous; mean, variance, weight, bias: (C,)."""
 
     @staticmethod
     def forward(ctx, input: Tensor, mean: Tensor, variance: Tensor, weight: Tensor, bias: Tensor, eps: float):
@@ -40,18 +40,15 @@ class BatchNormEvalFloor(torch.autograd.Function):
         scale = inverse_std * weight  # γ/σ
         shift = torch.addcmul(bias, mean, scale, value=-1)  # β − μγ/σ
         ctx.save_for_backward(input, mean, inverse_std, scale)
-        per_channel = (1, -1) + (1,) * (input.dim() - 2)
-        return (input * scale.view(per_channel)).add_(shift.view(per_channel))  # y = γ(x − μ)/σ + β
+        return (input * _per_channel(scale, input)).add_(_per_channel(shift, input))  # y = γ(x − μ)/σ + β
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         input, mean, inverse_std, scale = ctx.saved_tensors
-        per_channel = (1, -1) + (1,) * (input.dim() - 2)
-        rows = (input.shape[0], input.shape[1], -1)
-        products = (input - mean.view(per_channel)).mul_(grad_output)  # δy·(x − μ)
-        grad_weight = products.view(rows).sum(-1).sum(0).mul_(inverse_std)  # δγ = Σ δy·x̂
-        grad_bias = grad_output.reshape(rows).sum(-1).sum(0)  # δβ = Σ δy
-        grad_input = torch.mul(grad_output, scale.view(per_channel), out=products)  # δx = (γ/σ)·δy
+        products = (input - _per_channel(mean, input)).mul_(grad_output)  # δy·(x − μ)
+        grad_weight = _channel_sums(products).mul_(inverse_std)  # δγ = Σ δy·x̂
+        grad_bias = _channel_sums(grad_output)  # δβ = Σ δy
+        grad_input = torch.mul(grad_output, _per_channel(scale, input), out=products)  # δx = (γ/σ)·δy
         return grad_input, None, None, grad_weight, grad_bias, None
 
 
@@ -105,27 +102,20 @@ class _FloorMLP(torch.nn.Module):
 
 
 def _batch_norm_eval_row(rounds: int, shape=(8, 64, 16, 16)) -> dict:
-    """Forward + backward of batch norm in evaluation, float32, as the ResNet-18 per-layer table
-    times it: manualbp's, the floor's and torch's, interleaved medians in µs."""
+    """Forward + backward of batch norm in evaluation, float32, one call timed at a time as the
+    ResNet-18 per-layer table times it: manualbp's, the floor's and torch's, interleaved medians in µs."""
     input = torch.randn(*shape, requires_grad=True)
     weight, bias = torch.randn(shape[1], requires_grad=True), torch.randn(shape[1], requires_grad=True)
     mean, variance = torch.zeros(shape[1]), torch.ones(shape[1])
-    grad_output = torch.randn(*shape)
     sides = {
-        "manual": lambda: mbf.batch_norm(input, mean, variance, weight, bias),
-        "floor": lambda: BatchNormEvalFloor.apply(input, mean, variance, weight, bias, 1e-5),
-        "native": lambda: F.batch_norm(input, mean, variance, weight, bias),
+        "manual": lambda x, g, b: mbf.batch_norm(x, mean, variance, g, b),
+        "floor": lambda x, g, b: BatchNormEvalFloor.apply(x, mean, variance, g, b, 1e-5),
+        "native": lambda x, g, b: F.batch_norm(x, mean, variance, g, b),
     }
-    times: dict[str, list[float]] = {side: [] for side in sides}
-    for _ in range(3):  # warm up
-        for function in sides.values():
-            function().backward(grad_output)
-    for _ in range(rounds):
-        for side, function in sides.items():
-            started = time.perf_counter()
-            function().backward(grad_output)
-            times[side].append(time.perf_counter() - started)
-    medians = {side: statistics.median(values) * 1e6 for side, values in times.items()}
+    runs = {side: _timed(function, input, (weight, bias), torch.randn(*shape)) for side, function in sides.items()}
+    for run in runs.values():
+        run()  # warm up
+    medians = {side: seconds * 1e6 for side, seconds in interleaved_runs(runs, rounds).items()}
     return {"shape": list(shape), **{f"{side}_us": value for side, value in medians.items()},
             "manual_ratio": medians["manual"] / medians["native"], "floor_ratio": medians["floor"] / medians["native"]}
 

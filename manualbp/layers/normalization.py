@@ -612,10 +612,8 @@ def layer_norm_forward_fast(input: Tensor, normalized_dims: int, weight: Tensor 
 
     input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None.
     Returns y: input's shape, μ and 1/σ: (*, 1, ..., 1)."""
-    dims = _row_dims(input, normalized_dims)
-    mean = input.mean(dims, keepdim=True)  # μ
-    output = input - mean  # x − μ
-    inverse_std = (output * output).mean(dims, keepdim=True).add_(eps).rsqrt_()  # 1/σ = 1/√(mean((x − μ)²) + ε)
+    mean, output, variance = _centered_and_variance(input, _row_dims(input, normalized_dims))  # μ, x − μ, σ²
+    inverse_std = variance.add_(eps).rsqrt_()  # 1/σ = 1/√(σ² + ε)
     output.mul_(inverse_std)  # x̂ = (x − μ)/σ
     # a γ or β batched by a torch.func transform where x̂ is not: new tensors
     in_place = not any(parameter is not None and is_traced(parameter) for parameter in (weight, bias))
