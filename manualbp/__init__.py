@@ -20,11 +20,15 @@ from manualbp.nn import (
     SoftmaxEuclideanLoss,
     convert,
 )
+from manualbp.per_example import clipped_gradients, per_example, per_example_norms
 
 __all__ = [
     "functional",
     "convert",
     "hand_written",
+    "per_example",
+    "per_example_norms",
+    "clipped_gradients",
     "backward_coverage",
     "CoverageReport",
     "Linear",

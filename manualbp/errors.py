@@ -25,3 +25,8 @@ class GradientMismatchError(ManualbpError):
 
 class NotConvertibleError(ManualbpError, ValueError):
     """A torch module whose settings manualbp's twin does not support; ``convert`` leaves it and says why."""
+
+
+class PerExampleError(ManualbpError, RuntimeError):
+    """A per-example gradient that cannot be given: a layer without a per-example rule, batch norm in
+    training (it mixes the examples), a layer that does not hold the batch in its first dimension."""

@@ -81,9 +81,27 @@ def _eager_entry(function: type[Function]) -> type[Function]:
         function.setup_context(ctx, args, output)
         return output
 
-    methods = {"forward": forward, "backward": function.backward, "jvp": function.jvp}
+    def backward(ctx, *grad_outputs):
+        session = PER_EXAMPLE.session
+        if session is not None:  # inside manualbp.per_example(...): the batch's terms, then their sum
+            session.record(function, ctx, grad_outputs)
+        return batch_backward(ctx, *grad_outputs)
+
+    batch_backward = function.backward
+    methods = {"forward": forward, "backward": backward, "jvp": function.jvp}
     attributes = {name: staticmethod(m) for name, m in methods.items()}
     return type(function.__name__, (Function,), attributes | {"manualbp_function": function})
+
+
+class _PerExampleSlot:
+    """Where ``manualbp.per_example`` puts its session while a block is active (None outside): the
+    eager backward of every Function reads it once. A plain attribute, not a thread-local, because
+    autograd may run a backward on a thread of its own (one per device)."""
+
+    session = None
+
+
+PER_EXAMPLE = _PerExampleSlot()
 
 
 # torch-private (manualbp/torch_private.py): the innermost forward-AD level, -1 outside every

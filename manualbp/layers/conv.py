@@ -26,11 +26,12 @@ from torch import Tensor
 
 from manualbp.errors import NotConvertibleError
 from manualbp.layers.base import LayerFunction, apply, dtype_under_autocast, hand_writes, is_traced, owns_buffers
+from manualbp.layers.linear import rows_per_example_norms
 from manualbp.layers.sharing import SharesState
 
 __all__ = [
-    "conv2d", "conv2d_forward", "conv2d_backward", "conv2d_backward_fast", "Conv2dFunction", "Conv2d",
-    "conv1d", "conv1d_forward", "conv1d_backward", "Conv1dFunction", "Conv1d",
+    "conv2d", "conv2d_forward", "conv2d_backward", "conv2d_backward_fast", "conv2d_per_example", "Conv2dFunction",
+    "Conv2d", "conv1d", "conv1d_forward", "conv1d_backward", "conv1d_per_example", "Conv1dFunction", "Conv1d",
 ]
 
 Pair = tuple[int, int]
@@ -440,6 +441,54 @@ def _conv2d_tangent(input, weight, conv_args, input_tangent, weight_tangent, bia
     return tangent
 
 
+def conv2d_per_example(
+    grad_output: Tensor, input: Tensor | None, weight_shape: tuple[int, ...], stride: Pair, padding: Pair,
+    dilation: Pair, groups: int, needs_grad: tuple[bool, bool, bool] = (False, True, True), norms_only: bool = False,
+) -> tuple[None, Tensor | None, Tensor | None]:
+    """Each image's term of δW and δb: δWₖ = Σ_p δZₖ,ₚᵀ Xₖ,ₚ and δbₖ = Σ_p δZₖ,ₚ -- the linear layer's
+    per-example formula with the patches p of image k as its rows (per group of channels).
+
+    grad_output δZ: (N, C_out, H_out, W_out) or unbatched (one image); input X: (N, C_in, H, W)
+    or unbatched. Returns None (no per-example δX), δWₖ: (N, *W's shape), δbₖ: (N, C_out). With
+    ``norms_only`` it returns their squared norms instead, (N,) each, by the linear layer's ghost
+    norms (``rows_per_example_norms``) where the Gram matrices are smaller than δWₖ.
+    """
+    if grad_output.dim() == 3:  # one image without a batch dimension: a batch of one
+        grad_output, input = grad_output.unsqueeze(0), None if input is None else input.unsqueeze(0)
+    batch, out_channels = grad_output.shape[:2]
+    grad_rows = grad_output.reshape(batch * groups, out_channels // groups, -1).mT  # δZ per image, group: (P, C_out/g)
+    patches = None
+    if needs_grad[1]:
+        patches = torch.nn.functional.unfold(input, weight_shape[-2:], dilation, padding, stride)  # Xₖ,ₚ as columns
+        patches = patches.reshape(batch * groups, -1, patches.shape[-1]).mT  # (P, C_in/g·kH·kW) per image and group
+    if norms_only:
+        _, squared_weight, _ = rows_per_example_norms(grad_rows, patches, (False, needs_grad[1], False))
+        squared_weight = None if squared_weight is None else squared_weight.reshape(batch, groups).sum(1)
+        squared_bias = grad_output.flatten(2).sum(2).square().sum(1) if needs_grad[2] else None  # ‖Σ_p δzₚ‖²
+        return None, squared_weight, squared_bias
+    grad_weight = grad_bias = None
+    if needs_grad[1]:
+        grad_weight = (grad_rows.mT @ patches).reshape(batch, *weight_shape)  # δWₖ = Σ_p δZₖ,ₚᵀ Xₖ,ₚ
+    if needs_grad[2]:
+        grad_bias = grad_output.flatten(2).sum(2)  # δbₖ = Σ_p δZₖ,ₚ
+    return None, grad_weight, grad_bias
+
+
+def conv1d_per_example(
+    grad_output: Tensor, input: Tensor | None, weight_shape: tuple[int, ...], stride: int, padding: int,
+    dilation: int, groups: int, needs_grad: tuple[bool, bool, bool] = (False, True, True), norms_only: bool = False,
+) -> tuple[None, Tensor | None, Tensor | None]:
+    """:func:`conv2d_per_example` on the 1 × L images. grad_output δZ: (N, C_out, L_out) or (C_out, L_out);
+    input X: (N, C_in, L) or (C_in, L). Returns None, δWₖ: (N, *W's shape), δbₖ: (N, C_out) (or squared norms)."""
+    image_weight_shape = (*weight_shape[:-1], 1, weight_shape[-1])
+    _, grad_weight, grad_bias = conv2d_per_example(
+        _as_image(grad_output), _as_image(input), image_weight_shape, (1, stride), (0, padding), (1, dilation), groups,
+        needs_grad, norms_only)
+    if grad_weight is not None and not norms_only:
+        grad_weight = grad_weight.squeeze(-2)
+    return None, grad_weight, grad_bias
+
+
 # ----------------------------------------------------------------------------------------------
 # The autograd Function
 # ----------------------------------------------------------------------------------------------
@@ -476,6 +525,17 @@ class Conv2dFunction(LayerFunction):
     def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
         input, weight = ctx.saved_tensors
         return _conv2d_tangent(input, weight, ctx.conv_args, input_tangent, weight_tangent, bias_tangent)
+
+    @staticmethod
+    def per_example(ctx, grad_output, norms_only=False):
+        input, weight = ctx.saved_tensors
+        terms = conv2d_per_example(grad_output, input, tuple(weight.shape), *ctx.conv_args, ctx.needs_input_grad[:3],
+                                   norms_only)
+        return *terms, None, None, None, None
+
+    @staticmethod
+    def per_example_norms(ctx, grad_output):
+        return Conv2dFunction.per_example(ctx, grad_output, norms_only=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -714,6 +774,17 @@ class Conv1dFunction(LayerFunction):
         tangent = _conv2d_tangent(_as_image(input), _as_image(weight), image_args, _as_image(input_tangent),
                                   _as_image(weight_tangent), bias_tangent)
         return tangent.squeeze(-2)
+
+    @staticmethod
+    def per_example(ctx, grad_output, norms_only=False):
+        input, weight = ctx.saved_tensors
+        terms = conv1d_per_example(grad_output, input, tuple(weight.shape), *ctx.conv_args, ctx.needs_input_grad[:3],
+                                   norms_only)
+        return *terms, None, None, None, None
+
+    @staticmethod
+    def per_example_norms(ctx, grad_output):
+        return Conv1dFunction.per_example(ctx, grad_output, norms_only=True)
 
 
 def _single_int(name: str, value) -> int | str:

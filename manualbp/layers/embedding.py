@@ -19,6 +19,7 @@ from manualbp.layers.sharing import SharesState
 __all__ = [
     "embedding_forward",
     "embedding_backward",
+    "embedding_per_example",
     "EmbeddingFunction",
     "embedding",
     "Embedding",
@@ -39,6 +40,24 @@ def embedding_backward(grad_output: Tensor, indices: Tensor, num_embeddings: int
     grad_weight = add(0, indices.reshape(-1), rows)  # δW_v = Σ_{i_n = v} δZ_n
     if padding_idx is not None:
         grad_weight[padding_idx] = 0  # the padding row is not trained (torch.nn.Embedding's padding_idx)
+    return grad_weight
+
+
+def embedding_per_example(grad_output: Tensor, indices: Tensor, num_embeddings: int,
+                          padding_idx: int | None = None) -> Tensor:
+    """Each example's term of δW: δWₖ,ᵥ = Σ_{t: iₖₜ = v} δZₖₜ, the scatter-add of example k's rows alone.
+
+    grad_output δZ: (N, *, D); indices: (N, *), the batch first (unbatched indices are one example).
+    Returns (N, V, D); the padding row stays 0."""
+    if indices.dim() == 0 or grad_output.dim() == 1:
+        indices, grad_output = indices.reshape(1, -1), grad_output.reshape(1, -1, grad_output.shape[-1])
+    batch, width = indices.shape[0], grad_output.shape[-1]
+    offsets = torch.arange(batch, device=indices.device).mul_(num_embeddings).reshape(batch, *[1] * (indices.dim() - 1))
+    grad_weight = grad_output.new_zeros(batch * num_embeddings, width)
+    grad_weight.index_add_(0, (indices + offsets).reshape(-1), grad_output.reshape(-1, width))  # δWₖ,ᵥ = Σ δZₖₜ
+    grad_weight = grad_weight.reshape(batch, num_embeddings, width)
+    if padding_idx is not None:
+        grad_weight[:, padding_idx] = 0  # the padding row is not trained
     return grad_weight
 
 
@@ -68,6 +87,11 @@ class EmbeddingFunction(LayerFunction):
     def jvp(ctx, indices_tangent, weight_tangent, padding_tangent):
         (indices,) = ctx.saved_tensors
         return embedding_forward(indices, weight_tangent)  # linear in W: Ż = Ẇ[i]
+
+    @staticmethod
+    def per_example(ctx, grad_output):
+        (indices,) = ctx.saved_tensors
+        return None, embedding_per_example(grad_output, indices, ctx.num_embeddings, ctx.padding_idx), None
 
 
 def _padding_index(padding_idx: int | None, num_embeddings: int) -> int | None:

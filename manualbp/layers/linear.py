@@ -25,6 +25,9 @@ from manualbp.layers.base import (
 __all__ = [
     "linear_forward",
     "linear_backward",
+    "linear_per_example",
+    "linear_per_example_norms",
+    "rows_per_example_norms",
     "LinearFunction",
     "linear",
     "Linear",
@@ -82,6 +85,59 @@ def linear_backward(
     return grad_input, grad_weight, grad_bias
 
 
+def linear_per_example(
+    grad_output: Tensor, input: Tensor | None, needs_grad: tuple[bool, bool, bool] = (False, True, True)
+) -> tuple[None, Tensor | None, Tensor | None]:
+    """Each example's term of δW and δb: δW = Σₖ δWₖ, δWₖ = δZₖᵀXₖ, δbₖ = Σ δZₖ (for a sequence, the
+    sum runs over its positions too: δWₖ = Σₜ δzₖₜᵀ xₖₜ).
+
+    grad_output δZ: (N, *, out_features); input X: (N, *, in_features), the batch first (a single
+    example without a batch dimension counts as N = 1). Returns None (no per-example δX), δWₖ:
+    (N, out_features, in_features), δbₖ: (N, out_features).
+    """
+    grad_rows = _example_rows(grad_output)  # (N, T, out)
+    grad_weight = grad_rows.mT @ _example_rows(input) if needs_grad[1] else None  # δWₖ = δZₖᵀXₖ
+    grad_bias = grad_rows.sum(1) if needs_grad[2] else None  # δbₖ = Σₜ δZₖₜ
+    return None, grad_weight, grad_bias
+
+
+def linear_per_example_norms(
+    grad_output: Tensor, input: Tensor | None, needs_grad: tuple[bool, bool, bool] = (False, True, True)
+) -> tuple[None, Tensor | None, Tensor | None]:
+    """‖δWₖ‖² and ‖δbₖ‖² of :func:`linear_per_example`, (N,) each, without making δWₖ where that is
+    cheaper ("ghost norms"): on rows (one position per example) ‖δzₖᵀxₖ‖² = ‖xₖ‖²·‖δzₖ‖²; on sequences
+    ‖Σₜ δzₜᵀxₜ‖² = Σₜₛ (xₜ·xₛ)(δzₜ·δzₛ), from the two T × T Gram matrices when T² < out·in.
+    Shapes as for :func:`linear_per_example`."""
+    return rows_per_example_norms(_example_rows(grad_output), None if input is None else _example_rows(input),
+                                  needs_grad)
+
+
+def rows_per_example_norms(grad_rows: Tensor, input_rows: Tensor | None, needs_grad) -> tuple:
+    """The ghost norms of a layer that is the linear layer on rows: grad_rows δZ (N, T, out),
+    input_rows X (N, T, in); returns (None, ‖δWₖ‖², ‖δbₖ‖²), each (N,) or None. A convolution
+    passes its patches as the rows (conv.py)."""
+    squared_weight = squared_bias = None
+    if needs_grad[1]:
+        positions, outputs, inputs = grad_rows.shape[1], grad_rows.shape[2], input_rows.shape[2]
+        if positions == 1:
+            squared_weight = grad_rows.square().sum((1, 2)) * input_rows.square().sum((1, 2))  # ‖δz‖²‖x‖²
+        elif positions * positions < outputs * inputs:
+            grams = (input_rows @ input_rows.mT) * (grad_rows @ grad_rows.mT)  # (xₜ·xₛ)(δzₜ·δzₛ)
+            squared_weight = grams.sum((1, 2))  # Σₜₛ
+        else:
+            squared_weight = (grad_rows.mT @ input_rows).square().sum((1, 2))  # ‖δZₖᵀXₖ‖²
+    if needs_grad[2]:
+        squared_bias = grad_rows.sum(1).square().sum(1)  # ‖Σₜ δzₜ‖²
+    return None, squared_weight, squared_bias
+
+
+def _example_rows(tensor: Tensor) -> Tensor:
+    """(N, *, features) -> (N, positions, features); a tensor without a batch dimension is one example."""
+    if tensor.dim() == 1:
+        return tensor.reshape(1, 1, tensor.shape[0])
+    return tensor.reshape(tensor.shape[0], -1, tensor.shape[-1])
+
+
 # The MNIST layer Z = f(X Wᵀ + b) is these formulas and relu_forward / relu_backward
 # (activations.py) in one node: see LinearReLUFunction below.
 
@@ -126,6 +182,16 @@ class LinearFunction(LayerFunction):
     def jvp(ctx, input_tangent, weight_tangent, bias_tangent):
         input, weight = ctx.saved_tensors
         return _linear_tangent(input, weight, input_tangent, weight_tangent, bias_tangent)
+
+    @staticmethod
+    def per_example(ctx, grad_output):
+        input, _ = ctx.saved_tensors
+        return linear_per_example(grad_output, input, ctx.needs_input_grad)
+
+    @staticmethod
+    def per_example_norms(ctx, grad_output):
+        input, _ = ctx.saved_tensors
+        return linear_per_example_norms(grad_output, input, ctx.needs_input_grad)
 
 
 @hand_writes(torch.nn.functional.linear)
@@ -195,6 +261,16 @@ class LinearReLUFunction(LayerFunction):
         input, weight, output = ctx.saved_tensors
         tangent = _linear_tangent(input, weight, input_tangent, weight_tangent, bias_tangent)
         return relu_backward(tangent, output)  # Ż = f'(A)·Ȧ
+
+    @staticmethod
+    def per_example(ctx, grad_output):
+        input, _, output = ctx.saved_tensors
+        return linear_per_example(relu_backward(grad_output, output), input, ctx.needs_input_grad)  # δA, then δWₖ
+
+    @staticmethod
+    def per_example_norms(ctx, grad_output):
+        input, _, output = ctx.saved_tensors
+        return linear_per_example_norms(relu_backward(grad_output, output), input, ctx.needs_input_grad)
 
 
 def linear_relu(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor
 
+from manualbp.errors import PerExampleError
 from manualbp.layers.base import (
     LayerFunction,
     apply,
@@ -322,6 +323,29 @@ def _batch_norm_tangent(input, mean, variance, weight, eps, training, input_tang
     return tangent
 
 
+def normalization_per_example(grad_output: Tensor, normalized: Tensor, parameter_dims: tuple[int, ...],
+                              needs_grad: tuple[bool, bool] = (True, True)) -> tuple[Tensor | None, Tensor | None]:
+    """Each example's term of δγ and δβ of y = γ x̂ + β (layer, group, RMS and evaluation batch norm):
+    δγₖ = Σ δyₖ·x̂ₖ, δβₖ = Σ δyₖ, summed over every dimension of example k but the parameters' own.
+
+    grad_output δy, normalized x̂: (N, ...), the batch first; parameter_dims: the dimensions γ
+    spans (the channels (1,) for group norm, the last ones for layer norm). Returns δγₖ, δβₖ:
+    (N, *γ's shape), each None unless ``needs_grad`` asks for it."""
+    summed = tuple(d for d in range(1, grad_output.dim()) if d not in parameter_dims)
+    grad_weight = _sum_over(grad_output * normalized, summed) if needs_grad[0] else None  # δγₖ = Σ δyₖ·x̂ₖ
+    grad_bias = _sum_over(grad_output, summed) if needs_grad[1] else None  # δβₖ = Σ δyₖ
+    return grad_weight, grad_bias
+
+
+def refuse_batch_norm_per_example(ctx, *grad_outputs):
+    """Batch norm in training normalizes each example with the batch's statistics, so an example's
+    gradient depends on the others: there is no per-example term to give."""
+    raise PerExampleError(
+        "manualbp.per_example: batch norm (training mode) mixes the examples of a batch, so it has no "
+        "per-example gradient; replace it with group norm (torch.nn.GroupNorm), as Opacus asks too, or put the "
+        "layer in eval mode")
+
+
 # ----------------------------------------------------------------------------------------------
 # The autograd Functions
 # ----------------------------------------------------------------------------------------------
@@ -362,6 +386,8 @@ class BatchNormTrainingFunction(LayerFunction):
         mean, variance = batch_norm_statistics(input)
         grads = batch_norm_backward(grad_output, input, mean, variance, weight, ctx.eps, True, ctx.needs_input_grad[:3])
         return *grads, None
+
+    per_example = staticmethod(refuse_batch_norm_per_example)
 
     @staticmethod
     def jvp(ctx, input_tangent, weight_tangent, bias_tangent, eps_tangent):
@@ -406,6 +432,13 @@ class BatchNormEvalFunction(LayerFunction):
             grad_output, input, mean, variance, weight, ctx.eps, (needs[0], needs[3], needs[4])
         )
         return grad_input, None, None, grad_weight, grad_bias, None
+
+    @staticmethod
+    def per_example(ctx, grad_output):
+        input, mean, variance, _ = ctx.saved_tensors
+        normalized = (input - _per_channel(mean, input)) * _per_channel(torch.rsqrt(variance + ctx.eps), input)  # x̂
+        terms = normalization_per_example(grad_output, normalized, (1,), ctx.needs_input_grad[3:5])
+        return None, None, None, *terms, None
 
     @staticmethod
     def jvp(ctx, input_tangent, mean_tangent, variance_tangent, weight_tangent, bias_tangent, eps_tangent):
@@ -725,6 +758,14 @@ class LayerNormFunction(LayerFunction):
         return grad_input, None, grad_weight, grad_bias, None
 
     @staticmethod
+    def per_example(ctx, grad_output, grad_mean, grad_inverse_std):
+        input, _, mean, inverse_std = ctx.saved_tensors
+        parameter_dims = tuple(range(input.dim() - ctx.normalized_dims, input.dim()))
+        terms = normalization_per_example(grad_output, (input - mean) * inverse_std, parameter_dims,  # x̂
+                                          ctx.needs_input_grad[2:4])
+        return None, None, *terms, None
+
+    @staticmethod
     def jvp(ctx, input_tangent, dims_tangent, weight_tangent, bias_tangent, eps_tangent):
         input, weight = ctx.saved_tensors
         tangent = _layer_norm_tangent(input, ctx.normalized_dims, weight, ctx.eps, input_tangent, weight_tangent,
@@ -877,6 +918,13 @@ class GroupNormFunction(LayerFunction):
             grad_output, input, ctx.num_groups, weight, ctx.eps, (needs[0], needs[2], needs[3])
         )
         return grad_input, None, grad_weight, grad_bias, None
+
+    @staticmethod
+    def per_example(ctx, grad_output):
+        input, _ = ctx.saved_tensors
+        normalized, _ = _normalized_rows(_group_rows(input, ctx.num_groups), (2,), ctx.eps)  # x̂ per group
+        terms = normalization_per_example(grad_output, normalized.reshape(input.shape), (1,), ctx.needs_input_grad[2:4])
+        return None, None, *terms, None
 
     @staticmethod
     def jvp(ctx, input_tangent, groups_tangent, weight_tangent, bias_tangent, eps_tangent):
