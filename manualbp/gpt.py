@@ -91,7 +91,9 @@ class GPT(torch.nn.Module):
             raise ValueError(f"GPT: expected token indices of shape (B, T) with T ≤ block_size = {self.block_size}, "
                              f"got {tuple(idx.shape)} of {idx.dtype}")
         length = idx.shape[1]
-        positions = torch.arange(length, device=idx.device)
+        # (B, T), not (T,) broadcast over the batch: each sequence's own use of the position table, so that
+        # manualbp.per_example can tell the sequences' terms apart (same values; a gather of B·T rows)
+        positions = torch.arange(length, device=idx.device).expand(idx.shape[0], length)
         x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))  # token + position
         return x, self.causal_mask[:length, :length]
 

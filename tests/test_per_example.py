@@ -15,7 +15,8 @@ from manualbp.layers.base import TORCH_TWINS, Loss
 from manualbp.layers.linear import LinearFunction
 from manualbp.reference import to_torch
 
-torch.manual_seed(0)
+# torch.func's reference runs PyTorch's attention kernel one example at a time
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 
 
 def vmap_per_example(model: torch.nn.Module, loss_of_one, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -247,3 +248,19 @@ def test_blocks_do_not_nest_and_a_new_block_starts_afresh():
     assert model.weight.grad_sample.shape == (5, 2, 3)  # not 4 + 5 examples
     with pytest.raises(RuntimeError, match="nest"), manualbp.per_example(model), manualbp.per_example(model):
         pass
+
+
+def test_the_gpt_with_its_tied_head():
+    from manualbp.gpt import GPT
+
+    model = GPT(vocab_size=9, block_size=6, n_layer=1, n_head=2, n_embd=8).double()
+    twin = to_torch(model)
+    tokens, targets = torch.randint(0, 9, (3, 6)), torch.randint(0, 9, (3, 6))
+
+    def loss_of_one(logits, targets):
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()) / 3  # the batch's mean
+
+    expected = vmap_per_example(twin, loss_of_one, tokens, targets)
+    with manualbp.per_example(model):
+        manualbp.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).backward()
+    assert_matches(model, expected)
