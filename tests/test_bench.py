@@ -179,3 +179,23 @@ def test_floors_bench_times_manualbp_the_floor_and_torch(capsys):
         assert abs(row["floor_ratio"] - row["floor_us"] / row["native_us"]) < 1e-9
     floor.print_floors(report)
     assert "| MNIST MLP step, batch 8 |" in capsys.readouterr().out
+
+
+def test_per_example_bench_times_every_method_or_says_why_not(capsys):
+    """Every method of every model is timed, or named with the reason it could not run; manualbp's
+    rows are always timed (they are what the bench is for)."""
+    from manualbp.bench import per_example
+
+    report = per_example.bench_per_example(batch_sizes=(4,), rounds=1, memory=False,
+                                           models=["MNIST MLP 784-512-256-10", "transformer encoder (d 64)"])
+    assert [row["model"] for row in report["rows"]] == ["MNIST MLP 784-512-256-10", "transformer encoder (d 64)"]
+    methods = {"manualbp", "manualbp ghost clip", "floor", "Opacus hooks", "Opacus ghost clip", "torch.func vmap",
+               "BackPACK"}
+    for row in report["rows"]:
+        assert row["ratios"]["plain"] == 1.0
+        assert {"manualbp", "manualbp ghost clip", "floor"} <= row["ratios"].keys()
+        assert all(ratio > 0 for ratio in row["ratios"].values())
+        assert methods <= set(row["ratios"]) | set(row["refused"])
+    assert "Sequential" in report["rows"][1]["refused"]["BackPACK"]
+    per_example.print_per_example(report)
+    assert "manualbp ghost clip" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 """The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--resnet18-full] [--floors]
-[--e2e] [--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...]
+[--per-example] [--e2e] [--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...]
 [--gpt-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from manualbp.bench.gpt import GPT_BATCH_SIZES, bench_gpt_steps, print_gpt_steps
 from manualbp.bench.lecture import bench_approx, bench_softmax_losses, bench_xor_seeds, print_approx
 from manualbp.bench.lenet import LENET_BATCH_SIZES, bench_lenet_steps, print_lenet_steps
 from manualbp.bench.memory import BENCH_ROWS, bench_memory, print_memory
+from manualbp.bench.per_example import PER_EXAMPLE_BATCH_SIZES, bench_per_example, print_per_example
 from manualbp.bench.resnet18 import (
     RESNET18_CONFIGS,
     RESNET18_FULL_CONFIGS,
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floors", action="store_true",
                         help="batch norm in evaluation and the MLP step at --batch-sizes (default 64 128): manualbp, "
                              "the floor of a Python autograd node, torch")
+    parser.add_argument("--per-example", action="store_true",
+                        help="per-example gradients and ghost clipping vs a plain backward, Opacus, vmap, BackPACK "
+                             f"(--batch-sizes, default {' '.join(map(str, PER_EXAMPLE_BATCH_SIZES))})")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -75,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         configs = RESNET18_FULL_CONFIGS if args.resnet18_full else RESNET18_CONFIGS
         report = {"steps": bench_resnet18_steps(configs, rounds=args.rounds), "layers": bench_resnet18_layers()}
         print(json.dumps(report, indent=2)) if args.json else print_resnet18(report)
+        return
+    if args.per_example:
+        report = bench_per_example(args.batch_sizes or PER_EXAMPLE_BATCH_SIZES, rounds=args.rounds)
+        print(json.dumps(report, indent=2)) if args.json else print_per_example(report)
         return
     if args.floors:
         report = bench_floors(args.batch_sizes or (64, 128), args.rounds)
