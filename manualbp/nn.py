@@ -34,6 +34,7 @@ from manualbp.layers.matmul import *  # noqa: F403
 from manualbp.layers.mlp import *  # noqa: F403
 from manualbp.layers.multihead_attention import *  # noqa: F403
 from manualbp.layers.normalization import *  # noqa: F403
+from manualbp.layers.normalization import GroupNorm
 from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.pooling import MaxPool2d
 from manualbp.layers.shape import *  # noqa: F403
@@ -46,6 +47,7 @@ __all__ = [
     "LOSSES",
     "MLP",
     "LeNet",
+    "SampleConvNet",
     "GPT",
     "convert",
     "unconverted",
@@ -113,22 +115,53 @@ class LeNet(torch.nn.Sequential):
     """A LeNet-5-style conv net of manualbp layers for 28×28 images given as flat rows:
     (N, 784) → unflatten to (N, 1, 28, 28) → conv 5×5 (6, padding 2) → ReLU → max pool 2 →
     conv 5×5 (16) → ReLU → max pool 2 → flatten (N, 400) → Linear 120 → ReLU → Linear 84 → ReLU
-    → Linear → (N, num_classes) logits. ``in_channels`` > 1 takes rows of C·784 values."""
+    → Linear → (N, num_classes) logits. ``in_channels`` > 1 takes rows of C·784 values.
+    ``group_norm=True`` puts a GroupNorm (2 and 4 groups) after each conv: a LeNet whose every layer
+    has a per-example gradient (batch norm has none), for private training (``dp=on``)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, device=None, dtype=None) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, group_norm: bool = False, device=None,
+                 dtype=None) -> None:
         factory = {"device": device, "dtype": dtype}
+
+        def norm(groups: int, channels: int) -> list[torch.nn.Module]:
+            return [GroupNorm(groups, channels, **factory)] if group_norm else []
+
         super().__init__(
             Unflatten(1, (in_channels, 28, 28)),  # a view: its backward is a reshape
             Conv2d(in_channels, 6, 5, padding=2, **factory),
+            *norm(2, 6),
             ReLU(),
             MaxPool2d(2),
             Conv2d(6, 16, 5, **factory),
+            *norm(4, 16),
             ReLU(),
             MaxPool2d(2),
             Flatten(),
             LinearReLU(400, 120, **factory),
             LinearReLU(120, 84, **factory),
             Linear(84, num_classes, **factory),
+        )
+
+
+class SampleConvNet(torch.nn.Sequential):
+    """Opacus' private-MNIST network, of manualbp layers, for 28×28 images given as flat rows:
+    (N, 784) → (N, 1, 28, 28) → conv 8×8 (16, stride 2, padding 3) → ReLU → max pool 2 (stride 1)
+    → conv 4×4 (32, stride 2) → ReLU → max pool 2 (stride 1) → flatten (N, 512) → Linear 32 → ReLU
+    → Linear → (N, num_classes) logits. No batch norm: every layer has a per-example gradient."""
+
+    def __init__(self, num_classes: int = 10, device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(
+            Unflatten(1, (1, 28, 28)),
+            Conv2d(1, 16, 8, stride=2, padding=3, **factory),
+            ReLU(),
+            MaxPool2d(2, 1),
+            Conv2d(16, 32, 4, stride=2, **factory),
+            ReLU(),
+            MaxPool2d(2, 1),
+            Flatten(),
+            LinearReLU(32 * 4 * 4, 32, **factory),
+            Linear(32, num_classes, **factory),
         )
 
 

@@ -45,6 +45,7 @@ class PerExampleSession:
         self.parameters = {id(p): p for p in parameters if p.requires_grad}
         self.names = {}  # id -> a name for messages, filled by per_example() from named_parameters
         self.norms_only = norms_only
+        self.tied: set[int] = set()  # parameters a model holds in more than one place (filled by per_example())
         self.missing: dict[int, str] = {}  # parameter id -> the node that reached it without a rule
         self.batch_size: int | None = None
         self._grad_before: dict[int, Tensor | None] = {}
@@ -78,9 +79,11 @@ class PerExampleSession:
                    if (parameter := self._tracked_parameter(node)) is not None]
         if not targets:
             return
-        rule = getattr(function, "per_example_norms" if self.norms_only else "per_example", None)
-        if rule is None and self.norms_only:
-            rule = getattr(function, "per_example", None)
+        # the norms of a tied parameter's terms do not add: its terms are materialised and summed first
+        materialise = not self.norms_only or any(id(parameter) in self.tied for _, parameter in targets)
+        rule = getattr(function, "per_example" if materialise else "per_example_norms", None)
+        if rule is None and not materialise:
+            rule, materialise = getattr(function, "per_example", None), True
         if rule is None:
             for _, parameter in targets:
                 self.missing[id(parameter)] = function.__name__
@@ -91,7 +94,7 @@ class PerExampleSession:
             if term is None:
                 self.missing[id(parameter)] = function.__name__
                 continue
-            if self.norms_only and getattr(function, "per_example_norms", None) is None:
+            if self.norms_only and materialise and id(parameter) not in self.tied:
                 term = term.flatten(1).square().sum(1)  # ‖δθₖ‖², from the materialised term
             self._add(parameter, term, function.__name__)
 
@@ -112,6 +115,10 @@ class PerExampleSession:
                 f"(build attention with batch_first=True)")
         attribute = "grad_norm_sample" if self.norms_only else "grad_sample"
         previous = getattr(parameter, attribute, None)
+        if self.norms_only and id(parameter) in self.tied:  # its terms, summed; their norms at the end
+            parameter.grad_norm_parts = [term.detach() + (parameter.grad_norm_parts[0] if hasattr(
+                parameter, "grad_norm_parts") else 0)]
+            return
         if self.norms_only:
             # squared norms of a parameter used twice add only when the uses' terms are orthogonal: keep
             # them apart and combine at the end (see _check_complete)
@@ -133,10 +140,13 @@ class PerExampleSession:
                 if parts is not None:
                     del parameter.grad_norm_parts
                     if len(parts) > 1:
-                        problems.append(f"{name} (used {len(parts)} times: the norms of tied weights need "
-                                        f"per_example(model) with the terms materialised)")
+                        problems.append(f"{name} (used {len(parts)} times: tie it by holding it in two modules, "
+                                        f"as a GPT's head and embedding do, or use per_example(model))")
                         continue
-                    parameter.grad_norm_sample = parts[0].clamp_min(0).sqrt()  # ‖δθₖ‖
+                    if key in self.tied:
+                        parameter.grad_norm_sample = parts[0].flatten(1).norm(dim=1)  # ‖Σ uses' δθₖ‖
+                    else:
+                        parameter.grad_norm_sample = parts[0].clamp_min(0).sqrt()  # ‖δθₖ‖
                 elif changed:
                     problems.append(f"{name} (its gradient came from PyTorch's own backward)")
                 continue
@@ -167,6 +177,8 @@ def per_example(model: torch.nn.Module | Iterable[Tensor], norms_only: bool = Fa
         named = list(model.named_parameters())
         session = PerExampleSession((p for _, p in named), norms_only=norms_only)
         session.names = {id(p): name for name, p in named}
+        places = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
+        session.tied = {key for key in places if places.count(key) > 1}  # a GPT's embedding and head
         return session
     return PerExampleSession(model, norms_only=norms_only)
 

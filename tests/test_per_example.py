@@ -264,3 +264,16 @@ def test_the_gpt_with_its_tied_head():
     with manualbp.per_example(model):
         manualbp.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).backward()
     assert_matches(model, expected)
+
+
+def test_ghost_norms_of_tied_weights():
+    """‖δθₖ‖ of a weight used twice is the norm of the sum of both uses' terms, not a sum of norms."""
+    model = manualbp.convert(TinyTransformer().double())
+    model.head.weight = model.embedding.weight
+    tokens, targets = torch.randint(0, 11, (3, 5)), torch.randint(0, 11, (3, 5))
+    with manualbp.per_example(model):
+        manualbp.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).backward()
+    materialised = {name: p.grad_sample for name, p in model.named_parameters()}
+    with manualbp.per_example(model, norms_only=True):
+        manualbp.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).backward()
+    assert_matches(model, materialised, attribute="grad_norm_sample")

@@ -1,6 +1,6 @@
 """The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--resnet18-full] [--floors]
-[--per-example] [--e2e] [--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...]
-[--gpt-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
+[--per-example] [--e2e] [--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]]
+[--lenet-batch-sizes N ...] [--gpt-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
 
 from __future__ import annotations
 

@@ -121,7 +121,9 @@ class StopOnNonFiniteLoss(Callback):
         self._since_step = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # automatic / manual optimization
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # automatic / manual optimization
+        if loss is None:  # a step that trained nothing (dp=on, its privacy budget spent)
+            return
         finite = torch.isfinite(loss.detach())
         self._all_finite = finite if self._all_finite is None else self._all_finite & finite
         if trainer.global_step % self.check_every_n_steps == 0:

@@ -91,6 +91,7 @@ class LitNet(L.LightningModule):
         self.test_acc: Accuracy | None = None
         self.trained_samples = 0  # over this process's fit, for train/samples_per_s
         self._coverage_logged = False
+        self.privacy = None  # dp=on: a DifferentialPrivacy callback runs each step (manualbp.training.privacy)
         self.train_time_s = 0.0  # stays 0 if the fit has no training left (resumed at the end)
 
     def setup(self, stage: str) -> None:
@@ -140,7 +141,11 @@ class LitNet(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
-        if self.engine == "manual":
+        if self.privacy is not None:  # DP-SGD: clipped per-example gradients, noise, the accountant
+            loss = self.privacy.training_step(self, inputs, targets)
+            if loss is None:  # the privacy budget is spent
+                return None
+        elif self.engine == "manual":
             loss = self._manual_step(inputs, targets)
         else:
             # forward pass, then the loss (one node for a net that computes its loss: MLPClassifier)

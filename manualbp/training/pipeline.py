@@ -113,12 +113,18 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
     if resumed is not None:
         check_checkpoint_fits_net(resumed, module.net, module.name, cfg.get("ckpt_path"))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
+    private = {}
+    if cfg.get("dp"):  # dp=on: DP-SGD (manualbp.training.privacy)
+        privacy = build(cfg.dp)
+        privacy.attach(module, datamodule)
+        callbacks.append(privacy)
+        private = {"gradient_clip_val": None}  # each example's gradient is clipped instead (max_grad_norm)
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
         if resumed is not None and isinstance(logger, ResumableCSVLogger):
             logger.continue_from(resumed["epoch"], resumed["global_step"])
     trainer: L.Trainer = build(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **private
     )
     check_engine_fits_trainer(module, trainer)
     return datamodule, module, callbacks, loggers, trainer
