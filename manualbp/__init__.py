@@ -20,7 +20,7 @@ from manualbp.nn import (
     SoftmaxEuclideanLoss,
     convert,
 )
-from manualbp.per_example import clipped_gradients, per_example, per_example_norms
+from manualbp.per_example_gradients import clipped_gradients, per_example, per_example_norms
 
 __all__ = [
     "functional",

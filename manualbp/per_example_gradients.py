@@ -39,7 +39,7 @@ __all__ = ["per_example", "PerExampleSession", "PerExampleError", "per_example_n
 
 
 class PerExampleSession:
-    """The state of one ``with manualbp.per_example(model):`` block (see :mod:`manualbp.per_example`)."""
+    """The state of one ``with manualbp.per_example(model):`` block (see :mod:`manualbp.per_example_gradients`)."""
 
     def __init__(self, parameters: Iterable[Tensor], norms_only: bool = False) -> None:
         self.parameters = {id(p): p for p in parameters if p.requires_grad}
@@ -172,7 +172,7 @@ def per_example(model: torch.nn.Module | Iterable[Tensor], norms_only: bool = Fa
     that the backward reaches, ``p.grad`` as usual and ``p.grad_sample``: (N, *p.shape), example k's
     term of ``p.grad`` (``grad_sample.sum(0) == p.grad``). With ``norms_only=True`` it leaves
     ``p.grad_norm_sample``: (N,), the norm of each term, without materialising the terms where the
-    layer can (see :mod:`manualbp.per_example`). ``model``: a Module, or an iterable of parameters."""
+    layer can (see :mod:`manualbp.per_example_gradients`). ``model``: a Module, or an iterable of parameters."""
     if isinstance(model, torch.nn.Module):
         named = list(model.named_parameters())
         session = PerExampleSession((p for _, p in named), norms_only=norms_only)
