@@ -49,7 +49,10 @@ class PerExampleSession:
         self.missing: dict[int, str] = {}  # parameter id -> the node that reached it without a rule
         self.batch_size: int | None = None
         self._grad_before: dict[int, Tensor | None] = {}
-        self._previous = None
+        # book-keeping (clipped_gradients): each node's batch weight gradient is put off until the norms, hence
+        # the clipping factors, are known; then it is the same batch formula on the scaled δZ (one GEMM)
+        self.defer_weight_gradients = False
+        self.deferred: list[tuple] = []  # (function, ctx, grad_outputs, {input index: parameter})
 
     # -- the block ---------------------------------------------------------------------------
     def __enter__(self) -> PerExampleSession:
@@ -97,6 +100,26 @@ class PerExampleSession:
             if self.norms_only and materialise and id(parameter) not in self.tied:
                 term = term.flatten(1).square().sum(1)  # ‖δθₖ‖², from the materialised term
             self._add(parameter, term, function.__name__)
+        if self.defer_weight_gradients:  # this backward computes δX only; δW waits for the clipping factors
+            self.deferred.append((function, ctx, grad_outputs, dict(targets), ctx.needs_input_grad))
+            parameters = {index for index, _ in targets}
+            ctx.needs_input_grad = tuple(n and i not in parameters for i, n in enumerate(ctx.needs_input_grad))
+
+    def add_scaled_gradients(self, scale: Tensor) -> None:
+        """Σₖ scaleₖ·δθₖ into each parameter's ``.grad``, from the nodes whose batch weight gradient was put
+        off (``defer_weight_gradients``): each node's own batch backward on δZ scaled example by example,
+        since δθ = Σₖ δθₖ is linear in δZ and δθₖ depends on δZₖ alone."""
+        for function, ctx, grad_outputs, parameters, needs in self.deferred:
+            ctx.needs_input_grad = tuple(needs[i] and i in parameters for i in range(len(needs)))
+            first = grad_outputs[0]
+            scaled = first * scale.reshape(-1, *[1] * (first.dim() - 1))  # cₖ·δZₖ
+            with torch.no_grad():
+                grads = function.backward(ctx, scaled, *grad_outputs[1:])
+            grads = grads if isinstance(grads, tuple) else (grads,)
+            for index, parameter in parameters.items():
+                grad = grads[index]
+                parameter.grad = grad if parameter.grad is None else parameter.grad + grad  # Σₖ cₖ δθₖ
+        self.deferred.clear()
 
     def _tracked_parameter(self, node) -> Tensor | None:
         variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it accumulates into
@@ -201,24 +224,26 @@ def per_example_norms(model: torch.nn.Module, *, from_attribute: str = "grad_nor
 
 
 def clipped_gradients(model: torch.nn.Module, losses: Tensor, max_norm: float) -> Tensor:
-    """DP-SGD's per-example clipping in two backward passes, without per-example gradients.
+    """DP-SGD's per-example clipping in one backward pass, without per-example gradients.
 
     ``losses``: (N,), each example's loss (``reduction="none"``), computed by ``model`` with
-    manualbp layers. Pass 1 gets each example's gradient norm ‖gₖ‖ (ghost norms); pass 2
-    backpropagates Σₖ cₖ·Lₖ with cₖ = min(1, C/‖gₖ‖), which leaves in ``p.grad`` the sum of the
-    clipped per-example gradients Σₖ cₖ gₖ (add noise and divide by the batch size yourself, or let
-    the trainer's ``dp`` settings do it). Returns the per-example norms before clipping, (N,)."""
+    manualbp layers. The backward computes every δX and each example's gradient norm ‖gₖ‖ (ghost
+    norms) and keeps each layer's δZ; once cₖ = min(1, C/‖gₖ‖) is known, each layer's batch formula
+    on cₖ·δZₖ gives Σₖ cₖ δθₖ (book-keeping, Bu et al. 2023): ``p.grad`` holds the sum of the clipped
+    per-example gradients (add noise and divide by the batch size yourself, or let the trainer's
+    ``dp`` settings do it). Returns the per-example norms before clipping, (N,)."""
     if losses.dim() != 1:
         raise ValueError(f"clipped_gradients: expected one loss per example, shape (N,), got shape "
                          f"{tuple(losses.shape)}; compute the loss with reduction='none'")
     parameters = [p for p in model.parameters() if p.requires_grad]
-    with per_example(model, norms_only=True):
-        grads_before = [None if p.grad is None else p.grad.clone() for p in parameters]
-        losses.sum().backward(retain_graph=True)
+    grads_before = [None if p.grad is None else p.grad.clone() for p in parameters]
+    with per_example(model, norms_only=True) as session:
+        session.defer_weight_gradients = True
+        losses.sum().backward(retain_graph=True)  # δX everywhere and ‖δθₖ‖²; δθ put off (the graph kept for it)
     norms = per_example_norms(model)
-    for parameter, before in zip(parameters, grads_before, strict=True):  # pass 1 only measured: undo its .grad
-        parameter.grad = before
+    for parameter, before in zip(parameters, grads_before, strict=True):
+        parameter.grad = before  # whatever the pass accumulated is replaced by the clipped sum
         del parameter.grad_norm_sample
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # cₖ = min(1, C/‖gₖ‖)
-    (losses * scale.detach()).sum().backward()  # Σₖ cₖ gₖ
+    session.add_scaled_gradients(scale)  # Σₖ cₖ gₖ
     return norms
