@@ -53,6 +53,7 @@ class PerExampleSession:
         # the clipping factors, are known; then it is the same batch formula on the scaled δZ (one GEMM)
         self.defer_weight_gradients = False
         self.deferred: list[tuple] = []  # (function, ctx, grad_outputs, {input index: parameter})
+        self.batch_sums: dict[int, Tensor] = {}  # parameter id -> Σ of the batch gradients manualbp's nodes gave it
 
     # -- the block ---------------------------------------------------------------------------
     def __enter__(self) -> PerExampleSession:
@@ -72,8 +73,9 @@ class PerExampleSession:
             self._check_complete()
 
     # -- what the Functions' eager backward calls ----------------------------------------------
-    def record(self, function, ctx, grad_outputs: tuple) -> None:
-        """One node's backward is about to run: add its per-example terms to the parameters it reaches."""
+    def record(self, function, ctx, grad_outputs: tuple) -> list[tuple[int, Tensor]]:
+        """One node's backward is about to run: add its per-example terms to the parameters it reaches.
+        Returns those parameters with their input index, for :meth:`add_batch_gradients`."""
         # next_functions has an entry per tensor input only, None for those that need no gradient: in
         # order, its other entries are the inputs that need one
         wanting = [index for index, needed in enumerate(ctx.needs_input_grad) if needed]
@@ -81,7 +83,7 @@ class PerExampleSession:
         targets = [(index, parameter) for index, node in zip(wanting, nodes, strict=True)
                    if (parameter := self._tracked_parameter(node)) is not None]
         if not targets:
-            return
+            return targets
         # the norms of a tied parameter's terms do not add: its terms are materialised and summed first
         materialise = not self.norms_only or any(id(parameter) in self.tied for _, parameter in targets)
         rule = getattr(function, "per_example" if materialise else "per_example_norms", None)
@@ -90,7 +92,7 @@ class PerExampleSession:
         if rule is None:
             for _, parameter in targets:
                 self.missing[id(parameter)] = function.__name__
-            return
+            return []
         terms = rule(ctx, *grad_outputs)
         for index, parameter in targets:
             term = terms[index]
@@ -104,6 +106,21 @@ class PerExampleSession:
             self.deferred.append((function, ctx, grad_outputs, dict(targets), ctx.needs_input_grad))
             parameters = {index for index, _ in targets}
             ctx.needs_input_grad = tuple(n and i not in parameters for i, n in enumerate(ctx.needs_input_grad))
+            return []
+        return targets
+
+    def add_batch_gradients(self, targets: list[tuple[int, Tensor]], grads) -> None:
+        """The batch gradients the node's backward returned for the parameters it reached: their sum over
+        the nodes must be each parameter's whole gradient at the end (else some of it came from PyTorch's
+        own backward, whose terms are missing). A (P,)-sized sum, not a pass over the (N, P) terms."""
+        if not targets:
+            return
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        for index, parameter in targets:
+            grad = grads[index]
+            if grad is not None:
+                key = id(parameter)
+                self.batch_sums[key] = grad.detach() if key not in self.batch_sums else self.batch_sums[key] + grad
 
     def add_scaled_gradients(self, scale: Tensor) -> None:
         """Σₖ scaleₖ·δθₖ into each parameter's ``.grad``, from the nodes whose batch weight gradient was put
@@ -180,7 +197,7 @@ class PerExampleSession:
                 continue
             if changed:
                 added = parameter.grad if self._grad_before[key] is None else parameter.grad - self._grad_before[key]
-                total = sample.sum(0)
+                total = self.batch_sums.get(key, torch.zeros_like(added))
                 if not torch.allclose(total, added, rtol=1e-3, atol=1e-6 * (1 + float(added.abs().max()))):
                     problems.append(f"{name} (part of its gradient came from PyTorch's own backward)")
         if problems:

@@ -83,9 +83,13 @@ def _eager_entry(function: type[Function]) -> type[Function]:
 
     def backward(ctx, *grad_outputs):
         session = PER_EXAMPLE.session
-        if session is not None:  # inside manualbp.per_example(...): the batch's terms, then their sum
-            session.record(function, ctx, grad_outputs)
-        return batch_backward(ctx, *grad_outputs)
+        if session is None:
+            return batch_backward(ctx, *grad_outputs)
+        # inside manualbp.per_example(...): the batch's terms, then their sum
+        targets = session.record(function, ctx, grad_outputs)
+        grads = batch_backward(ctx, *grad_outputs)
+        session.add_batch_gradients(targets, grads)
+        return grads
 
     batch_backward = function.backward
     methods = {"forward": forward, "backward": backward, "jvp": function.jvp}
