@@ -18,11 +18,13 @@ import re
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +353,152 @@ def test_a_port_in_use_is_a_clear_error(tmp_path):
     assert completed.stderr.splitlines()[-1] == (
         f"error: cannot listen on 127.0.0.1:{port}; give another --port (or --port 0 for any free one)"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The doors: only the server's own pages may call it, bodies and JSON are bounded, steps leave the
+# event loop free
+# ----------------------------------------------------------------------------------------------
+
+
+def raw_request(url: str, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict]:
+    """One HTTP request with exactly these headers (urllib would add its own Host): (status, JSON answer)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    process, url = start_server(cwd=tmp_path_factory.mktemp("bare"))
+    yield url
+    stop_server(process)
+
+
+def test_a_foreign_origin_or_host_is_refused(bare_server):
+    port = bare_server.rsplit(":", 1)[1]
+    session_body = json.dumps({"config": {"dataset": "xor"}}).encode()
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):  # the server's own names: served
+        status, answer = raw_request(bare_server, "POST", "/api/session",
+                                     {"Host": host, "Origin": f"http://{host}", "Content-Type": "application/json",
+                                      "Content-Length": str(len(session_body))}, session_body)
+        assert status == 200 and "session" in answer, (host, answer)
+    refused = [  # a cross-site page's text/plain POST; a DNS-rebinding page (its own name in Host)
+        {"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example", "Content-Type": "text/plain"},
+        {"Host": f"127.0.0.1:{port}", "Origin": "null", "Content-Type": "text/plain"},
+        {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{int(port) + 1}"},
+        {"Host": f"evil.example:{port}", "Content-Type": "application/json"},
+        {"Host": f"127.0.0.1.evil.example:{port}"},
+        {"Host": "127.0.0.1:1"},
+    ]
+    for headers in refused:
+        status, answer = raw_request(bare_server, "POST", "/api/session",
+                                     {**headers, "Content-Length": str(len(session_body))}, session_body)
+        assert status == 403, (headers, answer)
+        assert "is not this server's" in answer["error"] and f"http://127.0.0.1:{port}/" in answer["error"]
+    status, answer = raw_request(bare_server, "GET", "/", {"Host": f"evil.example:{port}"})
+    assert status == 403  # the page itself too
+
+
+def test_an_oversized_body_is_refused_while_reading(bare_server):
+    import socket
+
+    host, port = bare_server.removeprefix("http://").rsplit(":", 1)
+    status, answer = raw_request(bare_server, "POST", "/api/state",
+                                 {"Host": f"{host}:{port}", "Content-Length": str(150_000_000)})
+    assert status == 413 and "larger than 3000000 bytes" in answer["error"]  # before one byte was sent
+    with socket.create_connection((host, int(port)), timeout=30) as connection:  # chunked: no length up front
+        connection.sendall(f"POST /api/state HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                           f"Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk, sent, answered = b"x" * 1_000_000, 0, b""
+        connection.settimeout(0.05)
+        for _ in range(150):  # 150 MB, unless the server answers first
+            try:
+                connection.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += 1
+                answered = connection.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answered:
+                break
+        connection.settimeout(30)
+        try:
+            answered += connection.recv(4096)
+        except OSError:
+            pass
+    assert answered.startswith(b"HTTP/1.1 413"), answered[:200]
+    assert sent < 20, f"the server read {sent} MB before answering"
+
+
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+HUGE_PNG = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 2)) + png_chunk(b"IEND", b""))  # 100,000² grey pixels, 57 bytes
+
+
+@pytest.mark.parametrize(("path", "raw", "message"), [
+    ("session", b'{"config": {"lr": 1' + b"0" * 400 + b"}}", "a whole number of 401 digits"),
+    ("session", b'{"config": {"seed": 9' * 1 + b"9" * 5000 + b"}}", "a whole number of 5001 digits"),
+    ("session", b"[" * 100_000 + b"]" * 100_000, "nests deeper than 32 levels"),
+    ("session", b'{"config": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001, "nests deeper than 32 levels"),
+    ("digit", json.dumps({"image": "data:image/png;base64,"
+                          + base64.b64encode(HUGE_PNG).decode()}).encode(),
+     "image: expected a PNG of at most 2000×2000 pixels"),
+], ids=["huge-float-int", "huge-int", "deep-arrays", "deep-objects", "huge-png"])
+def test_huge_numbers_deep_json_and_a_huge_png_are_400s(server, path, raw, message):
+    host = server.removeprefix("http://")
+    status, answer = raw_request(server, "POST", f"/api/{path}", {"Host": host, "Content-Type": "application/json",
+                                                                  "Content-Length": str(len(raw))}, raw)
+    assert status == 400, answer
+    assert message in answer["error"], answer["error"]
+
+
+def test_steps_leave_the_server_free_and_stop_when_the_client_goes_away(bare_server):
+    import http.client
+    import threading
+
+    host, port = bare_server.removeprefix("http://").rsplit(":", 1)
+    heavy = {"dataset": "circles", "points": 1000, "hidden": [16, 16, 16, 16], "activation": "tanh"}
+    session = ok(bare_server, "session", {"config": heavy})["session"]
+    started = time.perf_counter()
+    ok(bare_server, "step", {"session": session, "steps": 200})
+    step_seconds = time.perf_counter() - started
+    assert step_seconds > 0.15, "the heavy step is too quick to show anything on this machine"
+
+    stepping = threading.Thread(target=ok, args=(bare_server, "step", {"session": session, "steps": 200}))
+    stepping.start()
+    time.sleep(step_seconds / 10)
+    started = time.perf_counter()
+    assert call(bare_server, "digit/info")[0] == 200  # another tab's trivial request
+    waited = time.perf_counter() - started
+    stepping.join(timeout=120)
+    assert waited < step_seconds / 3, f"a GET waited {waited:.2f} s while another tab stepped {step_seconds:.2f} s"
+
+    before = ok(bare_server, "state", {"session": session})["steps"]
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = json.dumps({"session": session, "steps": 200}).encode()
+    connection.request("POST", "/api/step", body, {"Content-Type": "application/json"})
+    time.sleep(step_seconds / 10)
+    connection.close()  # the tab went away mid-Play
+    time.sleep(step_seconds / 2)
+    after = ok(bare_server, "state", {"session": session})["steps"]  # waits for the lock: the steps have stopped
+    assert before < after < before + 100, f"{after - before} of 200 steps ran for a client that went away"
 
 
 def test_a_bad_checkpoint_is_a_one_line_error(tmp_path):

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
 
-        from manualbp.playground.app import create_app
+        from manualbp.playground.app import LOCAL_HOSTS, create_app
     except ImportError as error:
         print(f"error: the playground needs {error.name}; install it with: pip install -e \".[playground]\"",
               file=sys.stderr)
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         except PredictError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    config = uvicorn.Config(create_app(digits, digits_error), host=arguments.host, port=arguments.port,
+    hosts = (*LOCAL_HOSTS, arguments.host)  # the names the page may be opened by; others are refused
+    config = uvicorn.Config(create_app(digits, digits_error, hosts), host=arguments.host, port=arguments.port,
                             log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
 

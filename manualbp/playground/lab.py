@@ -303,8 +303,10 @@ class Lab:
         batch, self.batch_queue = self.batch_queue[:size], self.batch_queue[size:]
         return torch.tensor(batch)
 
-    def step(self, count: int = 1) -> None:
-        """``count`` steps of gradient descent: manual.backprop on a batch, then θ ← θ − lr·δθ."""
+    def step(self, count: int = 1, record_every: int | None = None) -> None:
+        """``count`` steps of gradient descent: manual.backprop on a batch, then θ ← θ − lr·δθ; the losses
+        are recorded every ``record_every`` steps (default: about 20 times over the ``count``)."""
+        record_every = record_every or max(1, count // 20)
         for _ in range(count):
             batch = self._batch()
             inputs, targets = self.inputs, self.targets
@@ -313,7 +315,7 @@ class Lab:
             _, grads = backprop(self.net, self.loss, inputs, targets)
             gradient_descent_step(self.net, grads, self.config["lr"])
             self.steps += 1
-            if count == 1 or self.steps % max(1, count // 20) == 0:
+            if self.steps % record_every == 0:
                 self._record_losses()
 
     def _record_losses(self, train_loss: Tensor | None = None) -> None:
