@@ -501,6 +501,14 @@ def test_steps_leave_the_server_free_and_stop_when_the_client_goes_away(bare_ser
     assert before < after < before + 100, f"{after - before} of 200 steps ran for a client that went away"
 
 
+def test_the_default_port_is_not_mkdocs_serves():
+    completed = subprocess.run([sys.executable, "-m", "manualbp.playground", "--help"],
+                               capture_output=True, text=True, timeout=120)
+    assert "(default 8765;" in " ".join(completed.stdout.split())  # mkdocs serve takes 8000
+    documented = (Path(__file__).parents[1] / "docs/pages/playground.md").read_text()
+    assert "http://127.0.0.1:8765/" in documented and ":8000" not in documented
+
+
 def test_a_bad_checkpoint_is_a_one_line_error(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "manualbp.playground", "--no-browser", "--checkpoint", str(tmp_path / "no.ckpt")],
