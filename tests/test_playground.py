@@ -331,6 +331,43 @@ def test_backprop_trace_is_the_engine_pass_with_every_intermediate():
         backprop_trace(MLPClassifier([3, 4, 2]), SoftmaxCrossEntropyLoss(), inputs.float(), targets)
 
 
+
+def xor_learned(lab) -> bool:
+    """All four XOR points on the right side of 0.5, the loss well under the plateau's 0.125."""
+    with torch.no_grad():
+        predicted = (lab.net(lab.inputs)[:, 0] > 0.5).long()
+    return bool((predicted == torch.tensor(lab.labels)).all()) and lab.train_losses[-1] < 0.1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_first_screens_xor_learns_within_60_steps(seed):
+    """The page's defaults (only the seed changed), stepped one Step at a time by the lab's own code."""
+    from manualbp.playground.lab import Lab, parse_config
+
+    lab = Lab(parse_config({"seed": seed}))
+    assert lab.config["dataset"] == "xor"
+    for _ in range(60):
+        lab.step(1)
+        if xor_learned(lab):
+            break
+    assert xor_learned(lab), f"seed {seed}: loss {lab.train_losses[-1]:.4f} after {lab.steps} steps"
+    assert lab.state()["plateau"] is None
+
+
+def test_a_plateau_is_named():
+    from manualbp.playground.lab import Lab, parse_config
+
+    lab = Lab(parse_config({"activation": "sigmoid", "hidden": [8], "lr": 5.0}))  # the old default: ~500 steps flat
+    lab.step(10)
+    assert lab.state()["plateau"] is None  # too early to say
+    lab.step(30)
+    assert not xor_learned(lab)
+    assert lab.state()["plateau"].startswith("a plateau: the loss has barely moved for ")
+    learned = Lab(parse_config({}))
+    learned.step(100)
+    assert xor_learned(learned) and learned.state()["plateau"] is None
+
+
 def test_ctrl_c_stops_the_server_cleanly_and_it_binds_localhost(tmp_path):
     process, url = start_server(cwd=tmp_path)
     assert url.startswith("http://127.0.0.1:")
@@ -643,6 +680,62 @@ def test_the_page_changes_data_and_net_steps_and_plays(page):
     assert state["trainLosses"][-1] < state["trainLosses"][0]
     driver.find_element("id", "reset").click()
     wait_for(lambda: text(driver, "steps") == "0", what="Reset")
+
+
+
+LAYOUT = """
+const inside = (inner, outer) => inner.x >= outer.x - 0.5 && inner.x + inner.width <= outer.x + outer.width + 0.5
+  && inner.y >= outer.y - 0.5 && inner.y + inner.height <= outer.y + outer.height + 0.5;
+const graph = document.getElementById("graph"), neurons = document.getElementById("neurons");
+const overflowing = [...graph.querySelectorAll("g.node")].filter((g) =>
+  [...g.querySelectorAll("text")].some((t) => !inside(t.getBBox(), g.querySelector("rect").getBBox())))
+  .map((g) => g.dataset.name);
+const cut = [...graph.querySelectorAll("text")].filter((t) => t.textContent.includes("…")).map((t) => t.textContent);
+const headers = [...neurons.querySelectorAll("text")].map((t) => t.getBBox());
+const top = Math.min(...[...neurons.querySelectorAll("circle")].map((c) => c.getBBox().y));
+const scale = (svg) => svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+return {overflowing, cut, headerBottom: Math.max(...headers.map((b) => b.y + b.height)), top,
+        graphFont: scale(graph) * parseFloat(getComputedStyle(graph.querySelector("text.small")).fontSize),
+        neuronFont: scale(neurons) * 13, neuronHeightScale: neurons.getBoundingClientRect().height
+          / neurons.viewBox.baseVal.height};
+"""
+
+
+def test_the_first_screen_learns_xor_in_a_few_seconds_and_its_labels_fit(page):
+    driver, url, session = page
+    open_page(driver, url)  # a fresh tab: the first screen
+    state = driver.execute_script("return window.playground.state")
+    assert state["config"]["dataset"] == "xor" and state["steps"] == 0
+    assert not driver.find_element("id", "noise").is_enabled()  # XOR's four points have no noise
+    assert not driver.find_element("id", "points").is_enabled()
+    driver.find_element("id", "play").click()
+    wait_for(lambda: int(text(driver, "steps")) >= 60, what="60 steps of Play")
+    driver.find_element("id", "play").click()
+    losses = driver.execute_script("return window.playground.state.trainLosses")
+    assert losses[60] < 0.1 < losses[0], losses[:61:10]  # learned (the plateau is 0.125)
+    assert text(driver, "plateau") == ""
+    for mode in ("mode-forward", "mode-backward"):
+        driver.find_element("id", mode).click()
+        layout = driver.execute_script(LAYOUT)
+        assert layout["overflowing"] == [] and layout["cut"] == [], (mode, layout)
+        assert layout["headerBottom"] < layout["top"], layout  # the column names above the top neurons
+    choose(driver, "dataset", "circles")
+    configured(driver, dataset="circles")
+    assert driver.find_element("id", "noise").is_enabled()
+    for hidden in ("8, 8", "16, 16, 16", "16, 16, 16, 16"):
+        set_field(driver, "hidden", hidden)
+        configured(driver, hidden=[int(width) for width in hidden.split(", ")])
+        layout = driver.execute_script(LAYOUT)
+        assert layout["graphFont"] >= 8.5 and layout["neuronFont"] >= 12.5, (hidden, layout)  # not tiny
+        assert layout["neuronHeightScale"] > 0.99 and layout["overflowing"] == [], (hidden, layout)
+        assert layout["headerBottom"] < layout["top"], (hidden, layout)
+    choose(driver, "activation", "sigmoid")
+    choose(driver, "dataset", "xor")
+    set_field(driver, "hidden", "8")
+    configured(driver, dataset="xor", activation="sigmoid", hidden=[8])
+    ok(url, "step", {"session": driver.execute_script("return document.body.dataset.session"), "steps": 40})
+    driver.find_element("id", "step").click()
+    wait_for(lambda: text(driver, "plateau").startswith("a plateau"), what="the plateau named")
 
 
 def test_a_clicked_node_and_point_show_the_delta_of_autograd(page):
