@@ -447,6 +447,22 @@ def test_a_foreign_origin_or_host_is_refused(bare_server):
     assert status == 403  # the page itself too
 
 
+
+def test_the_host_rule_follows_the_address_given():
+    from manualbp.playground.app import LOCAL_HOSTS, _is_own
+
+    local = LOCAL_HOSTS
+    assert all(_is_own(host, local, 8765) for host in ("127.0.0.1:8765", "LOCALHOST:8765", "[::1]:8765"))
+    assert not any(_is_own(host, local, 8765) for host in (
+        "127.0.0.1:8000", "127.0.0.1", "evil.example:8765", "localhost.evil.example:8765", "192.168.1.5:8765",
+        "[::1]", "::1:8765", ""))
+    lan = (*local, "192.168.1.5")  # --host 192.168.1.5
+    assert _is_own("192.168.1.5:8765", lan, 8765) and not _is_own("10.0.0.1:8765", lan, 8765)
+    everywhere = (*local, "0.0.0.0")  # --host 0.0.0.0: any address of this machine, but never a domain name
+    assert _is_own("10.0.0.1:8765", everywhere, 8765) and _is_own("[fe80::1]:8765", everywhere, 8765)
+    assert not _is_own("rebind.evil.example:8765", everywhere, 8765)
+
+
 def test_an_oversized_body_is_refused_while_reading(bare_server):
     import socket
 

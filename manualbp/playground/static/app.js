@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const pg = { session: null, state: null, point: 0, selected: null, playing: false, stepTimes: [] };
+const pg = { session: null, state: null, point: 0, selected: null, playing: false, stepTimes: [], requests: 0, answered: 0 };
 window.playground = pg; // for the tests: the session id and the measured step times
 
 // ---------------------------------------------------------------------------------------------
@@ -17,7 +17,10 @@ function showMessage(text) {
   box.classList.toggle("shown", Boolean(text));
 }
 
+class Stale extends Error {} // an answer overtaken by a later request's: the later one is what the page shows
+
 async function api(path, body) {
+  const sent = ++pg.requests; // the server answers requests in parallel: an earlier one may answer last
   const response = await fetch("/api/" + path, {
     method: body === undefined ? "GET" : "POST",
     headers: { "Content-Type": "application/json" },
@@ -25,6 +28,8 @@ async function api(path, body) {
   });
   let data;
   try { data = await response.json(); } catch (e) { data = { error: `the server answered ${response.status}` }; }
+  if (sent < pg.answered) throw new Stale(path);
+  pg.answered = sent;
   if (!response.ok || data.error) {
     showMessage(data.error || `the server answered ${response.status}`);
     throw new Error(data.error);
@@ -89,7 +94,7 @@ async function playLoop() {
     try {
       const state = await step(1, false);
       if (state.diverged) { stopPlaying(); showMessage("the loss is no longer finite: lower the learning rate and press Reset"); }
-    } catch (e) { stopPlaying(); }
+    } catch (e) { if (!(e instanceof Stale)) stopPlaying(); }
     await new Promise((resolve) => requestAnimationFrame(resolve));
   }
 }
