@@ -18,11 +18,13 @@ import re
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -329,6 +331,43 @@ def test_backprop_trace_is_the_engine_pass_with_every_intermediate():
         backprop_trace(MLPClassifier([3, 4, 2]), SoftmaxCrossEntropyLoss(), inputs.float(), targets)
 
 
+
+def xor_learned(lab) -> bool:
+    """All four XOR points on the right side of 0.5, the loss well under the plateau's 0.125."""
+    with torch.no_grad():
+        predicted = (lab.net(lab.inputs)[:, 0] > 0.5).long()
+    return bool((predicted == torch.tensor(lab.labels)).all()) and lab.train_losses[-1] < 0.1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_first_screens_xor_learns_within_60_steps(seed):
+    """The page's defaults (only the seed changed), stepped one Step at a time by the lab's own code."""
+    from manualbp.playground.lab import Lab, parse_config
+
+    lab = Lab(parse_config({"seed": seed}))
+    assert lab.config["dataset"] == "xor"
+    for _ in range(60):
+        lab.step(1)
+        if xor_learned(lab):
+            break
+    assert xor_learned(lab), f"seed {seed}: loss {lab.train_losses[-1]:.4f} after {lab.steps} steps"
+    assert lab.state()["plateau"] is None
+
+
+def test_a_plateau_is_named():
+    from manualbp.playground.lab import Lab, parse_config
+
+    lab = Lab(parse_config({"activation": "sigmoid", "hidden": [8], "lr": 5.0}))  # the old default: ~500 steps flat
+    lab.step(10)
+    assert lab.state()["plateau"] is None  # too early to say
+    lab.step(30)
+    assert not xor_learned(lab)
+    assert lab.state()["plateau"].startswith("a plateau: the loss has barely moved for ")
+    learned = Lab(parse_config({}))
+    learned.step(100)
+    assert xor_learned(learned) and learned.state()["plateau"] is None
+
+
 def test_ctrl_c_stops_the_server_cleanly_and_it_binds_localhost(tmp_path):
     process, url = start_server(cwd=tmp_path)
     assert url.startswith("http://127.0.0.1:")
@@ -351,6 +390,176 @@ def test_a_port_in_use_is_a_clear_error(tmp_path):
     assert completed.stderr.splitlines()[-1] == (
         f"error: cannot listen on 127.0.0.1:{port}; give another --port (or --port 0 for any free one)"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The doors: only the server's own pages may call it, bodies and JSON are bounded, steps leave the
+# event loop free
+# ----------------------------------------------------------------------------------------------
+
+
+def raw_request(url: str, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict]:
+    """One HTTP request with exactly these headers (urllib would add its own Host): (status, JSON answer)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    process, url = start_server(cwd=tmp_path_factory.mktemp("bare"))
+    yield url
+    stop_server(process)
+
+
+def test_a_foreign_origin_or_host_is_refused(bare_server):
+    port = bare_server.rsplit(":", 1)[1]
+    session_body = json.dumps({"config": {"dataset": "xor"}}).encode()
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):  # the server's own names: served
+        status, answer = raw_request(bare_server, "POST", "/api/session",
+                                     {"Host": host, "Origin": f"http://{host}", "Content-Type": "application/json",
+                                      "Content-Length": str(len(session_body))}, session_body)
+        assert status == 200 and "session" in answer, (host, answer)
+    refused = [  # a cross-site page's text/plain POST; a DNS-rebinding page (its own name in Host)
+        {"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example", "Content-Type": "text/plain"},
+        {"Host": f"127.0.0.1:{port}", "Origin": "null", "Content-Type": "text/plain"},
+        {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{int(port) + 1}"},
+        {"Host": f"evil.example:{port}", "Content-Type": "application/json"},
+        {"Host": f"127.0.0.1.evil.example:{port}"},
+        {"Host": "127.0.0.1:1"},
+    ]
+    for headers in refused:
+        status, answer = raw_request(bare_server, "POST", "/api/session",
+                                     {**headers, "Content-Length": str(len(session_body))}, session_body)
+        assert status == 403, (headers, answer)
+        assert "is not this server's" in answer["error"] and f"http://127.0.0.1:{port}/" in answer["error"]
+    status, answer = raw_request(bare_server, "GET", "/", {"Host": f"evil.example:{port}"})
+    assert status == 403  # the page itself too
+
+
+
+def test_the_host_rule_follows_the_address_given():
+    from manualbp.playground.app import LOCAL_HOSTS, _is_own
+
+    local = LOCAL_HOSTS
+    assert all(_is_own(host, local, 8765) for host in ("127.0.0.1:8765", "LOCALHOST:8765", "[::1]:8765"))
+    assert not any(_is_own(host, local, 8765) for host in (
+        "127.0.0.1:8000", "127.0.0.1", "evil.example:8765", "localhost.evil.example:8765", "192.168.1.5:8765",
+        "[::1]", "::1:8765", ""))
+    lan = (*local, "192.168.1.5")  # --host 192.168.1.5
+    assert _is_own("192.168.1.5:8765", lan, 8765) and not _is_own("10.0.0.1:8765", lan, 8765)
+    everywhere = (*local, "0.0.0.0")  # --host 0.0.0.0: any address of this machine, but never a domain name
+    assert _is_own("10.0.0.1:8765", everywhere, 8765) and _is_own("[fe80::1]:8765", everywhere, 8765)
+    assert not _is_own("rebind.evil.example:8765", everywhere, 8765)
+
+
+def test_an_oversized_body_is_refused_while_reading(bare_server):
+    import socket
+
+    host, port = bare_server.removeprefix("http://").rsplit(":", 1)
+    status, answer = raw_request(bare_server, "POST", "/api/state",
+                                 {"Host": f"{host}:{port}", "Content-Length": str(150_000_000)})
+    assert status == 413 and "larger than 3000000 bytes" in answer["error"]  # before one byte was sent
+    with socket.create_connection((host, int(port)), timeout=30) as connection:  # chunked: no length up front
+        connection.sendall(f"POST /api/state HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                           f"Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk, sent, answered = b"x" * 1_000_000, 0, b""
+        connection.settimeout(0.05)
+        for _ in range(150):  # 150 MB, unless the server answers first
+            try:
+                connection.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += 1
+                answered = connection.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answered:
+                break
+        connection.settimeout(30)
+        try:
+            answered += connection.recv(4096)
+        except OSError:
+            pass
+    assert answered.startswith(b"HTTP/1.1 413"), answered[:200]
+    assert sent < 20, f"the server read {sent} MB before answering"
+
+
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+HUGE_PNG = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 2)) + png_chunk(b"IEND", b""))  # 100,000² grey pixels, 57 bytes
+
+
+@pytest.mark.parametrize(("path", "raw", "message"), [
+    ("session", b'{"config": {"lr": 1' + b"0" * 400 + b"}}", "a whole number of 401 digits"),
+    ("session", b'{"config": {"seed": 9' * 1 + b"9" * 5000 + b"}}", "a whole number of 5001 digits"),
+    ("session", b"[" * 100_000 + b"]" * 100_000, "nests deeper than 32 levels"),
+    ("session", b'{"config": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001, "nests deeper than 32 levels"),
+    ("digit", json.dumps({"image": "data:image/png;base64,"
+                          + base64.b64encode(HUGE_PNG).decode()}).encode(),
+     "image: expected a PNG of at most 2000×2000 pixels"),
+], ids=["huge-float-int", "huge-int", "deep-arrays", "deep-objects", "huge-png"])
+def test_huge_numbers_deep_json_and_a_huge_png_are_400s(server, path, raw, message):
+    host = server.removeprefix("http://")
+    status, answer = raw_request(server, "POST", f"/api/{path}", {"Host": host, "Content-Type": "application/json",
+                                                                  "Content-Length": str(len(raw))}, raw)
+    assert status == 400, answer
+    assert message in answer["error"], answer["error"]
+
+
+def test_steps_leave_the_server_free_and_stop_when_the_client_goes_away(bare_server):
+    import http.client
+    import threading
+
+    host, port = bare_server.removeprefix("http://").rsplit(":", 1)
+    heavy = {"dataset": "circles", "points": 1000, "hidden": [16, 16, 16, 16], "activation": "tanh"}
+    session = ok(bare_server, "session", {"config": heavy})["session"]
+    started = time.perf_counter()
+    ok(bare_server, "step", {"session": session, "steps": 200})
+    step_seconds = time.perf_counter() - started
+    assert step_seconds > 0.15, "the heavy step is too quick to show anything on this machine"
+
+    stepping = threading.Thread(target=ok, args=(bare_server, "step", {"session": session, "steps": 200}))
+    stepping.start()
+    time.sleep(step_seconds / 10)
+    started = time.perf_counter()
+    assert call(bare_server, "digit/info")[0] == 200  # another tab's trivial request
+    waited = time.perf_counter() - started
+    stepping.join(timeout=120)
+    assert waited < step_seconds / 3, f"a GET waited {waited:.2f} s while another tab stepped {step_seconds:.2f} s"
+
+    before = ok(bare_server, "state", {"session": session})["steps"]
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = json.dumps({"session": session, "steps": 200}).encode()
+    connection.request("POST", "/api/step", body, {"Content-Type": "application/json"})
+    time.sleep(step_seconds / 10)
+    connection.close()  # the tab went away mid-Play
+    time.sleep(step_seconds / 2)
+    after = ok(bare_server, "state", {"session": session})["steps"]  # waits for the lock: the steps have stopped
+    assert before < after < before + 100, f"{after - before} of 200 steps ran for a client that went away"
+
+
+def test_the_default_port_is_not_mkdocs_serves():
+    completed = subprocess.run([sys.executable, "-m", "manualbp.playground", "--help"],
+                               capture_output=True, text=True, timeout=120)
+    assert "(default 8765;" in " ".join(completed.stdout.split())  # mkdocs serve takes 8000
+    documented = (Path(__file__).parents[1] / "docs/pages/playground.md").read_text()
+    assert "http://127.0.0.1:8765/" in documented and ":8000" not in documented
 
 
 def test_a_bad_checkpoint_is_a_one_line_error(tmp_path):
@@ -487,6 +696,62 @@ def test_the_page_changes_data_and_net_steps_and_plays(page):
     assert state["trainLosses"][-1] < state["trainLosses"][0]
     driver.find_element("id", "reset").click()
     wait_for(lambda: text(driver, "steps") == "0", what="Reset")
+
+
+
+LAYOUT = """
+const inside = (inner, outer) => inner.x >= outer.x - 0.5 && inner.x + inner.width <= outer.x + outer.width + 0.5
+  && inner.y >= outer.y - 0.5 && inner.y + inner.height <= outer.y + outer.height + 0.5;
+const graph = document.getElementById("graph"), neurons = document.getElementById("neurons");
+const overflowing = [...graph.querySelectorAll("g.node")].filter((g) =>
+  [...g.querySelectorAll("text")].some((t) => !inside(t.getBBox(), g.querySelector("rect").getBBox())))
+  .map((g) => g.dataset.name);
+const cut = [...graph.querySelectorAll("text")].filter((t) => t.textContent.includes("…")).map((t) => t.textContent);
+const headers = [...neurons.querySelectorAll("text")].map((t) => t.getBBox());
+const top = Math.min(...[...neurons.querySelectorAll("circle")].map((c) => c.getBBox().y));
+const scale = (svg) => svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+return {overflowing, cut, headerBottom: Math.max(...headers.map((b) => b.y + b.height)), top,
+        graphFont: scale(graph) * parseFloat(getComputedStyle(graph.querySelector("text.small")).fontSize),
+        neuronFont: scale(neurons) * 13, neuronHeightScale: neurons.getBoundingClientRect().height
+          / neurons.viewBox.baseVal.height};
+"""
+
+
+def test_the_first_screen_learns_xor_in_a_few_seconds_and_its_labels_fit(page):
+    driver, url, session = page
+    open_page(driver, url)  # a fresh tab: the first screen
+    state = driver.execute_script("return window.playground.state")
+    assert state["config"]["dataset"] == "xor" and state["steps"] == 0
+    assert not driver.find_element("id", "noise").is_enabled()  # XOR's four points have no noise
+    assert not driver.find_element("id", "points").is_enabled()
+    driver.find_element("id", "play").click()
+    wait_for(lambda: int(text(driver, "steps")) >= 60, what="60 steps of Play")
+    driver.find_element("id", "play").click()
+    losses = driver.execute_script("return window.playground.state.trainLosses")
+    assert losses[60] < 0.1 < losses[0], losses[:61:10]  # learned (the plateau is 0.125)
+    assert text(driver, "plateau") == ""
+    for mode in ("mode-forward", "mode-backward"):
+        driver.find_element("id", mode).click()
+        layout = driver.execute_script(LAYOUT)
+        assert layout["overflowing"] == [] and layout["cut"] == [], (mode, layout)
+        assert layout["headerBottom"] < layout["top"], layout  # the column names above the top neurons
+    choose(driver, "dataset", "circles")
+    configured(driver, dataset="circles")
+    assert driver.find_element("id", "noise").is_enabled()
+    for hidden in ("8, 8", "16, 16, 16", "16, 16, 16, 16"):
+        set_field(driver, "hidden", hidden)
+        configured(driver, hidden=[int(width) for width in hidden.split(", ")])
+        layout = driver.execute_script(LAYOUT)
+        assert layout["graphFont"] >= 8.5 and layout["neuronFont"] >= 12.5, (hidden, layout)  # not tiny
+        assert layout["neuronHeightScale"] > 0.99 and layout["overflowing"] == [], (hidden, layout)
+        assert layout["headerBottom"] < layout["top"], (hidden, layout)
+    choose(driver, "activation", "sigmoid")
+    choose(driver, "dataset", "xor")
+    set_field(driver, "hidden", "8")
+    configured(driver, dataset="xor", activation="sigmoid", hidden=[8])
+    ok(url, "step", {"session": driver.execute_script("return document.body.dataset.session"), "steps": 40})
+    driver.find_element("id", "step").click()
+    wait_for(lambda: text(driver, "plateau").startswith("a plateau"), what="the plateau named")
 
 
 def test_a_clicked_node_and_point_show_the_delta_of_autograd(page):

@@ -1,6 +1,6 @@
 """The backprop playground: the lecture's computational graph in the browser, every Z and δ live.
 
-``python -m manualbp.playground [--port 8000] [--host 127.0.0.1] [--no-browser] [--checkpoint PATH]``
+``python -m manualbp.playground [--port 8765] [--host 127.0.0.1] [--no-browser] [--checkpoint PATH]``
 starts a local web server (Starlette on uvicorn; ``pip install -e ".[playground]"``) and opens the page.
 ``lab``: the nets, data and formulas (no web); ``digits``: the Draw a digit tab; ``app``: the web app;
 ``static/``: the one page (HTML, JS, CSS; no build step).
@@ -13,13 +13,16 @@ import sys
 import threading
 import webbrowser
 
+DEFAULT_PORT = 8765  # not 8000, which `mkdocs serve` takes: the docs and the playground can run side by side
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m manualbp.playground",
         description="A local web page that trains small nets and shows every Z and δ of the lecture's graph.",
     )
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to listen on (default {DEFAULT_PORT}; 0: any free port)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this computer only)")
     parser.add_argument("--no-browser", action="store_true", help="do not open the page in the default browser")
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
 
-        from manualbp.playground.app import create_app
+        from manualbp.playground.app import LOCAL_HOSTS, create_app
     except ImportError as error:
         print(f"error: the playground needs {error.name}; install it with: pip install -e \".[playground]\"",
               file=sys.stderr)
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         except PredictError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    config = uvicorn.Config(create_app(digits, digits_error), host=arguments.host, port=arguments.port,
+    hosts = (*LOCAL_HOSTS, arguments.host)  # the names the page may be opened by; others are refused
+    config = uvicorn.Config(create_app(digits, digits_error, hosts), host=arguments.host, port=arguments.port,
                             log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
 

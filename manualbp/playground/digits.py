@@ -38,6 +38,9 @@ def decode_drawing(data_url) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size, before decoding
             if image.format != "PNG" or max(image.size) > MAX_IMAGE_SIDE:
                 raise ParameterError(f"image: expected a PNG of at most {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} pixels")
+    except Image.DecompressionBombError:  # Pillow refuses headers claiming over ~180 M pixels before decoding
+        raise ParameterError(f"image: expected a PNG of at most {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} pixels, "
+                             f"its header claims more than Pillow will decode") from None
     except (UnidentifiedImageError, OSError):
         raise ParameterError("image: not a PNG image Pillow can read") from None
     try:

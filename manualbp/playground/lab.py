@@ -51,10 +51,14 @@ MAX_POINTS, MAX_STEPS_PER_CALL, MAX_SEED = 1000, 200, 2**31 - 1
 GRID = 40  # the decision boundary is evaluated on GRID × GRID points
 HISTORY = 1000  # loss values kept per curve; older ones are thinned out
 
-DEFAULTS = {
+DEFAULTS = {  # tanh: the XOR net learns in 20-45 steps (every seed of 0-19); sigmoid sits ~500 steps on a plateau
     "dataset": "xor", "function": "sin", "points": 200, "noise": 0.1, "hidden": [8],
-    "activation": "sigmoid", "loss": "euclidean", "lr": 5.0, "batch": 0, "seed": 0,
+    "activation": "tanh", "loss": "euclidean", "lr": 5.0, "batch": 0, "seed": 0,
 }
+PLATEAU_STEPS = 20  # XOR's loss moving less than 1 % over this many steps, a point still wrong: a plateau
+PLATEAU = ("a plateau: the loss has barely moved for {steps} steps and not every point is right yet -- the net "
+           "sits where its gradients are tiny (with sigmoid, every Yp near 0.5, loss near 0.125). It escapes "
+           "if you keep playing (a few hundred steps); tanh, a larger learning rate or another seed avoid it")
 
 
 def _number(config: dict, name: str, low: float, high: float, integer: bool = False):
@@ -256,6 +260,7 @@ class Lab:
         self.steps = 0
         self.train_losses: list[float] = []
         self.test_losses: list[float] = []
+        self.loss_steps: list[int] = []  # the step of each recorded loss
         self.batch_order = torch.Generator().manual_seed(config["seed"])
         self.batch_queue: list[int] = []
         self.nodes = self._graph()
@@ -303,8 +308,10 @@ class Lab:
         batch, self.batch_queue = self.batch_queue[:size], self.batch_queue[size:]
         return torch.tensor(batch)
 
-    def step(self, count: int = 1) -> None:
-        """``count`` steps of gradient descent: manual.backprop on a batch, then θ ← θ − lr·δθ."""
+    def step(self, count: int = 1, record_every: int | None = None) -> None:
+        """``count`` steps of gradient descent: manual.backprop on a batch, then θ ← θ − lr·δθ; the losses
+        are recorded every ``record_every`` steps (default: about 20 times over the ``count``)."""
+        record_every = record_every or max(1, count // 20)
         for _ in range(count):
             batch = self._batch()
             inputs, targets = self.inputs, self.targets
@@ -313,7 +320,7 @@ class Lab:
             _, grads = backprop(self.net, self.loss, inputs, targets)
             gradient_descent_step(self.net, grads, self.config["lr"])
             self.steps += 1
-            if count == 1 or self.steps % max(1, count // 20) == 0:
+            if self.steps % record_every == 0:
                 self._record_losses()
 
     def _record_losses(self, train_loss: Tensor | None = None) -> None:
@@ -323,9 +330,30 @@ class Lab:
             test_loss = self.loss(self.net(self.test_inputs), self.test_targets)
         self.train_losses.append(float(train_loss))
         self.test_losses.append(float(test_loss))
+        self.loss_steps.append(self.steps)
         if len(self.train_losses) > HISTORY:  # keep every other value: the curve's shape stays
             self.train_losses, self.test_losses = self.train_losses[::2], self.test_losses[::2]
+            self.loss_steps = self.loss_steps[::2]
 
+    @torch.no_grad()
+    def plateau(self) -> str | None:
+        """For XOR, a sentence naming the plateau when the loss has moved less than 1 % over the last
+        :data:`PLATEAU_STEPS` steps while a point is still on the wrong side; else None."""
+        if self.config["dataset"] != "xor" or self.steps < PLATEAU_STEPS:
+            return None
+        outputs = self.net(self.inputs)
+        if self.config["loss"] == "euclidean":
+            predicted = (outputs[:, 0] > 0.5).long()
+        else:
+            predicted = outputs.argmax(1)
+        if bool((predicted == torch.tensor(self.labels)).all()):
+            return None
+        earlier = [loss for loss, step in zip(self.train_losses, self.loss_steps, strict=True)
+                   if step <= self.steps - PLATEAU_STEPS]
+        now = self.train_losses[-1]
+        if not earlier or not math.isfinite(now) or abs(now - earlier[-1]) >= 0.01 * abs(earlier[-1]):
+            return None
+        return PLATEAU.format(steps=self.steps - self.loss_steps[len(earlier) - 1])
     # -- what the page shows ------------------------------------------------------------------
 
     def trace(self):
@@ -383,7 +411,7 @@ class Lab:
             "point": point, "nodes": nodes, "parameters": parameters,
             "lossNode": self._loss_formula(trace, point),
             "selected": selected, "details": self.details(trace, selected, point) if selected else None,
-            "diverged": not math.isfinite(loss),
+            "diverged": not math.isfinite(loss), "plateau": self.plateau(),
         }
         state.update(self._surface())
         return json_safe(state)

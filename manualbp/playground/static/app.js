@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const pg = { session: null, state: null, point: 0, selected: null, playing: false, stepTimes: [] };
+const pg = { session: null, state: null, point: 0, selected: null, playing: false, stepTimes: [], requests: 0, answered: 0 };
 window.playground = pg; // for the tests: the session id and the measured step times
 
 // ---------------------------------------------------------------------------------------------
@@ -17,7 +17,10 @@ function showMessage(text) {
   box.classList.toggle("shown", Boolean(text));
 }
 
+class Stale extends Error {} // an answer overtaken by a later request's: the later one is what the page shows
+
 async function api(path, body) {
+  const sent = ++pg.requests; // the server answers requests in parallel: an earlier one may answer last
   const response = await fetch("/api/" + path, {
     method: body === undefined ? "GET" : "POST",
     headers: { "Content-Type": "application/json" },
@@ -25,6 +28,8 @@ async function api(path, body) {
   });
   let data;
   try { data = await response.json(); } catch (e) { data = { error: `the server answered ${response.status}` }; }
+  if (sent < pg.answered) throw new Stale(path);
+  pg.answered = sent;
   if (!response.ok || data.error) {
     showMessage(data.error || `the server answered ${response.status}`);
     throw new Error(data.error);
@@ -62,7 +67,7 @@ function request() {
 async function configure() {
   stopPlaying();
   $("function-row").style.display = $("dataset").value === "function" ? "block" : "none";
-  $("points").disabled = $("dataset").value === "xor"; // the slide's four points
+  $("points").disabled = $("noise").disabled = $("dataset").value === "xor"; // the slide's four exact points
   try {
     pg.point = 0;
     pg.selected = null;
@@ -89,7 +94,7 @@ async function playLoop() {
     try {
       const state = await step(1, false);
       if (state.diverged) { stopPlaying(); showMessage("the loss is no longer finite: lower the learning rate and press Reset"); }
-    } catch (e) { stopPlaying(); }
+    } catch (e) { if (!(e instanceof Stale)) stopPlaying(); }
     await new Promise((resolve) => requestAnimationFrame(resolve));
   }
 }
@@ -116,6 +121,7 @@ function render(state) {
   pg.state = state;
   $("steps").textContent = state.steps;
   $("loss-value").textContent = fmt(state.loss);
+  $("plateau").textContent = state.plateau || ""; // XOR stuck where the gradients are tiny: named, not hidden
   drawSurface(state);
   drawLosses(state);
   drawGraph(state);
@@ -204,12 +210,12 @@ function drawGraph(state) {
   svg.innerHTML = "";
   svg.classList.toggle("backward", mode() === "backward");
   const items = state.nodes.concat([{ name: "Loss", kind: "loss", forward: state.lossNode.forward, backward: "δL = 1" }]);
-  const gap = 92, width = items.length * gap + 20, y = 120;
+  const box = 104, gap = 116, width = items.length * gap + 20, y = 120;
   svg.setAttribute("viewBox", `0 0 ${width} 190`);
-  // shrunk to fit the panel down to 70 %; a deeper net's graph is wider than the panel, which then scrolls
-  const panel = svg.parentElement.clientWidth - 2;
-  svg.style.width = Math.max(panel, 0.7 * width) + "px";
-  svg.style.height = Math.min(190, (190 * Math.max(panel, 0.7 * width)) / width) + "px";
+  // shrunk to fit the panel down to 75 % (the text stays readable); a deeper net's graph is wider, the panel scrolls
+  const panel = svg.parentElement.clientWidth - 2, shown = Math.max(panel, GRAPH_MIN_SCALE * width);
+  svg.style.width = shown + "px";
+  svg.style.height = Math.min(190, (190 * shown) / width) + "px";
   const defs = svgElement("defs", {}, svg);
   const marker = svgElement("marker", { id: "head", markerWidth: 8, markerHeight: 8, refX: 7, refY: 4, orient: "auto" }, defs);
   svgElement("path", { d: "M0,0 L8,4 L0,8 z", fill: mode() === "backward" ? "#d84315" : "#546e7a" }, marker);
@@ -218,26 +224,47 @@ function drawGraph(state) {
   items.forEach((item, k) => {
     const x = 10 + k * gap;
     if (k > 0) {
-      const [from, to] = backward ? [x + 2, x - gap + 80] : [x - gap + 80, x - 2];
+      const [from, to] = backward ? [x + 2, x - gap + box] : [x - gap + box, x - 2];
       svgElement("line", { class: "arrow", x1: from, y1: y, x2: to, y2: y, "marker-end": "url(#head)" }, svg);
     }
     if (item.parameter) { // W above Z = XW, b above Z = Z + b, as on the slide
       const p = svgElement("g", { class: "node param" + (pg.selected === item.parameter ? " selected" : ""), "data-name": item.parameter }, svg);
-      svgElement("rect", { x: x + 12, y: 18, width: 56, height: 30 }, p);
-      svgElement("text", { x: x + 40, y: 38 }, p).textContent = (backward ? "δ" : "") + item.parameter;
+      svgElement("rect", { x: x + box / 2 - 28, y: 14, width: 56, height: 30 }, p);
+      svgElement("text", { x: x + box / 2, y: 34 }, p).textContent = (backward ? "δ" : "") + item.parameter;
       p.addEventListener("click", () => selectItem(item.parameter));
       pg.graphNodes[item.parameter] = p;
-      svgElement("line", { class: "arrow", x1: x + 40, y1: backward ? y - 22 : 50, x2: x + 40, y2: backward ? 52 : y - 24, "marker-end": "url(#head)" }, svg);
+      svgElement("line", { class: "arrow", x1: x + box / 2, y1: backward ? y - 30 : 46, x2: x + box / 2, y2: backward ? 48 : y - 32, "marker-end": "url(#head)" }, svg);
     }
     const g = svgElement("g", { class: "node" + (item.kind === "loss" ? " loss" : "") + (pg.selected === item.name ? " selected" : ""), "data-name": item.name }, svg);
-    svgElement("rect", { x: x, y: y - 22, width: 80, height: 44 }, g);
-    svgElement("text", { x: x + 40, y: y - 3 }, g).textContent = (backward ? "δ" : "") + item.name;
+    svgElement("rect", { x: x, y: y - 30, width: box, height: 64 }, g);
+    const name = (backward ? "δ" : "") + item.name;
+    svgElement("text", { x: x + box / 2, y: y - 14 }, g).textContent = name;
     const formula = backward ? item.backward : item.forward;
-    svgElement("text", { class: "small", x: x + 40, y: y + 14 }, g).textContent = formula.length > 17 ? formula.slice(0, 16) + "…" : formula;
+    formulaLines(formula, name).forEach((line, i) => {
+      const text = svgElement("text", { class: "small", x: x + box / 2, y: y + 1 + 12 * i }, g);
+      text.textContent = line;
+      if (text.getComputedTextLength() > box - 6) { // squeezed into the box rather than cut off
+        text.setAttribute("textLength", box - 6);
+        text.setAttribute("lengthAdjust", "spacingAndGlyphs");
+      }
+    });
     svgElement("title", {}, g).textContent = formula;
     g.addEventListener("click", () => selectItem(item.name));
     pg.graphNodes[item.name] = g;
   });
+}
+
+const GRAPH_MIN_SCALE = 0.75; // with 11.5 px formulas: at least 8.6 px on screen
+
+function formulaLines(formula, name, width = 20) { // the formula after "name = ", on up to 3 lines of ~width characters
+  const text = formula.startsWith(name + " = ") ? formula.slice(name.length + 3) : formula;
+  const lines = [];
+  text.split(" ").forEach((word) => {
+    const last = lines.length - 1;
+    if (last >= 0 && (lines[last] + " " + word).length <= width) lines[last] += " " + word;
+    else lines.push(word);
+  });
+  return lines.length <= 3 ? lines : lines.slice(0, 2).concat([lines.slice(2).join(" ")]);
 }
 
 function drawNeurons(state) { // the same net, neuron by neuron: each edge a weight (forward) or δW (backward)
@@ -250,9 +277,11 @@ function drawNeurons(state) { // the same net, neuron by neuron: each edge a wei
     if (node.kind === "input" || (node.kind === "bias" && !(next && next.kind === "activation")) || node.kind === "activation") columns.push(node);
   });
   const widths = columns.map((c) => c.value.length), tallest = Math.max(...widths);
-  const W = 120 * columns.length, H = Math.max(190, tallest * 22 + 20);
+  const header = 26, W = 120 * columns.length, H = header + Math.max(170, tallest * 22 + 12);
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  const position = (c, i) => [60 + c * 120, H / 2 + (i - (widths[c] - 1) / 2) * 22];
+  svg.style.width = Math.max(svg.parentElement.clientWidth - 2, W) + "px"; // full size: a wide net scrolls
+  svg.style.height = H + "px";
+  const position = (c, i) => [60 + c * 120, header + (H - header) / 2 + (i - (widths[c] - 1) / 2) * 22];
   const weights = state.parameters.filter((p) => p.name.startsWith("W"));
   weights.forEach((parameter, layer) => {
     const matrix = backward ? parameter.delta : parameter.value; // (in, out)
@@ -276,7 +305,7 @@ function drawNeurons(state) { // the same net, neuron by neuron: each edge a wei
       svgElement("title", {}, circle).textContent = `${backward ? "δ" : ""}${node.name}[${i}] = ${fmt(v)} (point ${state.point})`;
       circle.addEventListener("click", () => selectItem(node.name));
     });
-    svgElement("text", { x: 60 + c * 120, y: 14, "text-anchor": "middle", "font-size": 12 }, svg).textContent = (backward ? "δ" : "") + node.name;
+    svgElement("text", { class: "column", x: 60 + c * 120, y: 16, "text-anchor": "middle", "font-size": 13 }, svg).textContent = (backward ? "δ" : "") + node.name;
   });
 }
 
@@ -396,7 +425,7 @@ $("label").addEventListener("change", predictDigit);
 async function start() {
   clearPad();
   $("function-row").style.display = "none";
-  $("points").disabled = true; // XOR first: the slide's four points
+  $("points").disabled = $("noise").disabled = true; // XOR first: the slide's four exact points
   try {
     const info = await api("digit/info");
     const name = info.ready ? info.checkpoint.split(/[\\/]/).pop() : "";
