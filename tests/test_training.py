@@ -370,3 +370,59 @@ def test_multirun_over_seeds(tmp_path):
     runs = [_read_results(tmp_path / "sweep" / str(job)) for job in (0, 1)]
     assert [run["seed"] for run in runs] == [0, 1]
     assert runs[0]["test/loss"] != runs[1]["test/loss"]
+
+
+# The metrics.csv of a 3-epoch run (Lightning's rows, in its order): the per-step loss logged at
+# two steps only, then the test and the best checkpoint's validation (epoch 1's) at the last step.
+METRICS_CSV = """epoch,step,test/acc,test/loss,train/loss,train/loss_step,val/acc,val/loss
+0,3,,,,,0.80,0.70
+0,3,,,0.90,,,
+1,7,,,,0.50,,
+1,7,,,,,0.90,0.40
+1,7,,,0.45,,,
+2,11,,,,0.60,,
+2,11,,,,,0.85,0.50
+2,11,,,0.42,,,
+3,12,0.91,0.41,,,,
+3,12,,,,,0.90,0.40
+"""
+
+
+def _drawn_figures(monkeypatch) -> dict[str, object]:
+    """The figures the plot functions draw, by file name, kept open to read their artists."""
+    from manualbp.training import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.setdefault(Path(path).name, figure) and path)
+    return drawn
+
+
+def test_learning_curves_end_at_the_last_training_epoch_and_skip_a_too_sparse_step_curve(monkeypatch, tmp_path):
+    from manualbp.training import figures
+
+    (tmp_path / "metrics.csv").write_text(METRICS_CSV)
+    drawn = _drawn_figures(monkeypatch)
+    figures.plot_learning_curves(figures.read_metrics_csv(tmp_path / "metrics.csv"), tmp_path)
+    loss_lines = {line.get_label(): list(line.get_xdata()) for line in drawn["loss.png"].axes[0].get_lines()}
+    assert loss_lines == {"train/loss": [3.0, 7.0, 11.0], "val/loss": [3.0, 7.0, 11.0]}
+    (accuracy,) = drawn["accuracy.png"].axes[0].get_lines()
+    assert list(accuracy.get_xdata()) == [3.0, 7.0, 11.0] and list(accuracy.get_ydata()) == [0.80, 0.90, 0.85]
+
+
+def test_the_step_curve_is_drawn_where_it_has_more_points_than_the_epochs(monkeypatch, tmp_path):
+    from manualbp.training import figures
+
+    metrics = {"train/loss": [(9.0, 1.0), (19.0, 0.5)], "train/loss_step": [(float(s), 1.0) for s in range(0, 20, 4)]}
+    drawn = _drawn_figures(monkeypatch)
+    figures.plot_learning_curves(metrics, tmp_path)
+    assert {line.get_label() for line in drawn["loss.png"].axes[0].get_lines()} == {"train/loss", "train/loss_step"}
+
+
+def test_the_confusion_matrix_labels_its_rows_horizontally(monkeypatch, tmp_path):
+    from manualbp.training import figures
+
+    drawn = _drawn_figures(monkeypatch)
+    figures.plot_confusion_matrix(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), 3, tmp_path / "cm.png")
+    axes = drawn["cm.png"].axes[0]
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["0", "1", "2"]
+    assert all(label.get_rotation() == 0 for label in axes.get_yticklabels())
