@@ -9,18 +9,21 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torchvision
 from helpers import FULL_MNIST_ROOT, run_train_py, write_mnist_files
 
-from manualbp.errors import DataError, GradientMismatchError, NonFiniteLossError
+from manualbp.errors import ConfigError, DataError, GradientMismatchError, NonFiniteLossError
 from manualbp.layers import activations
 from manualbp.training import train
-from manualbp.training.callbacks import LineProgressBar, progress_bar
+from manualbp.training.callbacks import LineProgressBar, duration, progress_bar
+from manualbp.training.checkpoints import read_checkpoint
 from manualbp.training.data import MNISTDataModule
 from manualbp.training.data.batches import IndexBatchSampler
 from manualbp.training.data.mnist_files import DATA_ENV
+from manualbp.training.pipeline import torch_threads
 
 RESULT_KEYS = {"test/acc", "test/loss", "val/acc", "fit_time_s", "train_time_s", "train/samples_per_s"}
 
@@ -337,6 +340,13 @@ def test_progress_is_a_rich_or_tqdm_bar_in_a_terminal_and_lines_otherwise(config
     assert epoch_losses[0] > epoch_losses[1]  # each epoch's line shows its own train/loss, not the one before
     step_lines = [line for line in lines if line.startswith("epoch 1/2  step")]
     assert 50 <= len(step_lines) <= 100 and "samples/s" in step_lines[0]
+    etas = [line.split("ETA ")[1] for line in step_lines]  # the run's steps left, at this epoch's pace
+    assert all(eta.endswith(" s") for eta in etas), etas
+    assert int(etas[0].split()[0]) >= int(etas[-1].split()[0]), etas  # the last line of epoch 1 of 2
+
+
+def test_the_time_left_reads_as_a_person_says_it():
+    assert [duration(s) for s in (4.4, 59.6, 185, 3725)] == ["4 s", "1 min 00 s", "3 min 05 s", "1 h 02 min"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,3 +436,39 @@ def test_the_confusion_matrix_labels_its_rows_horizontally(monkeypatch, tmp_path
     axes = drawn["cm.png"].axes[0]
     assert [label.get_text() for label in axes.get_yticklabels()] == ["0", "1", "2"]
     assert all(label.get_rotation() == 0 for label in axes.get_yticklabels())
+
+
+def test_the_step_checkpoint_is_written_every_n_steps(config, tmp_path):
+    # The epochs' last.ckpt left out: what is there is the step checkpoint's.
+    results = train(config("model=xor", "trainer.max_epochs=1", "figures=false", "~callbacks.last_checkpoint",
+                           "callbacks.step_checkpoint.every_n_steps=7"))
+    assert results["steps"] >= 7
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == results["steps"] // 7 * 7
+
+
+@pytest.mark.parametrize("setting", [1, 2])
+def test_the_threads_setting_is_applied(config, setting):
+    seen = []
+
+    class Threads(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(torch.get_num_threads())
+
+    try:
+        train(config("model=xor", "trainer.max_epochs=1", "figures=false", f"trainer.threads={setting}"), [Threads()])
+    finally:
+        torch.set_num_threads(1)
+    assert seen == [setting]
+
+
+def test_auto_threads_leave_the_busy_cores_alone(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert torch_threads("auto", cores=2, load=10.0) == 1  # a loaded 2-core machine
+    assert torch_threads("auto", cores=2, load=0.9) == 1
+    assert torch_threads("auto", cores=2, load=0.1) == 2  # an idle one
+    assert torch_threads("auto", cores=16, load=3.0) == 2  # never above torch's own count
+    assert torch_threads(3) == 3
+    for wrong in (0, "many", 1.5, True):
+        with pytest.raises(ConfigError, match="trainer.threads must be auto or a whole number"):
+            torch_threads(wrong)
