@@ -20,8 +20,10 @@ from manualbp.training.evaluate import ckpt_path_argument, register_trained_run
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     from manualbp.errors import ManualbpError
+    from manualbp.training.console import use_hydra_logging
     from manualbp.training.evaluate import evaluate
 
+    use_hydra_logging()  # as train.py: Lightning's messages in the run's eval.log, not on the console
     try:
         return evaluate(cfg)["test/acc"]
     except (ManualbpError, InstantiationException) as error:

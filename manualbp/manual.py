@@ -103,7 +103,7 @@ def backprop(
 class Trace:
     """Every intermediate of one forward and backward pass (:func:`backprop_trace`).
 
-    ``outputs[i]``: the output of layer ``i`` of the net (Z₁, Z₂, ..., Yp), (N, *);
+    ``outputs[i]``: the output of layer ``i`` of the net (Z₁, Z₂, ..., Yp), ``(N, *)``;
     ``output_grads[i]``: its δ, ∂L/∂outputs[i], same shape; ``input_grad``: δX of the inputs;
     ``loss``: the scalar L; ``grads``: δθ keyed like ``net.named_parameters()``.
     """

@@ -66,7 +66,7 @@ class MLP(torch.nn.Sequential):
     choices or None. With ``fuse=True`` each hidden Linear → ReLU pair is one :class:`LinearReLU`
     node (same numbers, less time and memory). ``init="zeros"`` starts every parameter at 0 --
     right for a single layer (linear regression is convex), wrong for hidden layers (their units
-    would stay identical), so it is refused there. Input (*, sizes[0]) -> output (*, sizes[-1]).
+    would stay identical), so it is refused there. Input ``(*, sizes[0])`` -> output ``(*, sizes[-1])``.
     """
 
     def __init__(

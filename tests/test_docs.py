@@ -168,3 +168,20 @@ def test_the_site_is_where_the_readme_says():
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (PROJECT_ROOT / link).is_file(), f"README links to {link}, which does not exist"
     assert (DOCS / "mkdocs.yml").is_file()
+
+
+@pytest.mark.slow
+def test_the_api_reference_keeps_the_stars_of_shapes(built_site):
+    """``(*, L, E)`` in a docstring is shown as written: Markdown would read a bare pair of stars as
+    italics and drop them, leaving ``(, L, E)`` or ``(N, C, )``."""
+    pages = sorted((built_site / "api").rglob("index.html"))
+    assert len(pages) >= 3, pages
+    eaten = {}
+    for page in pages:
+        text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
+        found = re.findall(r"[^\n]{0,40}(?:\(\s*,|, \))[^\n]{0,20}", text)  # (, L, E) or (N, C, )
+        if found:
+            eaten[str(page.relative_to(built_site))] = found[:3]
+    assert not eaten, f"shapes whose * was eaten: {eaten}"
+    functional = html.unescape(re.sub(r"<[^>]+>", "", (built_site / "api" / "functional" / "index.html").read_text()))
+    assert "grad_output δZ: (*, out_features)" in functional

@@ -62,6 +62,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 # Commands not run as written, each with why and what tests it instead.
 NOT_RUN = {
+    "pip install torch torchvision --index-url": "an install from PyTorch's CPU-only package index, which this "
+                                                 "test cannot reach; the torch installed here is that build",
     "python -m pytest": "the test suite: this run, or (-m \"not slow\") its quick part",
     'pip install -e ".[': "installs an extra of pyproject.toml: test_the_extras_the_pages_install_are_defined checks "
                           "each one exists and that its packages are the ones installed here",

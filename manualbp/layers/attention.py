@@ -54,8 +54,9 @@ __all__ = [
 
 def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
                             causal: bool = False) -> Tensor:
-    """P = softmax(Q Kᵀ·s + M) over the keys; rows with every key masked are 0. (*, L, E), (*, S, E) -> (*, L, S).
-    ``causal``: M = −∞ above the diagonal (key j > query i), written into the scores in place."""
+    """P = softmax(Q Kᵀ·s + M) over the keys; rows with every key masked are 0.
+    ``(*, L, E)``, ``(*, S, E)`` -> ``(*, L, S)``. ``causal``: M = −∞ above the diagonal (key j > query i),
+    written into the scores in place."""
     scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # S = Q Kᵀ·s (a fresh tensor: scaled in place)
     if causal:  # every row sees its own key at least: none is fully masked
         above = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu_(1)  # key j > query i
@@ -71,8 +72,8 @@ def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, sca
 
 def attention_forward(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float,
                       causal: bool = False) -> Tensor:
-    """O = softmax(Q Kᵀ·s + M) V. query (*, L, E), key (*, S, E), value (*, S, Ev), mask broadcastable
-    to (*, L, S) or None. Returns O: (*, L, Ev)."""
+    """O = softmax(Q Kᵀ·s + M) V. query ``(*, L, E)``, key ``(*, S, E)``, value ``(*, S, Ev)``, mask broadcastable
+    to ``(*, L, S)`` or None. Returns O: ``(*, L, Ev)``."""
     return torch.matmul(attention_probabilities(query, key, mask, scale, causal), value)  # O = P V
 
 
@@ -86,9 +87,9 @@ def attention_backward(
     needs_grad: tuple[bool, bool, bool, bool] = (True, True, True, False),
     causal: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """δQ, δK, δV and δM (the scores' gradient, (*, L, S)) of O = softmax(Q Kᵀ·s + M) V; P is recomputed.
+    """δQ, δK, δV and δM (the scores' gradient, ``(*, L, S)``) of O = softmax(Q Kᵀ·s + M) V; P is recomputed.
 
-    grad_output δO: (*, L, Ev); the rest as in :func:`attention_forward`. Each result is None
+    grad_output δO: ``(*, L, Ev)``; the rest as in :func:`attention_forward`. Each result is None
     unless ``needs_grad`` asks for it (δM is returned at the scores' shape, unreduced).
     """
     probabilities = attention_probabilities(query, key, mask, scale, causal)  # P, recomputed
@@ -112,9 +113,9 @@ def attention_probabilities_backward(
     needs_grad: tuple[bool, bool, bool] = (True, True, False),
     grad_probabilities_is_ours: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """δQ, δK and δM (= δS, at the scores' shape (*, L, S)) of P = softmax(Q Kᵀ·s + M), from δP.
+    """δQ, δK and δM (= δS, at the scores' shape ``(*, L, S)``) of P = softmax(Q Kᵀ·s + M), from δP.
 
-    grad_probabilities δP, probabilities P: (*, L, S); query (*, L, E), key (*, S, E). Each result is
+    grad_probabilities δP, probabilities P: ``(*, L, S)``; query ``(*, L, E)``, key ``(*, S, E)``. Each result is
     None unless ``needs_grad`` asks for it. ``grad_probabilities_is_ours``: δP is a buffer the caller
     made, which δS may be written over (where :func:`owns_buffers` allows)."""
     if grad_probabilities_is_ours and owns_buffers(grad_probabilities):  # δS written over δP
@@ -229,7 +230,7 @@ def attention_weights(query: Tensor, key: Tensor, attn_mask: Tensor | None = Non
                       scale: float | None = None) -> Tensor:
     """P = softmax(Q Kᵀ·scale + M) over the keys, with the hand-written backward: the attention
     weights on their own, for when they are needed (``MultiheadAttention(need_weights=True)``,
-    dropout on them, a picture). query (*, L, E), key (*, S, E) -> (*, L, S); masks as in
+    dropout on them, a picture). query ``(*, L, E)``, key ``(*, S, E)`` -> ``(*, L, S)``; masks as in
     :func:`scaled_dot_product_attention`. A fully masked row is 0."""
     mask = _additive_mask(attn_mask, is_causal, query.dtype)
     _check_attention_arguments(query, key, key[..., :1], mask, "attention_weights")
@@ -293,9 +294,9 @@ def scaled_dot_product_attention(
     enable_gqa: bool = False,
 ) -> Tensor:
     """softmax(Q Kᵀ·scale + M) V like ``torch.nn.functional.scaled_dot_product_attention``, with the
-    hand-written backward. query (*, L, E), key (*, S, E), value (*, S, Ev) -> (*, L, Ev).
+    hand-written backward. query ``(*, L, E)``, key ``(*, S, E)``, value ``(*, S, Ev)`` -> ``(*, L, Ev)``.
 
-    attn_mask: bool (True = attend) or float (added to the scores), broadcastable to (*, L, S);
+    attn_mask: bool (True = attend) or float (added to the scores), broadcastable to ``(*, L, S)``;
     is_causal: query i sees keys j ≤ i. dropout_p > 0 and enable_gqa are not supported
     (NotImplementedError: under ``manualbp.hand_written()`` PyTorch's kernel runs instead).
     """

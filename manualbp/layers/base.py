@@ -257,7 +257,7 @@ def _autocast_eligible(arg) -> bool:
 
 
 def as_rows(tensor: Tensor) -> Tensor:
-    """(*, features) -> (rows, features), rows = the product of the leading sizes (1 for a vector):
+    """``(*, features)`` -> (rows, features), rows = the product of the leading sizes (1 for a vector):
     a view where it can be. Sizes are spelled out, not ``reshape(-1, features)``, which fails for
     zero features ("cannot reshape tensor of 0 elements into shape [-1, 0]")."""
     if tensor.dim() == 2:

@@ -4,7 +4,7 @@ Row n of the output is row i_n of the weight: Z = W[i], i.e. Z = onehot(i)·W. S
 layer's δW = XᵀδZ with X = onehot(i) is a scatter-add: each row of δZ is added to the row of δW
 it was read from (repeated indices add up; the padding row gets none). The indices get no gradient.
 
-Shapes: indices (*) integer, weight (V, D); output (*, D).
+Shapes: indices ``(*)`` integer, weight (V, D); output ``(*, D)``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = [
 
 
 def embedding_forward(indices: Tensor, weight: Tensor) -> Tensor:
-    """Z = W[i]: indices (*) -> (*, D), one row of weight (V, D) per index."""
+    """Z = W[i]: indices ``(*)`` -> ``(*, D)``, one row of weight (V, D) per index."""
     return weight[indices]  # Z_n = W_(i_n)
 
 
@@ -106,8 +106,8 @@ def _padding_index(padding_idx: int | None, num_embeddings: int) -> int | None:
 @hand_writes(torch.nn.functional.embedding)
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, max_norm: float | None = None,
               norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
-    """Rows of ``weight`` (V, D) at the integer ``input`` (*), like ``torch.nn.functional.embedding``:
-    (*, D). ``padding_idx``: that row gets no gradient. ``max_norm``, ``scale_grad_by_freq`` and
+    """Rows of ``weight`` (V, D) at the integer ``input`` ``(*)``, like ``torch.nn.functional.embedding``:
+    ``(*, D)``. ``padding_idx``: that row gets no gradient. ``max_norm``, ``scale_grad_by_freq`` and
     ``sparse`` are not supported (NotImplementedError)."""
     if max_norm is not None or scale_grad_by_freq or sparse:
         raise NotImplementedError(
@@ -132,7 +132,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, max
 class Embedding(SharesState, torch.nn.Embedding, torch_twin=torch.nn.Embedding):
     """``torch.nn.Embedding`` (same weight and state_dict) with the hand-written backward
     δW = scatter-add of δZ's rows at the indices. Tie it to an output Linear by giving both the same
-    Parameter (``lm_head.weight = embedding.weight``): the two gradients add. input (*) -> (*, D)."""
+    Parameter (``lm_head.weight = embedding.weight``): the two gradients add. input ``(*)`` -> ``(*, D)``."""
 
     def forward(self, input: Tensor) -> Tensor:
         return embedding(input, self.weight, self.padding_idx)

@@ -47,8 +47,8 @@ __all__ = [
 def linear_forward(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Z = X Wᵀ + b.
 
-    input: (*, in_features); weight: (out_features, in_features); bias: (out_features,) or None.
-    Returns Z: (*, out_features).
+    input: ``(*, in_features)``; weight: (out_features, in_features); bias: (out_features,) or None.
+    Returns Z: ``(*, out_features)``.
     """
     if input.dim() == 2 and bias is not None:
         return torch.addmm(bias, input, weight.t())  # Z = X Wᵀ + b, in one GEMM
@@ -70,9 +70,9 @@ def linear_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """δX, δW, δb of Z = X Wᵀ + b, each computed only if ``needs_grad`` asks for it.
 
-    grad_output δZ: (*, out_features); input X: (*, in_features) (may be None if δW is not
+    grad_output δZ: ``(*, out_features)``; input X: ``(*, in_features)`` (may be None if δW is not
     needed); weight W: (out_features, in_features).
-    Returns δX: (*, in_features), δW: (out_features, in_features), δb: (out_features,).
+    Returns δX: ``(*, in_features)``, δW: (out_features, in_features), δb: (out_features,).
     """
     grad_rows = as_rows(grad_output)
     grad_input = grad_weight = grad_bias = None
@@ -198,8 +198,8 @@ class LinearFunction(LayerFunction):
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Z = X Wᵀ + b, like ``torch.nn.functional.linear``, with the hand-written backward.
 
-    input: (*, in_features), floating point; weight: (out_features, in_features);
-    bias: (out_features,) or None. Returns (*, out_features).
+    input: ``(*, in_features)``, floating point; weight: (out_features, in_features);
+    bias: (out_features,) or None. Returns ``(*, out_features)``.
     Under autocast it runs in the autocast dtype (bfloat16 on CPU), like ``F.linear``.
     """
     _check_linear_arguments(input, weight, bias)
@@ -209,7 +209,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 class Linear(torch.nn.Linear, Layer, torch_twin=torch.nn.Linear):
     """Z = X Wᵀ + b with the hand-written backward; a drop-in for ``torch.nn.Linear``.
 
-    Input (*, in_features) -> output (*, out_features). ``weight``: (out_features, in_features),
+    Input ``(*, in_features)`` -> output ``(*, out_features)``. ``weight``: (out_features, in_features),
     ``bias``: (out_features,) or None; same names, shapes and initialisation as torch.nn.Linear.
     """
 

@@ -176,7 +176,7 @@ def softmax_euclidean_backward(
 def euclidean_loss_forward(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:
     """L = ½‖Yp − Y‖² summed over everything; ``"mean"`` divides by the batch size N = pred.shape[0].
 
-    pred, target: the same shape (N, *). Returns a scalar.
+    pred, target: the same shape ``(N, *)``. Returns a scalar.
     """
     loss = 0.5 * ((pred - target) ** 2).sum()  # L = ½‖Yp − Y‖²
     return loss / _batch_size(pred) if reduction == "mean" else loss
@@ -515,7 +515,7 @@ REDUCTIONS = ("sum", "mean")
 def euclidean_loss(pred: Tensor, target: Tensor, reduction: str = "sum") -> Tensor:
     """½‖Yp − Y‖², the slides' Euclidean loss; ``reduction="mean"`` divides by the batch size N.
 
-    pred, target: the same shape (N, *); no broadcasting. Returns a scalar.
+    pred, target: the same shape ``(N, *)``; no broadcasting. Returns a scalar.
     (``"mean"`` is per example, not per element as in ``torch.nn.MSELoss``.)
     """
     return apply(EuclideanLossFunction, *_euclidean_arguments(pred, target, reduction), autocast_to="float32")
@@ -536,7 +536,7 @@ class TorchEuclideanLoss(torch.nn.Module):
 class EuclideanLoss(torch.nn.Module, Loss, torch_twin=TorchEuclideanLoss, name="euclidean"):
     """½‖Yp − Y‖² with backward (Yp − Y); ``reduction="mean"`` divides by the batch size N.
 
-    pred and target: the same shape (N, *). -> scalar.
+    pred and target: the same shape ``(N, *)``. -> scalar.
     """
 
     def __init__(self, reduction: str = "sum") -> None:

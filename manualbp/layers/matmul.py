@@ -1,7 +1,7 @@
 """The matrix product C = A B: the linear layer without its bias, for two inputs that both learn
 (attention's Q Kᵀ and P V written out by hand, ``x @ w`` in anyone's forward).
 
-For A (*, n, k) and B (*, k, m), the leading dimensions broadcast as in ``torch.matmul``:
+For A ``(*, n, k)`` and B ``(*, k, m)``, the leading dimensions broadcast as in ``torch.matmul``:
 
     C = A B                      (*, n, m)
     δA = δC Bᵀ                   (the linear layer's δX = δZ W)
@@ -32,7 +32,7 @@ __all__ = [
 
 
 def matmul_forward(first: Tensor, second: Tensor) -> Tensor:
-    """C = A B. first A: (*, n, k); second B: (*, k, m), leading dimensions broadcast. Returns (*, n, m)."""
+    """C = A B. first A: ``(*, n, k)``; second B: ``(*, k, m)``, leading dimensions broadcast. Returns ``(*, n, m)``."""
     return torch.matmul(first, second)  # C = A B
 
 
@@ -47,7 +47,7 @@ def matmul_backward(
     B's; summed over the leading dimensions it was broadcast along), each only if ``needs_grad``
     asks for it (A may be None when δB is not needed, B when δA is not).
 
-    grad_output δC: (*, n, m); first A: (*, n, k); second B: (*, k, m)."""
+    grad_output δC: ``(*, n, m)``; first A: ``(*, n, k)``; second B: ``(*, k, m)``."""
     grad_first = grad_second = None
     if needs_grad[0]:
         grad_first = sum_to_shape(torch.matmul(grad_output, second.mT), shapes[0])  # δA = δC Bᵀ
@@ -106,7 +106,7 @@ class MatmulFunction(LayerFunction):
 @hand_writes(torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm)
 def matmul(input: Tensor, other: Tensor, *, out: Tensor | None = None) -> Tensor:
     """A B like ``torch.matmul`` for operands of at least two dimensions (leading dimensions
-    broadcast), with the hand-written backward. input (*, n, k), other (*, k, m) -> (*, n, m).
+    broadcast), with the hand-written backward. input ``(*, n, k)``, other ``(*, k, m)`` -> ``(*, n, m)``.
 
     A vector operand (1-D) or ``out=`` is not supported (NotImplementedError: under
     ``manualbp.hand_written()`` PyTorch's matmul runs instead)."""

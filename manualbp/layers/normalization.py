@@ -14,7 +14,7 @@ Training also updates the running statistics in place, as torch does:
 running_mean ← (1 − momentum)·running_mean + momentum·μ, and the same for running_var with the
 unbiased variance σ²·M/(M − 1).
 
-Shapes: input (N, C) or (N, C, *) (e.g. (N, C, H, W)); γ, β, μ, σ²: (C,).
+Shapes: input (N, C) or ``(N, C, *)`` (e.g. (N, C, H, W)); γ, β, μ, σ²: (C,).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _centered_and_variance(input: Tensor, dims: tuple[int, ...]) -> tuple[Tensor
 
 
 def batch_norm_statistics(input: Tensor) -> tuple[Tensor, Tensor]:
-    """μ = mean(x) and the biased σ² = mean((x − μ)²) per channel. input: (N, C, *) -> (C,), (C,)."""
+    """μ = mean(x) and the biased σ² = mean((x − μ)²) per channel. input: ``(N, C, *)`` -> (C,), (C,)."""
     if input.numel() == 0:  # no values: the mean of nothing (NaN), without var_mean's warning about it
         nothing = input.new_full((input.shape[1],), float("nan"))
         return nothing, nothing.clone()
@@ -102,7 +102,7 @@ def batch_norm_forward(
 ) -> Tensor:
     """y = γ (x − μ)/√(σ² + ε) + β (γ = 1, β = 0 when None).
 
-    input x: (N, C, *); mean μ, variance σ², weight γ, bias β: (C,). Returns y: x's shape.
+    input x: ``(N, C, *)``; mean μ, variance σ², weight γ, bias β: (C,). Returns y: x's shape.
     """
     scale = torch.rsqrt(variance + eps)  # 1/σ
     if weight is not None:
@@ -127,7 +127,7 @@ def batch_norm_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """δx, δγ, δβ of y = γ (x − μ)/σ + β; ``training``: μ, σ² are the batch's own statistics.
 
-    grad_output δy and input x: (N, C, *); mean μ, variance σ², weight γ (or None): (C,).
+    grad_output δy and input x: ``(N, C, *)``; mean μ, variance σ², weight γ (or None): (C,).
     Returns δx: x's shape, δγ: (C,), δβ: (C,) (each None unless ``needs_grad`` asks for it).
     """
     dims = _channel_dims(input)
@@ -212,7 +212,7 @@ _FEW_POSITIONS = 64
 
 
 def _fast_float32(*tensors: Tensor | None) -> bool:
-    """Whether the float32 forms apply: the input (first) batched (N, C, *) and non-empty, every
+    """Whether the float32 forms apply: the input (first) batched ``(N, C, *)`` and non-empty, every
     tensor given float32, contiguous and not traced."""
     input = tensors[0]
     return (input.dim() >= 2 and input.numel() > 0
@@ -221,7 +221,7 @@ def _fast_float32(*tensors: Tensor | None) -> bool:
 
 
 def _channel_sums(values: Tensor) -> Tensor:
-    """Σ over every dimension but the channels': (N, C, *) contiguous -> (C,)."""
+    """Σ over every dimension but the channels': ``(N, C, *)`` contiguous -> (C,)."""
     rows = values.reshape(values.shape[0], values.shape[1], -1)  # (N, C, H·W)
     if rows.shape[-1] < _FEW_POSITIONS:
         return rows.sum(0).sum(-1)  # over the images, then each channel's positions
@@ -229,8 +229,8 @@ def _channel_sums(values: Tensor) -> Tensor:
 
 
 def _channel_factor(values: Tensor, input: Tensor) -> Tensor:
-    """(C,) -> broadcastable against input (N, C, *): (1, C, 1, ...), or for few positions per
-    channel the values repeated over them, (1, C, *) (C·H·W values: the broadcast's inner loop runs
+    """(C,) -> broadcastable against input ``(N, C, *)``: (1, C, 1, ...), or for few positions per
+    channel the values repeated over them, ``(1, C, *)`` (C·H·W values: the broadcast's inner loop runs
     over all of them instead of H·W at a time)."""
     factor = _per_channel(values, input)
     if 1 < math.prod(input.shape[2:]) < _FEW_POSITIONS:
@@ -244,7 +244,7 @@ def batch_norm_training_forward_fast(
     """:func:`batch_norm_statistics` then :func:`batch_norm_forward` in float32, over one buffer:
     x − μ written once, σ² summed from its squares, then scaled and shifted in place.
 
-    input x: (N, C, *) contiguous float32; weight γ, bias β: (C,) or None.
+    input x: ``(N, C, *)`` contiguous float32; weight γ, bias β: (C,) or None.
     Returns y: x's shape, μ: (C,), σ²: (C,) (biased)."""
     count = input.numel() // input.shape[1]  # M
     mean = _channel_sums(input) / count  # μ = mean(x)
@@ -268,7 +268,7 @@ def batch_norm_training_backward_fast32(
     there and summed, then x − μ again and δx made over it. Uses 1/σ constant over each sum:
     δγ = Σ δy·x̂ = (1/σ)·Σ δy·(x − μ), and x̂·mean(δy·x̂) = (x − μ)·(mean(δy·x̂)/σ).
 
-    grad_output δy, input x: (N, C, *) contiguous float32; mean μ, variance σ², weight γ (or None):
+    grad_output δy, input x: ``(N, C, *)`` contiguous float32; mean μ, variance σ², weight γ (or None):
     (C,). Returns δx: x's shape, δγ, δβ: (C,) (each None unless ``needs_grad`` asks for it)."""
     count = input.numel() // input.shape[1]  # M
     inverse_std = torch.rsqrt(variance + eps)  # 1/σ
@@ -496,7 +496,7 @@ def batch_norm(
 ) -> Tensor:
     """Batch normalization like ``torch.nn.functional.batch_norm``, with the hand-written backward.
 
-    input: (N, C) or (N, C, *); running_mean, running_var: (C,) or None (updated in place when
+    input: (N, C) or ``(N, C, *)``; running_mean, running_var: (C,) or None (updated in place when
     training); weight γ, bias β: (C,) or None. ``training`` normalizes with the batch's statistics,
     otherwise with the running ones. Returns y: the input's shape.
     """
@@ -629,7 +629,7 @@ def layer_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | Non
                        eps: float) -> Tensor:
     """y = γ (x − μ)/σ + β per row of the last ``normalized_dims`` dimensions.
 
-    input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None. Returns y: input's shape.
+    input: ``(*, *normalized_shape)``; weight γ, bias β: normalized_shape or None. Returns y: input's shape.
     """
     normalized, _ = _normalized_rows(input, _row_dims(input, normalized_dims), eps)  # x̂ = (x − μ)/σ
     if weight is not None:
@@ -643,8 +643,8 @@ def layer_norm_forward_fast(input: Tensor, normalized_dims: int, weight: Tensor 
     its squares, then scaled and shifted in place: two buffers fewer), also returning μ and 1/σ per
     row, which the Function keeps for its backward (as PyTorch's layer norm keeps them).
 
-    input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None.
-    Returns y: input's shape, μ and 1/σ: (*, 1, ..., 1)."""
+    input: ``(*, *normalized_shape)``; weight γ, bias β: normalized_shape or None.
+    Returns y: input's shape, μ and 1/σ: ``(*, 1, ..., 1)``."""
     mean, output, variance = _centered_and_variance(input, _row_dims(input, normalized_dims))  # μ, x − μ, σ²
     inverse_std = variance.add_(eps).rsqrt_()  # 1/σ = 1/√(σ² + ε)
     output.mul_(inverse_std)  # x̂ = (x − μ)/σ
@@ -671,7 +671,7 @@ def layer_norm_backward(
     products may go into buffers of our own (see ``owns_buffers``), read from ``statistics`` when
     given: (μ, 1/σ) as :func:`layer_norm_forward_fast` returns them.
 
-    grad_output δy, input x: (*, *normalized_shape); weight γ: normalized_shape or None.
+    grad_output δy, input x: ``(*, *normalized_shape)``; weight γ: normalized_shape or None.
     Returns δx: x's shape, δγ and δβ: normalized_shape (each None unless ``needs_grad`` asks for it).
     """
     dims = _row_dims(input, normalized_dims)
@@ -798,7 +798,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
                eps: float = 1e-5) -> Tensor:
     """Layer normalization like ``torch.nn.functional.layer_norm``, with the hand-written backward.
 
-    input: (*, *normalized_shape); weight γ, bias β: normalized_shape or None. Returns y: input's shape.
+    input: ``(*, *normalized_shape)``; weight γ, bias β: normalized_shape or None. Returns y: input's shape.
     """
     normalized_shape = _normalized_shape(normalized_shape)
     _check_layer_norm_arguments(input, normalized_shape, weight, bias)
@@ -810,7 +810,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
 
 class LayerNorm(SharesState, torch.nn.LayerNorm, torch_twin=torch.nn.LayerNorm):
     """``torch.nn.LayerNorm`` (same parameters and state_dict) with the hand-written backward
-    δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)), g = γδy. input (*, *normalized_shape)."""
+    δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)), g = γδy. input ``(*, *normalized_shape)``."""
 
     def forward(self, input: Tensor) -> Tensor:
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -836,7 +836,7 @@ class LayerNorm(SharesState, torch.nn.LayerNorm, torch_twin=torch.nn.LayerNorm):
 
 
 def _group_rows(tensor: Tensor, num_groups: int) -> Tensor:
-    """(N, C, *) -> (N, G, (C/G)·∏*): each group of channels of an image as one row."""
+    """``(N, C, *)`` -> (N, G, (C/G)·∏*): each group of channels of an image as one row."""
     return tensor.reshape(tensor.shape[0], num_groups, math.prod(tensor.shape[1:]) // num_groups)
 
 
@@ -844,7 +844,7 @@ def group_norm_forward(input: Tensor, num_groups: int, weight: Tensor | None, bi
                        eps: float) -> Tensor:
     """y = γ (x − μ)/σ + β, μ and σ per image and group of channels, γ and β per channel.
 
-    input: (N, C, *); weight γ, bias β: (C,) or None. Returns y: input's shape.
+    input: ``(N, C, *)``; weight γ, bias β: (C,) or None. Returns y: input's shape.
     """
     normalized = layer_norm_forward(_group_rows(input, num_groups), 1, None, None, eps).reshape(input.shape)  # x̂
     if weight is not None:
@@ -862,7 +862,7 @@ def group_norm_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """δx, δγ, δβ of y = γ (x − μ)/σ + β per group; μ and σ recomputed from x, as layer norm's.
 
-    grad_output δy, input x: (N, C, *); weight γ: (C,) or None. Returns δx: x's shape, δγ and δβ:
+    grad_output δy, input x: ``(N, C, *)``; weight γ: (C,) or None. Returns δx: x's shape, δγ and δβ:
     (C,) (each None unless ``needs_grad`` asks for it).
     """
     rows = _group_rows(input, num_groups)
@@ -956,7 +956,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bia
                eps: float = 1e-5) -> Tensor:
     """Group normalization like ``torch.nn.functional.group_norm``, with the hand-written backward.
 
-    input: (N, C, *), C divisible by num_groups; weight γ, bias β: (C,) or None. Returns y: input's shape.
+    input: ``(N, C, *)``, C divisible by num_groups; weight γ, bias β: (C,) or None. Returns y: input's shape.
     """
     _check_group_norm_arguments(input, num_groups, weight, bias)
     if computes_in_float32(input, weight, bias):  # as torch's mixed-precision kernel
@@ -966,7 +966,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bia
 
 class GroupNorm(SharesState, torch.nn.GroupNorm, torch_twin=torch.nn.GroupNorm):
     """``torch.nn.GroupNorm`` (same parameters and state_dict) with the hand-written backward
-    δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)) per group, g = γδy. input (N, C, *)."""
+    δx = (1/σ)(g − mean(g) − x̂·mean(g·x̂)) per group, g = γδy. input ``(N, C, *)``."""
 
     def forward(self, input: Tensor) -> Tensor:
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)

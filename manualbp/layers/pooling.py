@@ -93,7 +93,7 @@ def max_pool2d_backward(grad_output: Tensor, indices: Tensor, input_shape: tuple
 
 
 def _planes(tensor: Tensor) -> Tensor:
-    """(*, H, W) -> (*, H·W): each plane as a row (reshape, so non-contiguous input is fine)."""
+    """``(*, H, W)`` -> ``(*, H·W)``: each plane as a row (reshape, so non-contiguous input is fine)."""
     return tensor.reshape(*tensor.shape[:-2], -1)
 
 
@@ -126,8 +126,8 @@ def adaptive_avg_pool2d_forward(input: Tensor, output_size: Pair) -> Tensor:
 def average_pool_backward(grad_output: Tensor, row_matrix: Tensor, column_matrix: Tensor) -> Tensor:
     """δX = A_hᵀ δZ A_w for Z = A_h X A_wᵀ (the linear layer's δX = δZ Wᵀ, from both sides).
 
-    grad_output δZ: (*, H_out, W_out); row_matrix A_h: (H_out, H); column_matrix A_w: (W_out, W).
-    Returns δX: (*, H, W).
+    grad_output δZ: ``(*, H_out, W_out)``; row_matrix A_h: (H_out, H); column_matrix A_w: (W_out, W).
+    Returns δX: ``(*, H, W)``.
     """
     return row_matrix.t() @ (grad_output @ column_matrix)  # δX = A_hᵀ δZ A_w
 
@@ -135,7 +135,7 @@ def average_pool_backward(grad_output: Tensor, row_matrix: Tensor, column_matrix
 def global_average_pool_backward_fast(grad_output: Tensor, input_shape: tuple[int, ...]) -> Tensor:
     """:func:`average_pool_backward` for a 1 × 1 output, where A_h = 1/H and A_w = 1/W are rows of
     constants: δX = δZ/(H·W) at every position, with no matrices built or multiplied.
-    grad_output δZ: (*, 1, 1) -> δX: input_shape (*, H, W)."""
+    grad_output δZ: ``(*, 1, 1)`` -> δX: input_shape ``(*, H, W)``."""
     height, width = input_shape[-2:]
     return (grad_output / (height * width)).expand(input_shape).contiguous()  # δX = A_hᵀ δZ A_w = δZ/(HW)
 

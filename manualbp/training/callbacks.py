@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import sys
 import time
 
@@ -96,12 +97,16 @@ class GradientAudit(Callback):
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> str | None:
-    """The newest checkpoint written during fit (conf: callbacks.last_checkpoint), if any."""
+    """The newest checkpoint written during fit (conf: callbacks.last_checkpoint, and
+    callbacks.step_checkpoint's every N steps and on Ctrl+C), if any."""
+    paths = [callback.last_model_path for callback in trainer.callbacks
+             if isinstance(callback, CheckpointEveryNStepsAndOnInterrupt) and callback.last_model_path]
     for callback in trainer.checkpoint_callbacks:
         path = callback.last_model_path or (callback.best_model_path if callback.monitor is None else "")
         if path:
-            return path
-    return None
+            paths.append(path)
+    existing = [path for path in paths if os.path.exists(path)]
+    return max(existing, key=os.path.getmtime) if existing else (paths[0] if paths else None)
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -194,20 +199,30 @@ class LineProgressBar(ProgressBar):
 
     def _start_epoch(self) -> None:
         self._epoch_started = self._last_line = time.perf_counter()
-        self._epoch_samples = 0
+        self._epoch_samples = self._epoch_steps = 0
         self._finished_epoch: tuple[int, float] | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._epoch_samples += len(batch[0])
+        self._epoch_steps += 1
         now = time.perf_counter()
         if now - self._last_line < self.every_s:
             return
         self._last_line = now
-        rate = self._epoch_samples / (now - self._epoch_started)
+        seconds = now - self._epoch_started
+        rate = self._epoch_samples / seconds
+        eta = self._steps_left(trainer, batch_idx) * seconds / self._epoch_steps
         self._print(
             f"{self._where(trainer, trainer.current_epoch, batch_idx)}  "
-            f"{self._metrics(trainer, ['train/loss_step'])}  {rate:,.0f} samples/s"
+            f"{self._metrics(trainer, ['train/loss_step'])}  {rate:,.0f} samples/s  ETA {duration(eta)}"
         )
+
+    def _steps_left(self, trainer: L.Trainer, batch_idx: int) -> int:
+        """Training steps left in the run after this one (the validation's time not counted)."""
+        if trainer.max_steps > 0:
+            return max(0, trainer.max_steps - trainer.global_step)
+        epochs_after_this = (trainer.max_epochs or trainer.current_epoch + 1) - trainer.current_epoch - 1
+        return int(self.total_train_batches - batch_idx - 1 + epochs_after_this * self.total_train_batches)
 
     def _where(self, trainer: L.Trainer, epoch: int, batch_idx: int | None = None) -> str:
         """"epoch 3/12  step 40/54" for a run of epochs; "epoch 3  step 540/2000" (steps of the
@@ -233,6 +248,45 @@ class LineProgressBar(ProgressBar):
             f"{self._where(trainer, epoch)} done in {seconds:.1f} s  "
             + self._metrics(trainer, ["train/loss", "val/loss", "val/acc"])
         )
+
+
+def duration(seconds: float) -> str:
+    """"45 s", "3 min 05 s", "1 h 02 min": a time left as a person reads it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class CheckpointEveryNStepsAndOnInterrupt(Callback):
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_steps`` training steps (0: never) and when the
+    run is stopped by Ctrl+C or SIGTERM during fit, so that a long run (the GPT's 2,000 steps) can
+    be resumed from where it was rather than from its last epoch. The epochs' last.ckpt
+    (``callbacks.last_checkpoint``) is the same file: the newest of them is what a resume reads."""
+
+    def __init__(self, dirpath: str, every_n_steps: int = 500) -> None:
+        super().__init__()
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be 0 (never) or a positive number of steps, got {every_n_steps}")
+        self.path = f"{dirpath}/last.ckpt"
+        self.every_n_steps = every_n_steps
+        self.last_model_path = ""  # as ModelCheckpoint's: what last_checkpoint_path reads
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if not all(torch.isfinite(parameter).all() for parameter in trainer.lightning_module.parameters()):
+            return  # NaN weights: the last good checkpoint stays (StopOnNonFiniteLoss stops the run)
+        trainer.save_checkpoint(self.path)
+        self.last_model_path = self.path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit" and trainer.global_step > 0:
+            self._save(trainer)
 
 
 def rich_installed() -> bool:

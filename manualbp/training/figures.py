@@ -19,13 +19,21 @@ from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
 
 
 def read_metrics_csv(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """Lightning's metrics.csv as {metric: [(step, value), ...]}, empty cells skipped."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    """Lightning's metrics.csv as {metric: [(step, value), ...]}, empty cells skipped: the rows of
+    the training, up to its last ``train/`` row. The evaluation after it (the test and the best
+    checkpoint's validation, logged at the last step) is left out, so that a curve does not end on
+    a repeat of an earlier epoch's point."""
     with open(path, newline="") as file:
-        for row in csv.DictReader(file):
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    series[key].append((float(row["step"]), float(value)))
+        rows = list(csv.DictReader(file))
+    training_rows = [index for index, row in enumerate(rows)
+                     if any(key.startswith("train/") and value not in ("", None) for key, value in row.items())]
+    if training_rows:
+        rows = rows[: training_rows[-1] + 1]
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("step", "epoch") and value not in ("", None):
+                series[key].append((float(row["step"]), float(value)))
     return dict(series)
 
 
@@ -37,8 +45,12 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 
 def plot_learning_curves(metrics: dict[str, list[tuple[float, float]]], out_dir: Path) -> list[Path]:
-    """loss.png (train per step and per epoch, validation per epoch) and accuracy.png."""
+    """loss.png (train per step and per epoch, validation per epoch) and accuracy.png. The per-step
+    training loss is drawn only where it has more points than the per-epoch one (a run of few steps
+    logs it too seldom to add anything: lower ``trainer.log_every_n_steps`` to see it)."""
     saved = []
+    if len(metrics.get("train/loss_step", [])) <= len(metrics.get("train/loss", [])):
+        metrics = {key: points for key, points in metrics.items() if key != "train/loss_step"}
     for name, keys, ylabel in (
         ("loss.png", ["train/loss_step", "train/loss", "val/loss"], "loss"),
         ("accuracy.png", ["val/acc"], "accuracy"),
@@ -91,6 +103,7 @@ def plot_confusion_matrix(predictions: Tensor, targets: Tensor, num_classes: int
     with warnings.catch_warnings():  # torchmetrics hands matplotlib a tensor: numpy 2 complains
         warnings.filterwarnings("ignore", message=".*__array__ implementation.*", category=DeprecationWarning)
         matrix.plot(ax=axes)
+    axes.tick_params(axis="y", labelrotation=0)  # torchmetrics turns the class names on their side
     axes.set_title("test set: true (rows) vs predicted (columns)")
     return _save(figure, path)
 

