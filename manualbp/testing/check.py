@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from manualbp.testing import checks, transforms
-from manualbp.testing.compare import first_line
-from manualbp.testing.inputs import LAYOUTS, describe, fresh, name_of, prepare, usable_layouts
+from manualbp.testing.compare import first_line, index_of
+from manualbp.testing.inputs import LAYOUTS, describe, fresh, is_floating, name_of, prepare, usable_layouts
 from manualbp.testing.report import FAILED, PASSED, SKIPPED, CheckResult, Errors, Report
 
 # key: (line in the report, runs on every layout?, the check)
@@ -90,6 +91,7 @@ def check_function(
         A correct float64 formula is within a few units of 1e-16; a wrong one is off by far more.
     """
     subject = prepare(function, reference, inputs, seed, batched_inputs)
+    _import_quietly_what_forward_mode_imports()
     tolerance = checks.Tolerance(rtol, atol, seed)
     unknown = set(skip) - set(CHECKS)
     if unknown:
@@ -97,11 +99,21 @@ def check_function(
     runs, skipped_layouts = usable_layouts(subject, layouts)
     if not runs:
         raise ValueError(f"no layout to check on: {'; '.join(skipped_layouts)}; give inputs the reference accepts")
+    _refuse_inputs_outside_the_domain(subject, runs[0][1], seed)
+    unsupported, rejected = _layouts_the_function_rejects(subject, runs)
+    runs = [(name, args) for name, args in runs if name not in unsupported]
     report = Report(f"check_function({name_of(function)} vs {name_of(reference)})")
     report.context.append(f"inputs: {describe(subject)} (seed {seed})")
     report.context.append("layouts: " + ", ".join(name for name, _ in runs)
                           + (f"; skipped: {'; '.join(skipped_layouts)}" if skipped_layouts else ""))
-    rejected = _rejected_layouts(subject, runs)
+    if unsupported:
+        keys = [key for key in layouts if LAYOUTS.get(key) not in unsupported]
+        report.context.append(
+            "not supported by the function, so not checked: "
+            + "; ".join(f"{name} ({error})" for name, error in unsupported.items())
+            + " (it raises there and not on the inputs as given: a bug if it should be supported; else leave it out: "
+            f"layouts={tuple(keys)} or --layouts {','.join(keys)})"
+        )
     if rejected:
         report.context.append(
             f"the function raises on: {', '.join(rejected)} (reported by the values check only; if it is not "
@@ -124,16 +136,86 @@ def check_function(
     return report
 
 
-def _rejected_layouts(subject, runs) -> list[str]:
-    """The layouts (other than the inputs as given) on which the function raises: one failure,
-    reported once, rather than by every check."""
-    rejected = []
+# Layouts that change the inputs' shapes: a function written for one rank (the slides' 2-D X)
+# may fairly not support them. A non-contiguous copy has the same shapes: raising there is a bug.
+SHAPE_LAYOUTS = (LAYOUTS["batch_size_1"], LAYOUTS["leading_dims"])
+
+
+def _forward_and_backward(subject, args) -> None:
+    """Run the function and its backward once (every floating input requiring grad); raise what they raise."""
+    inputs = fresh(args, subject.floating)
+    output = checks.one_tensor(subject.function(*inputs), "the function")
+    wanted = [inputs[i] for i in subject.floating]
+    if wanted and output.requires_grad:
+        torch.autograd.grad(output, wanted, torch.ones_like(output), allow_unused=True)
+
+
+def _import_quietly_what_forward_mode_imports() -> None:
+    """Forward-mode AD imports torch's jvp decompositions on first use, and they call the deprecated
+    ``torch.jit.script``: a FutureWarning about torch's own code, not the function checked."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401, PLC0415
+
+
+def _quietly(function, *args):
+    """``function(*args)`` with its warnings silenced (``x.T`` on a 3-D tensor warns before it fails)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args)
+
+
+def _layouts_the_function_rejects(subject, runs) -> tuple[dict[str, str], list[str]]:
+    """The layouts (other than the inputs as given) the function does not run on. ``unsupported``:
+    a layout that changes shapes on which the function or its backward raises while both run on
+    the inputs as given (name -> the error, in one line): left out of every check, not a failure.
+    ``rejected``: the others on which the forward raises, reported once, by the values check,
+    rather than by every check."""
+    unsupported, rejected = {}, []
+    try:
+        _quietly(_forward_and_backward, subject, runs[0][1])
+    except Exception:  # noqa: BLE001 - it raises on the inputs as given: every check says so
+        given_runs = False
+    else:
+        given_runs = True
     for name, args in runs[1:]:
+        if name in SHAPE_LAYOUTS:
+            try:
+                _quietly(_forward_and_backward, subject, args)
+            except Exception as error:  # noqa: BLE001
+                if given_runs:
+                    unsupported[name] = f"{type(error).__name__}: {first_line(error, 160)}"
+                    continue
         try:
-            subject.function(*fresh(args))
+            _quietly(subject.function, *fresh(args))
         except Exception:  # noqa: BLE001 - the values check reports what it was
             rejected.append(name)
-    return rejected
+    return unsupported, rejected
+
+
+def _refuse_inputs_outside_the_domain(subject, args, seed: int) -> None:
+    """A reference whose output or gradient is NaN on the given inputs (the square root of a
+    negative number) makes every comparison meaningless: raise ValueError, naming where."""
+    inputs = fresh(args, subject.floating)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        output = checks.one_tensor(subject.reference(*inputs), "the reference")
+        found = [("output", output)]
+        if subject.floating and output.requires_grad and output.is_floating_point():
+            wanted = [inputs[i] for i in subject.floating]
+            grads = torch.autograd.grad(output, wanted, checks.random_grad_output(output.shape, seed),
+                                        allow_unused=True)
+            found += [(f"the gradient of {subject.labels[i]}", grad)
+                      for i, grad in zip(subject.floating, grads, strict=True) if grad is not None]
+    finite_inputs = all(torch.isfinite(arg).all() for arg in args if is_floating(arg))
+    for what, tensor in found:
+        if finite_inputs and tensor.is_floating_point() and tensor.isnan().any():
+            index = index_of(int(tensor.isnan().flatten().to(torch.int8).argmax()), tensor.shape)
+            raise ValueError(
+                f"the reference's {what} is NaN at {list(index)} for these inputs: they are outside the function's "
+                "domain (a square root or log of a negative number?); give inputs inside it (from the shell: "
+                "--low 0.1 --high 2, or --positive)"
+            )
 
 
 def _run(title: str, run: Callable, subject, runs, tolerance) -> CheckResult:

@@ -121,6 +121,8 @@ def diagnose(
     got, expected = got.detach().to(torch.float64), expected.detach().to(torch.float64)
     if got.shape != expected.shape:
         return wrong_shape(label, tuple(expected.shape), tuple(got.shape), what)
+    if (not_finite := _not_finite(label, got, expected, what)) is not None:
+        return not_finite
     if got_dtype != expected_dtype and got_dtype.is_floating_point and _roughly_at(got, expected, got_dtype):
         return _dtype_mismatch(label, got_dtype, expected_dtype, what)
     if expected_dtype == torch.float64 and (lower := _lower_precision(got, expected)) is not None:
@@ -146,6 +148,21 @@ def diagnose(
         meaning = _fraction(factor, batch_size)
         return f"{label}: off by a constant factor: the {what} is {factor:.6g} × the reference's{meaning}"
     return _largest_mismatch(label, got, expected, what)
+
+
+def _not_finite(label: str, got: Tensor, expected: Tensor, what: str) -> str | None:
+    """NaN or an infinity in ``got`` where the reference's value is finite: said first, since no
+    comparison means anything past it."""
+    for kind, bad in (("NaN", got.isnan()), ("an infinity", got.isinf())):
+        bad = bad & expected.isfinite()
+        if bad.any():
+            flat = int(bad.flatten().to(torch.int8).argmax())
+            return (
+                f"{label}: {kind} in the {what} at {where(label, index_of(flat, got.shape))} ({int(bad.sum())} of "
+                f"{bad.numel()} elements; the reference's is {float(expected.flatten()[flat]):.6g} there): a 0/0, a "
+                "division by zero, a log or square root of a negative number, or inf − inf?"
+            )
+    return None
 
 
 def _largest_mismatch(label: str, got: Tensor, expected: Tensor, what: str) -> str:
