@@ -613,3 +613,57 @@ def test_shapes_the_reference_rejects_are_one_line_and_exit_2(capsys):
     assert cli_main(["torch:tanh", "--reference", "torch.nn.functional.linear", "--shape", "3,2", "--shape", "4"]) == 2
     error = capsys.readouterr().err
     assert "the reference rejects it" in error and "Traceback" not in error
+
+
+# ----------------------------------------------------------------------------------------------
+# Hints that point the right way
+# ----------------------------------------------------------------------------------------------
+
+
+class SlideLinearWithTorchsWeightGradient(SlideLinear):
+    """Z = XW + b with W (in, out), as on the slides, but δW = δZᵀX: torch's formula, the wrong one here."""
+
+    @staticmethod
+    def backward(ctx, dz):
+        x, w = ctx.saved_tensors
+        return dz @ w.t(), dz.t() @ x, dz.sum(0)
+
+
+def test_a_transposed_weight_gradient_hint_follows_how_the_weight_is_stored():
+    slides = lambda x, w, b: x @ w + b  # noqa: E731
+    inputs = (_randn(5, 3), _randn(3, 4, seed=1), _randn(4))
+    report = failure(SlideLinearWithTorchsWeightGradient.apply, slides, inputs, layouts=("as_given",))
+    assert "expected (3, 4), got (4, 3)" in report
+    assert "δW = δZᵀX where W stored (in, out), as on the slides (Z = XW), needs XᵀδZ" in report
+    assert "torch's (out, in) layout" not in report
+    # torch's layout, the slides' formula: the other way round
+    report = failure(LinearTransposedGradWeight.apply, TF.linear, linear_inputs(out_features=3))
+    assert "δW = XᵀδZ where torch's (out, in) layout (Z = XWᵀ) needs δZᵀX" in report
+
+
+
+
+class MeanOfSquaresWithoutTwoOverN(Function):
+    """L = mean((ŷ − y)²) over all N elements; δŷ = (ŷ − y)·g: the 2/N dropped; y, the target, gets None."""
+
+    @staticmethod
+    def forward(ctx, yhat, y):
+        ctx.save_for_backward(yhat, y)
+        return ((yhat - y) ** 2).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        yhat, y = ctx.saved_tensors
+        return grad_output * (yhat - y), None
+
+
+def test_a_factor_is_named_in_terms_of_n_and_a_target_without_gradient_is_not_flagged():
+    report = failure(MeanOfSquaresWithoutTwoOverN.apply, lambda yhat, y: ((yhat - y) ** 2).mean(),
+                     (_randn(8, 3), _randn(8, 3, seed=1)), layouts=("as_given",))
+    assert "the gradient is 12 × the reference's (12 = N/2, N = 24 the number of elements: a missing 2/N?" in report
+    assert "input 1 (y): no gradient reached it" not in report
+    assert "not differentiated, its gradient not checked: input 1 (y)" in report
+    # asked for: the target's gradient is checked, and its None is named
+    report = failure(MeanOfSquaresWithoutTwoOverN.apply, lambda yhat, y: ((yhat - y) ** 2).mean(),
+                     (_randn(8, 3), _randn(8, 3, seed=1)), layouts=("as_given",), no_grad=())
+    assert "input 1 (y): no gradient reached it" in report

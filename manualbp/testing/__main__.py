@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                              "function defined on part of the line (sqrt, log: --low 0.1 --high 2)")
     parser.add_argument("--high", type=float, default=None, help="see --low")
     parser.add_argument("--positive", action="store_true", help="the same as --low 0.1 --high 2")
+    parser.add_argument("--no-grad", type=int, action="append", default=None, metavar="INDEX",
+                        help="position of an input the function does not differentiate (a target), from 0; "
+                             "repeatable (default: inputs named like a target whose gradient is None)")
     parser.add_argument("--compile", action="store_true", help="also check torch.compile(fullgraph=True) (slow)")
     parser.add_argument("--skip", action="append", default=[], choices=list(CHECKS), metavar="CHECK",
                         help=f"leave out a check (repeatable): {', '.join(CHECKS)}")
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         reference = module_instance(resolve_reference(args.reference), args.reference)
         inputs = random_inputs(args.shape, args.seed, args.low, args.high)
         report = check_function(function, reference, inputs, seed=args.seed, compile=args.compile,
-                                skip=args.skip, layouts=args.layouts, raise_on_failure=False)
+                                skip=args.skip, layouts=args.layouts, no_grad=args.no_grad,
+                                raise_on_failure=False)
     except (UsageError, TypeError, ValueError) as error:
         print(f"{parser.prog}: error: {first_line(error, 1000)}", file=sys.stderr)
         return 2

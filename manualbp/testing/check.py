@@ -10,7 +10,16 @@ import torch
 
 from manualbp.testing import checks, transforms
 from manualbp.testing.compare import first_line, index_of
-from manualbp.testing.inputs import LAYOUTS, describe, fresh, is_floating, name_of, prepare, usable_layouts
+from manualbp.testing.inputs import (
+    LAYOUTS,
+    describe,
+    fresh,
+    is_floating,
+    name_of,
+    prepare,
+    usable_layouts,
+    weight_layouts,
+)
 from manualbp.testing.report import FAILED, PASSED, SKIPPED, CheckResult, Errors, Report
 
 # key: (line in the report, runs on every layout?, the check)
@@ -58,6 +67,7 @@ def check_function(
     compile: bool = False,
     skip: Iterable[str] = (),
     batched_inputs: Sequence[int] | None = None,
+    no_grad: Sequence[int] | None = None,
     raise_on_failure: bool = True,
 ) -> Report:
     """Check ``function`` against ``reference`` in every way listed below, in float64; return a
@@ -87,11 +97,17 @@ def check_function(
     The batched inputs are those whose first dimension equals the first tensor's (override with
     ``batched_inputs``, a list of argument positions).
 
+    no_grad: positions of floating inputs the function does not differentiate (a loss's target):
+        their gradient is not checked. By default, an input named like a target (``y``,
+        ``target``, ``labels``, ...) for which backward returns None is taken as one, and the
+        report says so; ``no_grad=()`` checks every floating input.
+
     rtol, atol: how close to the reference counts as equal (|got − expected| ≤ atol + rtol·|expected|).
         A correct float64 formula is within a few units of 1e-16; a wrong one is off by far more.
     """
     subject = prepare(function, reference, inputs, seed, batched_inputs)
     _import_quietly_what_forward_mode_imports()
+    subject.not_differentiated = _not_differentiated(subject, no_grad)
     tolerance = checks.Tolerance(rtol, atol, seed)
     unknown = set(skip) - set(CHECKS)
     if unknown:
@@ -100,12 +116,19 @@ def check_function(
     if not runs:
         raise ValueError(f"no layout to check on: {'; '.join(skipped_layouts)}; give inputs the reference accepts")
     _refuse_inputs_outside_the_domain(subject, runs[0][1], seed)
+    subject.weight_layouts = weight_layouts(subject.args, subject.labels,
+                                            tuple(_quietly(subject.reference, *fresh(subject.args)).shape))
     unsupported, rejected = _layouts_the_function_rejects(subject, runs)
     runs = [(name, args) for name, args in runs if name not in unsupported]
     report = Report(f"check_function({name_of(function)} vs {name_of(reference)})")
     report.context.append(f"inputs: {describe(subject)} (seed {seed})")
     report.context.append("layouts: " + ", ".join(name for name, _ in runs)
                           + (f"; skipped: {'; '.join(skipped_layouts)}" if skipped_layouts else ""))
+    if subject.not_differentiated:
+        said = ", ".join(subject.labels[i] for i in subject.not_differentiated)
+        why = ("as asked (no_grad=)" if no_grad is not None else
+               "backward returns None for it and its name says it is a target; no_grad=() checks it")
+        report.context.append(f"not differentiated, its gradient not checked: {said} ({why})")
     if unsupported:
         keys = [key for key in layouts if LAYOUTS.get(key) not in unsupported]
         report.context.append(
@@ -156,6 +179,31 @@ def _import_quietly_what_forward_mode_imports() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         import torch._decomp.decompositions_for_jvp  # noqa: F401, PLC0415
+
+
+# Argument names that say "a target, not something to differentiate".
+TARGET_NAMES = frozenset({"y", "t", "target", "targets", "y_true", "label", "labels"})
+
+
+def _not_differentiated(subject, no_grad: Sequence[int] | None) -> tuple[int, ...]:
+    """The floating inputs whose gradient is not checked: ``no_grad`` if given, else those named
+    like a target for which the function's backward returns None."""
+    if no_grad is not None:
+        wrong = [i for i in no_grad if not (0 <= i < len(subject.args) and is_floating(subject.args[i]))]
+        if wrong:
+            raise ValueError(f"no_grad={tuple(no_grad)}: {wrong} are not positions of floating-point inputs; "
+                             f"those are {subject.floating}")
+        return tuple(no_grad)
+    named = [i for i in subject.floating if subject.labels[i].split("(")[-1].rstrip(")") in TARGET_NAMES]
+    if not named:
+        return ()
+    inputs = fresh(subject.args, subject.floating)
+    try:
+        output = _quietly(subject.function, *inputs)
+        grads = torch.autograd.grad(output, [inputs[i] for i in named], torch.ones_like(output), allow_unused=True)
+    except Exception:  # noqa: BLE001 - the checks report it
+        return ()
+    return tuple(i for i, grad in zip(named, grads, strict=True) if grad is None)
 
 
 def _quietly(function, *args):
