@@ -548,7 +548,7 @@ class TanhWithNaNGradient(Tanh):
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        return grad_output * (1 - output * output) / (output - output)  # 0/0
+        return grad_output * (1 - output * output) * ((output - output) / (output - output))  # 0/0
 
 
 def test_a_nan_gradient_is_named():
@@ -667,3 +667,16 @@ def test_a_factor_is_named_in_terms_of_n_and_a_target_without_gradient_is_not_fl
     report = failure(MeanOfSquaresWithoutTwoOverN.apply, lambda yhat, y: ((yhat - y) ** 2).mean(),
                      (_randn(8, 3), _randn(8, 3, seed=1)), layouts=("as_given",), no_grad=())
     assert "input 1 (y): no gradient reached it" in report
+
+
+def test_checks_that_fail_with_the_same_diagnosis_are_grouped_under_it():
+    report = failure(make_tanh(lambda y, grad_y: grad_y * (1 - y)).apply, torch.tanh, _randn(5, 4))
+    diagnoses = [line for line in report.splitlines() if line.strip().startswith("->")]
+    assert len(diagnoses) == len(set(diagnoses)), report  # each said once
+    lines = report.splitlines()
+    follows = lines.index("        -> the first-order gradients are wrong too: fix those first, this follows from them")
+    assert [line.split("[")[0].strip() for line in lines[follows - 3:follows]] == [
+        "FAILED  second-order gradients vs reference (double backward)",
+        "FAILED  gradgradcheck: reverse over reverse",
+        "FAILED  gradgradcheck: batched double backward (vmap over double backward)",
+    ], report

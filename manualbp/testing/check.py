@@ -310,14 +310,18 @@ def _add_forward_mode_hint(report: Report) -> None:
             result.diagnosis = f"{FORWARD_MODE_HINT}\n{result.diagnosis}"
 
 
+FIRST_ORDER_FIRST = "the first-order gradients are wrong too: fix those first, this follows from them"
+
+
 def _add_second_order_hint(report: Report) -> None:
     first_order = [report[CHECKS[key][0]] for key in ("values", "gradients", "gradcheck")]
     second_order = [report[CHECKS[key][0]] for key in ("second_order", "gradgradcheck", "batched_gradgrad")]
     first_order_right = all(not result.failed for result in first_order)
-    hint = SECOND_ORDER_HINT if first_order_right else "the first-order gradients are wrong too: fix those first"
     for result in second_order:
-        if result.failed:
-            result.diagnosis = f"{hint}\n{result.diagnosis}"
+        if result.failed and first_order_right:
+            result.diagnosis = f"{SECOND_ORDER_HINT}\n{result.diagnosis}"
+        elif result.failed:  # what it found follows from the first-order mistake: no more to say
+            result.diagnosis, result.errors = FIRST_ORDER_FIRST, None
 
 
 NONDETERMINISM_HINT = (
