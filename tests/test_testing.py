@@ -521,6 +521,10 @@ def test_a_layout_the_function_cannot_run_is_not_supported_rather_than_failed():
     assert report.passed
     assert "not supported by the function, so not checked: extra leading dims" in str(report)
     assert "layouts: as given, batch size 1, non-contiguous" in str(report)
+    # layouts asked for by name must all work: manualbp's own layers are held to that
+    with pytest.raises(AssertionError, match="extra leading dims"):
+        check_function(slide_linear, lambda x, w, b: x @ w + b, (_randn(5, 3), _randn(3, 4, seed=1), _randn(4)),
+                       layouts=("as_given", "leading_dims"))
     # a layout with the same shapes (non-contiguous) is not a matter of support: raising there fails
     with pytest.raises(AssertionError, match="the function raises on: non-contiguous"):
         check_function(tanh_of_contiguous_only, torch.tanh, _randn(5, 4))

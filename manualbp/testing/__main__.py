@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random inputs (default 0: the same inputs every run; "
                              "try others to move away from an unlucky point)")
-    parser.add_argument("--layouts", type=parse_layouts, default=tuple(LAYOUTS), metavar="NAME,NAME",
-                        help=f"the input layouts to check on (default all: {','.join(LAYOUTS)}); a function written "
-                             "for 2-D inputs only: as_given,batch_size_1,non_contiguous")
+    parser.add_argument("--layouts", type=parse_layouts, default=None, metavar="NAME,NAME",
+                        help=f"the input layouts to check on, each required to work (default: all of "
+                             f"{','.join(LAYOUTS)}, and those that change shapes and that the function does not run "
+                             "on are reported as not supported); a function for 2-D inputs only: "
+                             "as_given,batch_size_1,non_contiguous")
     parser.add_argument("--low", type=float, default=None,
                         help="draw the inputs uniformly in [LOW, HIGH) instead of from a standard normal: for a "
                              "function defined on part of the line (sqrt, log: --low 0.1 --high 2)")

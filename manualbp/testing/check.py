@@ -60,7 +60,7 @@ def check_function(
     reference: Callable,
     inputs,
     *,
-    layouts: Sequence[str] = tuple(LAYOUTS),
+    layouts: Sequence[str] | None = None,
     rtol: float = 1e-10,
     atol: float = 1e-12,
     seed: int = 0,
@@ -93,7 +93,11 @@ def check_function(
     layout in ``layouts`` (``as_given``, ``batch_size_1``, ``leading_dims``: inputs (N, …) stacked
     to (2, N, …), ``non_contiguous``); ``unmodified``, ``vmap``, ``jacrev``, ``jacfwd`` and ``compile`` (only with
     ``compile=True``: slow) on the inputs as given. A layout the reference rejects is skipped, and
-    so is a transform the function does not support (e.g. forward-mode AD without a ``jvp``).
+    so is a transform the function does not support (e.g. forward-mode AD without a ``jvp``). With
+    ``layouts`` left out, a layout that changes shapes (batch size 1, extra leading dims) on which
+    the function or its backward raises, while both run on the inputs as given, is reported as not
+    supported by the function and left out (the slides' 2-D formulas); layouts named in ``layouts``
+    must all work.
     The batched inputs are those whose first dimension equals the first tensor's (override with
     ``batched_inputs``, a list of argument positions).
 
@@ -106,6 +110,7 @@ def check_function(
         A correct float64 formula is within a few units of 1e-16; a wrong one is off by far more.
     """
     subject = prepare(function, reference, inputs, seed, batched_inputs)
+    asked_for_layouts, layouts = layouts is not None, tuple(LAYOUTS) if layouts is None else tuple(layouts)
     _import_quietly_what_forward_mode_imports()
     subject.not_differentiated = _not_differentiated(subject, no_grad)
     tolerance = checks.Tolerance(rtol, atol, seed)
@@ -118,7 +123,7 @@ def check_function(
     _refuse_inputs_outside_the_domain(subject, runs[0][1], seed)
     subject.weight_layouts = weight_layouts(subject.args, subject.labels,
                                             tuple(_quietly(subject.reference, *fresh(subject.args)).shape))
-    unsupported, rejected = _layouts_the_function_rejects(subject, runs)
+    unsupported, rejected = _layouts_the_function_rejects(subject, runs, may_be_unsupported=not asked_for_layouts)
     runs = [(name, args) for name, args in runs if name not in unsupported]
     report = Report(f"check_function({name_of(function)} vs {name_of(reference)})")
     report.context.append(f"inputs: {describe(subject)} (seed {seed})")
@@ -213,12 +218,13 @@ def _quietly(function, *args):
         return function(*args)
 
 
-def _layouts_the_function_rejects(subject, runs) -> tuple[dict[str, str], list[str]]:
+def _layouts_the_function_rejects(subject, runs, may_be_unsupported: bool) -> tuple[dict[str, str], list[str]]:
     """The layouts (other than the inputs as given) the function does not run on. ``unsupported``:
     a layout that changes shapes on which the function or its backward raises while both run on
     the inputs as given (name -> the error, in one line): left out of every check, not a failure.
     ``rejected``: the others on which the forward raises, reported once, by the values check,
-    rather than by every check."""
+    rather than by every check. With ``may_be_unsupported`` False (layouts asked for by name) none is
+    unsupported."""
     unsupported, rejected = {}, []
     try:
         _quietly(_forward_and_backward, subject, runs[0][1])
@@ -227,7 +233,7 @@ def _layouts_the_function_rejects(subject, runs) -> tuple[dict[str, str], list[s
     else:
         given_runs = True
     for name, args in runs[1:]:
-        if name in SHAPE_LAYOUTS:
+        if may_be_unsupported and name in SHAPE_LAYOUTS:
             try:
                 _quietly(_forward_and_backward, subject, args)
             except Exception as error:  # noqa: BLE001
