@@ -468,3 +468,219 @@ def test_manualbp_testing_imports_no_trainer_dependencies():
 def test_torch_compile_is_checked_when_asked():
     report = check_function(mf.linear, TF.linear, linear_inputs(), compile=True, layouts=("as_given",))
     assert report["torch.compile(fullgraph=True) values and gradients"].passed
+
+
+# ----------------------------------------------------------------------------------------------
+# What a student meets first: a 2-D-only formula, inputs outside the domain, a NaN, a broken module
+# ----------------------------------------------------------------------------------------------
+
+GOOD_LINEAR = '''
+import torch
+
+
+class GoodLinear(torch.autograd.Function):
+    """The slides' Z = XW + b for 2-D X, W stored (in, out): dX = dZ Wᵀ, dW = Xᵀ dZ, db = Σ dZ."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return x @ w + b
+
+    @staticmethod
+    def backward(ctx, dz):
+        x, w = ctx.saved_tensors
+        return dz @ w.T, x.T @ dz, dz.sum(0)
+
+
+def reference(x, w, b):
+    return x @ w + b
+'''
+
+
+@pytest.mark.slow
+def test_a_slide_formula_for_2d_inputs_passes_and_its_unsupported_layout_is_named(tmp_path):
+    (tmp_path / "goodlinear.py").write_text(GOOD_LINEAR)
+    result = _cli(tmp_path, "goodlinear:GoodLinear", "--reference", "goodlinear.reference",
+                  "--shape", "5,3", "--shape", "3,4", "--shape", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed" in result.stdout.splitlines()[0] and "FAILED" not in result.stdout
+    assert "not supported by the function, so not checked: extra leading dims (RuntimeError:" in result.stdout
+    assert "--layouts as_given,batch_size_1,non_contiguous" in result.stdout
+    assert "wrong too" not in result.stdout
+    assert "Warning" not in result.stderr, result.stderr  # x.T on 3-D, torch.jit.script: not the student's
+    # the option the report suggests: the layout is then not tried at all
+    asked = _cli(tmp_path, "goodlinear:GoodLinear", "--reference", "goodlinear.reference", "--shape", "5,3",
+                 "--shape", "3,4", "--shape", "4", "--layouts", "as_given,non_contiguous")
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert "  layouts: as given, non-contiguous\n" in asked.stdout and "so not checked" not in asked.stdout
+
+
+def test_a_layout_the_function_cannot_run_is_not_supported_rather_than_failed():
+    slide_linear = lambda x, w, b: SlideLinear.apply(x, w, b)  # noqa: E731
+    report = check_function(slide_linear, lambda x, w, b: x @ w + b, (_randn(5, 3), _randn(3, 4, seed=1), _randn(4)))
+    assert report.passed
+    assert "not supported by the function, so not checked: extra leading dims" in str(report)
+    assert "layouts: as given, batch size 1, non-contiguous" in str(report)
+    # layouts asked for by name must all work: manualbp's own layers are held to that
+    with pytest.raises(AssertionError, match="extra leading dims"):
+        check_function(slide_linear, lambda x, w, b: x @ w + b, (_randn(5, 3), _randn(3, 4, seed=1), _randn(4)),
+                       layouts=("as_given", "leading_dims"))
+    # a layout with the same shapes (non-contiguous) is not a matter of support: raising there fails
+    with pytest.raises(AssertionError, match="the function raises on: non-contiguous"):
+        check_function(tanh_of_contiguous_only, torch.tanh, _randn(5, 4))
+
+
+def tanh_of_contiguous_only(x):
+    if not x.is_contiguous():
+        raise RuntimeError("view size is not compatible with input tensor's size and stride")
+    return torch.tanh(x)
+
+
+class SlideLinear(Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return x @ w + b
+
+    @staticmethod
+    def backward(ctx, dz):
+        x, w = ctx.saved_tensors
+        return dz @ w.t(), x.t() @ dz, dz.sum(0)
+
+
+class TanhWithNaNGradient(Tanh):
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return grad_output * (1 - output * output) * ((output - output) / (output - output))  # 0/0
+
+
+def test_a_nan_gradient_is_named():
+    report = failure(TanhWithNaNGradient.apply, torch.tanh, _randn(5, 4))
+    assert "input 0 (x): NaN in the gradient at input 0 (x)[0, 0] (20 of 20 elements" in report
+    assert "atol" not in report
+
+
+class Sqrt(Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.sqrt(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return grad_output / (2 * output)
+
+
+def test_inputs_outside_the_domain_are_an_error_that_says_how_to_draw_them_inside():
+    with pytest.raises(ValueError, match="outside the function's domain .*--low 0.1 --high 2"):
+        check_function(Sqrt.apply, torch.sqrt, _randn(5, 4))
+    assert check_function(Sqrt.apply, torch.sqrt, _randn(5, 4).abs() + 0.1).passed
+
+
+def test_the_command_line_draws_inputs_in_the_range_asked(capsys):
+    assert cli_main(["tests.test_testing:Sqrt", "--reference", "torch.sqrt", "--shape", "5,4"]) == 2
+    assert "outside the function's domain" in capsys.readouterr().err
+    assert cli_main(["tests.test_testing:Sqrt", "--reference", "torch.sqrt", "--shape", "5,4", "--positive"]) == 0
+    assert cli_main(["tests.test_testing:Sqrt", "--reference", "torch.sqrt", "--shape", "5,4",
+                     "--low", "0.5", "--high", "3"]) == 0
+    assert cli_main(["tests.test_testing:Sqrt", "--reference", "torch.sqrt", "--shape", "5,4",
+                     "--low", "3", "--high", "1"]) == 2
+    assert "expected low < high" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def f(x:\n    return x\n", "has a syntax error: "),
+        ("raise RuntimeError('no data here')\n", "importing module 'broken' raised RuntimeError: no data here"),
+        ("import no_such_dependency\n", "importing module 'broken' failed: No module named 'no_such_dependency'"),
+        ("import torch\nclass M(torch.nn.Module):\n    def __init__(self):\n        raise ValueError('bad size')\n"
+         "f = M\n", "broken:f() raised ValueError: bad size"),
+    ],
+)
+def test_a_broken_user_module_is_one_line_and_exit_2(tmp_path, source, message):
+    (tmp_path / "broken.py").write_text(source)
+    result = _cli(tmp_path, "broken:f", "--reference", "torch.tanh", "--shape", "3")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_shapes_the_reference_rejects_are_one_line_and_exit_2(capsys):
+    assert cli_main(["torch:tanh", "--reference", "torch.nn.functional.linear", "--shape", "3,2", "--shape", "4"]) == 2
+    error = capsys.readouterr().err
+    assert "the reference rejects it" in error and "Traceback" not in error
+
+
+# ----------------------------------------------------------------------------------------------
+# Hints that point the right way
+# ----------------------------------------------------------------------------------------------
+
+
+class SlideLinearWithTorchsWeightGradient(SlideLinear):
+    """Z = XW + b with W (in, out), as on the slides, but δW = δZᵀX: torch's formula, the wrong one here."""
+
+    @staticmethod
+    def backward(ctx, dz):
+        x, w = ctx.saved_tensors
+        return dz @ w.t(), dz.t() @ x, dz.sum(0)
+
+
+def test_a_transposed_weight_gradient_hint_follows_how_the_weight_is_stored():
+    slides = lambda x, w, b: x @ w + b  # noqa: E731
+    inputs = (_randn(5, 3), _randn(3, 4, seed=1), _randn(4))
+    report = failure(SlideLinearWithTorchsWeightGradient.apply, slides, inputs, layouts=("as_given",))
+    assert "expected (3, 4), got (4, 3)" in report
+    assert "δW = δZᵀX where W stored (in, out), as on the slides (Z = XW), needs XᵀδZ" in report
+    assert "torch's (out, in) layout" not in report
+    # torch's layout, the slides' formula: the other way round
+    report = failure(LinearTransposedGradWeight.apply, TF.linear, linear_inputs(out_features=3))
+    assert "δW = XᵀδZ where torch's (out, in) layout (Z = XWᵀ) needs δZᵀX" in report
+
+
+
+
+class MeanOfSquaresWithoutTwoOverN(Function):
+    """L = mean((ŷ − y)²) over all N elements; δŷ = (ŷ − y)·g: the 2/N dropped; y, the target, gets None."""
+
+    @staticmethod
+    def forward(ctx, yhat, y):
+        ctx.save_for_backward(yhat, y)
+        return ((yhat - y) ** 2).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        yhat, y = ctx.saved_tensors
+        return grad_output * (yhat - y), None
+
+
+def test_a_factor_is_named_in_terms_of_n_and_a_target_without_gradient_is_not_flagged():
+    report = failure(MeanOfSquaresWithoutTwoOverN.apply, lambda yhat, y: ((yhat - y) ** 2).mean(),
+                     (_randn(8, 3), _randn(8, 3, seed=1)), layouts=("as_given",))
+    assert "the gradient is 12 × the reference's (12 = N/2, N = 24 the number of elements: a missing 2/N?" in report
+    assert "input 1 (y): no gradient reached it" not in report
+    assert "not differentiated, its gradient not checked: input 1 (y)" in report
+    # asked for: the target's gradient is checked, and its None is named
+    report = failure(MeanOfSquaresWithoutTwoOverN.apply, lambda yhat, y: ((yhat - y) ** 2).mean(),
+                     (_randn(8, 3), _randn(8, 3, seed=1)), layouts=("as_given",), no_grad=())
+    assert "input 1 (y): no gradient reached it" in report
+
+
+def test_checks_that_fail_with_the_same_diagnosis_are_grouped_under_it():
+    report = failure(make_tanh(lambda y, grad_y: grad_y * (1 - y)).apply, torch.tanh, _randn(5, 4))
+    diagnoses = [line for line in report.splitlines() if line.strip().startswith("->")]
+    assert len(diagnoses) == len(set(diagnoses)), report  # each said once
+    lines = report.splitlines()
+    follows = lines.index("        -> the first-order gradients are wrong too: fix those first, this follows from them")
+    assert [line.split("[")[0].strip() for line in lines[follows - 3:follows]] == [
+        "FAILED  second-order gradients vs reference (double backward)",
+        "FAILED  gradgradcheck: reverse over reverse",
+        "FAILED  gradgradcheck: batched double backward (vmap over double backward)",
+    ], report

@@ -2,7 +2,8 @@
 
 Checks the function NAME of the importable module MODULE (an autograd.Function class is used
 through its ``apply``) against the reference, on random float64 inputs of the given shapes, prints
-the report and exits 0 if every check passed, 1 if one failed, 2 if the arguments are wrong.
+the report and exits 0 if every check passed, 1 if one failed, 2 if the check could not run (bad
+arguments, a module that does not import, shapes the reference rejects), said in one line.
 """
 
 from __future__ import annotations
@@ -14,31 +15,9 @@ import sys
 import torch
 
 from manualbp.testing.check import CHECKS, check_function
-
-
-class UsageError(Exception):
-    """A bad argument, reported as one line."""
-
-
-def _import_module(path: str):
-    try:
-        return importlib.import_module(path)
-    except ImportError as error:
-        raise UsageError(f"cannot import module {path!r} ({error}): check the name, and run from the folder that "
-                         "holds it or add that folder to PYTHONPATH") from error
-
-
-def resolve_function(spec: str):
-    """``package.module:name`` (``name`` may be dotted: ``module:MyFunction.apply``)."""
-    module_path, colon, name = spec.partition(":")
-    if not colon or not module_path or not name:
-        raise UsageError(f"expected MODULE:NAME (e.g. mypkg.mymod:my_tanh), got {spec!r}")
-    target = _import_module(module_path)
-    for part in name.split("."):
-        if not hasattr(target, part):
-            raise UsageError(f"module {module_path!r} has no {name!r}: check the name after the colon")
-        target = getattr(target, part)
-    return target
+from manualbp.testing.compare import first_line
+from manualbp.testing.inputs import LAYOUTS
+from manualbp.testing.resolve import UsageError, resolve_function
 
 
 def resolve_reference(spec: str):
@@ -71,6 +50,37 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_layouts(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in LAYOUTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"bad layouts {text!r}: expected names joined by commas, from "
+                                         f"{', '.join(LAYOUTS)} (e.g. as_given,non_contiguous for a 2-D-only function)")
+    return names
+
+
+def random_inputs(shapes, seed: int, low: float | None, high: float | None) -> tuple[torch.Tensor, ...]:
+    """float64 inputs of the given shapes: standard normal, or uniform in [low, high) when either is given."""
+    generator = torch.Generator().manual_seed(seed)
+    if low is None and high is None:
+        return tuple(torch.randn(shape, dtype=torch.float64, generator=generator) for shape in shapes)
+    low, high = (-1.0 if low is None else low), (1.0 if high is None else high)
+    if not low < high:
+        raise UsageError(f"--low {low} --high {high}: expected low < high")
+    return tuple(low + (high - low) * torch.rand(shape, dtype=torch.float64, generator=generator) for shape in shapes)
+
+
+def module_instance(target, spec: str):
+    """A Module class named on the command line is built with no arguments (a factory): its parameters are checked."""
+    if isinstance(target, type) and issubclass(target, torch.nn.Module):
+        try:
+            return target()
+        except Exception as error:  # noqa: BLE001 - the user's constructor
+            raise UsageError(f"{spec}() raised {type(error).__name__}: {first_line(error)}: name a Module class that "
+                             "builds with no arguments, or a function") from error
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m manualbp.testing",
@@ -84,22 +94,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random inputs (default 0: the same inputs every run; "
                              "try others to move away from an unlucky point)")
+    parser.add_argument("--layouts", type=parse_layouts, default=None, metavar="NAME,NAME",
+                        help=f"the input layouts to check on, each required to work (default: all of "
+                             f"{','.join(LAYOUTS)}, and those that change shapes and that the function does not run "
+                             "on are reported as not supported); a function for 2-D inputs only: "
+                             "as_given,batch_size_1,non_contiguous")
+    parser.add_argument("--low", type=float, default=None,
+                        help="draw the inputs uniformly in [LOW, HIGH) instead of from a standard normal: for a "
+                             "function defined on part of the line (sqrt, log: --low 0.1 --high 2)")
+    parser.add_argument("--high", type=float, default=None, help="see --low")
+    parser.add_argument("--positive", action="store_true", help="the same as --low 0.1 --high 2")
+    parser.add_argument("--no-grad", type=int, action="append", default=None, metavar="INDEX",
+                        help="position of an input the function does not differentiate (a target), from 0; "
+                             "repeatable (default: inputs named like a target whose gradient is None)")
     parser.add_argument("--compile", action="store_true", help="also check torch.compile(fullgraph=True) (slow)")
     parser.add_argument("--skip", action="append", default=[], choices=list(CHECKS), metavar="CHECK",
                         help=f"leave out a check (repeatable): {', '.join(CHECKS)}")
     args = parser.parse_args(argv)
+    if args.positive:
+        args.low, args.high = 0.1, 2.0
     try:
-        function, reference = resolve_function(args.function), resolve_reference(args.reference)
-    except UsageError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    generator = torch.Generator().manual_seed(args.seed)
-    inputs = tuple(torch.randn(shape, dtype=torch.float64, generator=generator) for shape in args.shape)
-    try:
+        function = module_instance(resolve_function(args.function), args.function)
+        reference = module_instance(resolve_reference(args.reference), args.reference)
+        inputs = random_inputs(args.shape, args.seed, args.low, args.high)
         report = check_function(function, reference, inputs, seed=args.seed, compile=args.compile,
-                                skip=args.skip, raise_on_failure=False)
-    except (TypeError, ValueError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+                                skip=args.skip, layouts=args.layouts, no_grad=args.no_grad,
+                                raise_on_failure=False)
+    except (UsageError, TypeError, ValueError) as error:
+        print(f"{parser.prog}: error: {first_line(error, 1000)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - e.g. the reference raised on these shapes
+        print(f"{parser.prog}: error: the check could not run: {type(error).__name__}: {first_line(error)}: check "
+              "the --shape values against what the function and the reference take", file=sys.stderr)
         return 2
     print(report)
     return 0 if report.passed else 1

@@ -78,8 +78,10 @@ def random_grad_output(shape, seed: int) -> Tensor:
     return torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
 
 
-def compare_all(pairs, tolerance: Tolerance, batch_size=None, what="gradient") -> Outcome:
-    """Compare (label, got, expected) triples; None means no gradient (zeros for the reference)."""
+def compare_all(pairs, tolerance: Tolerance, batch_size=None, what="gradient", layouts=None) -> Outcome:
+    """Compare (label, got, expected) triples; None means no gradient (zeros for the reference).
+    ``layouts``: how each 2-D input is stored (label -> Subject.weight_layouts' words), for the hints."""
+    layouts = layouts or {}
     total, diagnoses = Errors(), []
     for label, got, expected in pairs:
         if expected is None and got is not None:
@@ -89,17 +91,18 @@ def compare_all(pairs, tolerance: Tolerance, batch_size=None, what="gradient") -
                 diagnoses.append(diagnose(label, None, expected))
             continue
         if got.shape != expected.shape:
-            diagnoses.append(diagnose(label, got, expected, batch_size, what))
+            diagnoses.append(diagnose(label, got, expected, batch_size, what, layouts.get(label)))
             continue
         total = total.merge(errors(label, got, expected))
         if not close(got, expected, tolerance.rtol, tolerance.atol):
-            diagnoses.append(diagnose(label, got, expected, batch_size, what))
+            diagnoses.append(diagnose(label, got, expected, batch_size, what, layouts.get(label)))
     return Outcome(FAILED if diagnoses else PASSED, total, "\n".join(diagnoses))
 
 
 def raised(error: BaseException, who: str = "", subject: Subject | None = None) -> Outcome:
     labels = subject.labels if subject is not None and subject.direct else None
-    return Outcome(FAILED, None, f"{who}{diagnose_error(error, labels)}")
+    layouts = subject.weight_layouts if subject is not None else None
+    return Outcome(FAILED, None, f"{who}{diagnose_error(error, labels, layouts)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +189,8 @@ def gradients(subject: Subject, args: tuple, tolerance: Tolerance) -> Outcome:
             labels = [subject.labels[i] for i in subset]
             if subset == tuple(floating) and (reason := _backward_twice(subject, args, subset, labels, grad_output)):
                 return Outcome(FAILED, None, reason)
-            outcome = compare_all(zip(labels, got, expected, strict=True), tolerance, _batch_size(subject, args))
+            outcome = compare_all(zip(labels, got, expected, strict=True), tolerance, _batch_size(subject, args),
+                                  layouts=subject.weight_layouts)
         total = total.merge(outcome.errors)
         if outcome.status == FAILED and first_failure is None:
             first_failure = (subset, outcome)
@@ -223,7 +227,8 @@ def second_order(subject: Subject, args: tuple, tolerance: Tolerance) -> Outcome
     except Exception as error:  # noqa: BLE001
         return raised(error, "double backward raised: ", subject)
     labels = [subject.labels[i] for i in floating]
-    return compare_all(zip(labels, got, expected, strict=True), tolerance, _batch_size(subject, args))
+    return compare_all(zip(labels, got, expected, strict=True), tolerance, _batch_size(subject, args),
+                       layouts=subject.weight_layouts)
 
 
 # ----------------------------------------------------------------------------------------------

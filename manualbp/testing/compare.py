@@ -62,13 +62,38 @@ def _roughly_at(got: Tensor, expected: Tensor, dtype: torch.dtype, steps: int = 
     return torch.allclose(got, expected, rtol=step, atol=step * scale)
 
 
-def _fraction(value: float, batch_size: int | None) -> str:
-    """What a constant factor may mean, in a parenthesis (or nothing)."""
-    if batch_size and batch_size > 1:
-        if abs(value - batch_size) <= 1e-6 * batch_size:
-            return f" ({batch_size} = N, the batch size: a missing or extra 1/N? N times too large: a sum for a mean?)"
-        if abs(value * batch_size - 1) <= 1e-6:
-            return f" (1/{batch_size} = 1/N, N the batch size: a missing or extra 1/N? N times too small?)"
+# A constant factor written in terms of a count N: (the form, the factor for N, what it suggests).
+_FACTORS_OF_N = (
+    ("N", lambda n: n, "a missing or extra 1/N? N times too large: a sum for a mean?"),
+    ("1/N", lambda n: 1 / n, "a missing or extra 1/N? N times too small: a mean for a sum?"),
+    ("N/2", lambda n: n / 2, "a missing 2/N? (the mean of squares' derivative is 2/N·(ŷ − y))"),
+    ("2/N", lambda n: 2 / n, "an extra 2/N?"),
+    ("2N", lambda n: 2 * n, "a missing 1/(2N)? (a ½ and a 1/N)"),
+    ("1/(2N)", lambda n: 1 / (2 * n), "an extra 1/(2N), or a ½ where the mean is already taken?"),
+)
+_SMALL_FACTORS = (
+    (2.0, "2", "a missing ½ or an extra 2 (the 2 of d(x²)/dx = 2x taken twice, or a ½·x² loss)?"),
+    (0.5, "1/2", "a missing 2 (d(x²)/dx = 2x)?"),
+)
+
+
+def _fraction(value: float, batch_size: int | None, count: int = 0) -> str:
+    """What a constant factor may mean, in a parenthesis (or nothing): N, N/2, 2/N, ... for N the
+    batch size or the number of elements ``count`` (a mean over all of them), or a small constant."""
+    def near(target: float) -> bool:
+        return abs(value - target) <= 1e-6 * abs(target)
+
+    counts = [(batch_size, "the batch size")] if batch_size and batch_size > 1 else []
+    if count > 1 and count != batch_size:
+        counts.append((count, "the number of elements"))
+    for size, what in counts:
+        for form, factor, meaning in _FACTORS_OF_N:
+            if near(factor(size)):
+                named = f"N, {what}" if form == "N" else f"{form}, N = {size} {what}"
+                return f" ({value:.6g} = {named}: {meaning})"
+    for target, form, meaning in _SMALL_FACTORS:
+        if near(target):
+            return f" (= {form}: {meaning})"
     if value and abs(value) < 1 and abs(1 / value - round(1 / value)) < 1e-6:
         return f" (= 1/{round(1 / value)})"
     return ""
@@ -103,8 +128,18 @@ def _dtype_mismatch(label: str, got_dtype: torch.dtype, expected_dtype: torch.dt
     )
 
 
+# What a transposed δW most likely is, by how W is stored (see inputs.weight_layouts).
+TRANSPOSED_HINTS = {
+    "slides": "e.g. δW = δZᵀX where W stored (in, out), as on the slides (Z = XW), needs XᵀδZ",
+    "torch": "e.g. δW = XᵀδZ where torch's (out, in) layout (Z = XWᵀ) needs δZᵀX",
+    "either": "e.g. XᵀδZ and δZᵀX swapped: W stored (in, out) as on the slides (Z = XW) needs δW = XᵀδZ, "
+              "torch's (out, in) (Z = XWᵀ) needs δZᵀX",
+}
+
+
 def diagnose(
-    label: str, got: Tensor | None, expected: Tensor | None, batch_size: int | None = None, what: str = "gradient"
+    label: str, got: Tensor | None, expected: Tensor | None, batch_size: int | None = None, what: str = "gradient",
+    layout: str | None = None,
 ) -> str:
     """In words, what ``got`` looks like next to the reference's ``expected`` gradient.
 
@@ -120,7 +155,9 @@ def diagnose(
     got_dtype, expected_dtype = got.dtype, expected.dtype
     got, expected = got.detach().to(torch.float64), expected.detach().to(torch.float64)
     if got.shape != expected.shape:
-        return wrong_shape(label, tuple(expected.shape), tuple(got.shape), what)
+        return wrong_shape(label, tuple(expected.shape), tuple(got.shape), what, layout)
+    if (not_finite := _not_finite(label, got, expected, what)) is not None:
+        return not_finite
     if got_dtype != expected_dtype and got_dtype.is_floating_point and _roughly_at(got, expected, got_dtype):
         return _dtype_mismatch(label, got_dtype, expected_dtype, what)
     if expected_dtype == torch.float64 and (lower := _lower_precision(got, expected)) is not None:
@@ -140,12 +177,28 @@ def diagnose(
     if _roughly(got, -expected):
         return f"{label}: the sign is flipped: the {what} is minus the reference's (a − b written as b − a?)"
     if got.dim() >= 2 and got.shape[-1] == got.shape[-2] and _roughly(got, expected.transpose(-1, -2)):
-        return f"{label}: the {what} equals the reference's transposed (e.g. δW = XᵀδZ where torch's layout needs δZᵀX)"
+        hint = f" ({TRANSPOSED_HINTS[layout]})" if layout else " (a product's operands in the wrong order?)"
+        return f"{label}: the {what} equals the reference's transposed{hint}"
     factor = float((got * expected).sum() / (expected * expected).sum())  # least-squares got ≈ c·expected
     if _roughly(got, factor * expected):
-        meaning = _fraction(factor, batch_size)
+        meaning = _fraction(factor, batch_size, got.numel())
         return f"{label}: off by a constant factor: the {what} is {factor:.6g} × the reference's{meaning}"
     return _largest_mismatch(label, got, expected, what)
+
+
+def _not_finite(label: str, got: Tensor, expected: Tensor, what: str) -> str | None:
+    """NaN or an infinity in ``got`` where the reference's value is finite: said first, since no
+    comparison means anything past it."""
+    for kind, bad in (("NaN", got.isnan()), ("an infinity", got.isinf())):
+        bad = bad & expected.isfinite()
+        if bad.any():
+            flat = int(bad.flatten().to(torch.int8).argmax())
+            return (
+                f"{label}: {kind} in the {what} at {where(label, index_of(flat, got.shape))} ({int(bad.sum())} of "
+                f"{bad.numel()} elements; the reference's is {float(expected.flatten()[flat]):.6g} there): a 0/0, a "
+                "division by zero, a log or square root of a negative number, or inf − inf?"
+            )
+    return None
 
 
 def _largest_mismatch(label: str, got: Tensor, expected: Tensor, what: str) -> str:
@@ -168,10 +221,12 @@ def _largest_mismatch(label: str, got: Tensor, expected: Tensor, what: str) -> s
     return message
 
 
-def wrong_shape(label: str, expected: tuple[int, ...], got: tuple[int, ...], what: str = "gradient") -> str:
+def wrong_shape(label: str, expected: tuple[int, ...], got: tuple[int, ...], what: str = "gradient",
+                layout: str | None = None) -> str:
     message = f"{label}: the {what} has the wrong shape: expected {expected}, got {got}"
     if len(got) >= 2 and got == expected[:-2] + (expected[-1], expected[-2]):
-        message += " (the reference's shape transposed: e.g. XᵀδZ where torch's (out, in) layout needs δZᵀX)"
+        hint = TRANSPOSED_HINTS[layout] if layout else "a product's operands in the wrong order?"
+        message += f" (the reference's shape transposed: {hint})"
     return message
 
 
@@ -189,9 +244,10 @@ def _shape(text: str) -> tuple[int, ...]:
     return tuple(int(size) for size in text.split(",") if size.strip())
 
 
-def diagnose_error(error: BaseException, labels: list[str] | None = None) -> str:
+def diagnose_error(error: BaseException, labels: list[str] | None = None,
+                   layouts: dict[str, str] | None = None) -> str:
     """A backward that raised: say what autograd's message means. ``labels`` names the Function's
-    inputs when the function checked is the Function itself."""
+    inputs when the function checked is the Function itself; ``layouts`` how its 2-D inputs are stored."""
     message = str(error).strip()
     if match := _INVALID_GRADIENT.search(message):
         index = int(match["index"])
@@ -200,6 +256,7 @@ def diagnose_error(error: BaseException, labels: list[str] | None = None) -> str
             f"{match['function']}'s gradient for {name}",
             _shape(match["expected"]),
             _shape(match["got"]),
+            layout=(layouts or {}).get(name),
         )
     if match := _GRADIENT_COUNT.search(message):
         return (

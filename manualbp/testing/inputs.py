@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -33,11 +33,29 @@ class Subject:
     labels: list[str]
     batched: tuple[int, ...]
     direct: bool = False  # function is a Function's apply: autograd's "input i" is args[i]
+    not_differentiated: tuple[int, ...] = ()  # floating arguments whose gradient is not checked (a target)
+    weight_layouts: dict[str, str] = field(default_factory=dict)  # label -> "slides", "torch" or "either"
 
     @property
     def floating(self) -> list[int]:
-        """The arguments gradients are checked for: floating-point tensors."""
-        return [i for i, arg in enumerate(self.args) if is_floating(arg)]
+        """The arguments gradients are checked for: floating-point tensors, but for those not differentiated."""
+        return [i for i, arg in enumerate(self.args) if is_floating(arg) and i not in self.not_differentiated]
+
+
+def weight_layouts(args: tuple, labels: list[str], output_shape: tuple[int, ...]) -> dict[str, str]:
+    """How each 2-D input that multiplies another input is stored: ``"slides"`` for W (in, out) in
+    Z = XW, ``"torch"`` for W (out, in) in Z = XWᵀ, ``"either"`` when its shape cannot tell (square)."""
+    found = {}
+    for i, weight in enumerate(args):
+        if not (is_floating(weight) and weight.dim() == 2) or not output_shape:
+            continue
+        rows, columns = weight.shape
+        inner = {arg.shape[-1] for j, arg in enumerate(args) if j != i and is_floating(arg) and arg.dim() >= 1}
+        slides = rows in inner and output_shape[-1] == columns
+        torch_layout = columns in inner and output_shape[-1] == rows
+        if slides or torch_layout:
+            found[labels[i]] = "either" if slides and torch_layout else "slides" if slides else "torch"
+    return found
 
 
 def is_floating(arg) -> bool:

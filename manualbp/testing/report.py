@@ -60,16 +60,23 @@ class CheckResult:
     def failed(self) -> bool:
         return self.status == FAILED
 
-    def lines(self) -> list[str]:
+    def head(self) -> str:
         head = f"{self.status.upper():8}{self.name}"
         if self.status == SKIPPED:
-            return [f"{head}: {self.note}"]
-        lines = [head + (f" [{self.note}]" if self.note else "")]
-        if self.errors is not None and self.errors.abs_where:
+            return f"{head}: {self.note}"
+        return head + (f" [{self.note}]" if self.note else "")
+
+    def detail(self) -> list[str]:
+        """The largest errors and the diagnosis, indented, under the head line."""
+        lines = []
+        if self.status != SKIPPED and self.errors is not None and self.errors.abs_where:
             lines.append(f"        {self.errors}")
-        if self.diagnosis:
+        if self.status != SKIPPED and self.diagnosis:
             lines += [f"        -> {line}" for line in self.diagnosis.splitlines()]
         return lines
+
+    def lines(self) -> list[str]:
+        return [self.head(), *self.detail()]
 
 
 @dataclass
@@ -101,7 +108,21 @@ class Report:
         verdict = "FAILED" if self.failures else "passed"
         summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
         lines = [f"{self.title}: {verdict} ({summary})", *(f"  {line}" for line in self.context)]
-        ordered = self.failures + [result for result in self.results if not result.failed]
-        for result in ordered:
-            lines += result.lines()
+        for group in _same_diagnosis(self.failures):  # one mistake seen by several checks: said once
+            lines += [result.head() for result in group]
+            with_errors = next((result for result in group if result.errors is not None and result.errors.abs_where),
+                               group[0])
+            lines += [line for line in with_errors.detail() if not line.lstrip().startswith("->")]
+            lines += [line for line in group[0].detail() if line.lstrip().startswith("->")]
+        for result in self.results:
+            if not result.failed:
+                lines += result.lines()
         return "\n".join(lines)
+
+
+def _same_diagnosis(failures: list[CheckResult]) -> list[list[CheckResult]]:
+    """The failures grouped by their diagnosis, in the order each diagnosis is first met."""
+    groups: dict[str, list[CheckResult]] = {}
+    for index, result in enumerate(failures):
+        groups.setdefault(result.diagnosis or f"(no diagnosis {index})", []).append(result)
+    return list(groups.values())

@@ -137,4 +137,4 @@ def compiled(subject: Subject, args: tuple, tolerance: Tolerance) -> Outcome:
     expected = backward_of(subject.reference, args, floating, grad_output)[1] if floating else []
     pairs = [("output", output, expected_output)]
     pairs += list(zip([subject.labels[i] for i in floating], got, expected, strict=True))
-    return compare_all(pairs, tolerance)
+    return compare_all(pairs, tolerance, layouts=subject.weight_layouts)

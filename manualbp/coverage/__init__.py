@@ -17,17 +17,12 @@ it says what ``convert`` and ``hand_written()`` left::
     assert report.complete
 
 From the command line, for a model factory (``python -m manualbp.coverage torchvision.models:resnet18``)
-it prints the report for the model as built, after ``manualbp.convert``, and after ``convert``
-under ``manualbp.hand_written()``.
+it prints the report for the model as built, after ``manualbp.convert`` (with the modules it left
+and why), and after ``convert`` under ``manualbp.hand_written()``: see ``manualbp/coverage/__main__.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import importlib
-import sys
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -126,72 +121,9 @@ def _describe(value) -> str:
     return f"a {type(value).__name__}"
 
 
-# ----------------------------------------------------------------------------------------------
-# python -m manualbp.coverage MODULE:FACTORY
-# ----------------------------------------------------------------------------------------------
+def __getattr__(name: str):
+    if name == "main":  # the command line's entry, python -m manualbp.coverage (manualbp/coverage/__main__.py)
+        from manualbp.coverage.__main__ import main  # noqa: PLC0415 - only when asked: it imports the library
 
-
-def _load_factory(spec: str):
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise SystemExit(f"coverage: expected MODULE:FACTORY (e.g. torchvision.models:resnet18), got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise SystemExit(f"coverage: cannot import {module_name!r}: {error}") from None
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise SystemExit(f"coverage: {module_name} has no callable {attribute!r}")
-    return factory
-
-
-def _outputs(model: torch.nn.Module, inputs: tuple) -> tuple[torch.Tensor, ...]:
-    output = model(*inputs)
-    if isinstance(output, torch.Tensor):
-        return (output,)
-    if isinstance(output, dict):
-        output = tuple(output.values())
-    return tuple(value for value in output if isinstance(value, torch.Tensor) and value.grad_fn is not None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import manualbp  # the library, imported here so that ``import manualbp.coverage`` stays light
-
-    parser = argparse.ArgumentParser(
-        prog="python -m manualbp.coverage",
-        description="Count the hand-written backward nodes of a model: as built, after manualbp.convert, and "
-                    "after convert under manualbp.hand_written().")
-    parser.add_argument("factory", help="MODULE:FACTORY; FACTORY() returns a model, or (model, example inputs)")
-    parser.add_argument("--shape", default="2,3,224,224",
-                        help="shape of a random float input when FACTORY returns a model only (default 2,3,224,224)")
-    arguments = parser.parse_args(argv)
-    built = _load_factory(arguments.factory)()
-    model, inputs = built if isinstance(built, tuple) else (built, None)
-    if inputs is None:
-        try:
-            shape = tuple(int(size) for size in arguments.shape.split(","))
-        except ValueError:
-            raise SystemExit(f"coverage: --shape takes sizes separated by commas, got {arguments.shape!r}") from None
-        inputs = (torch.randn(shape),)
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    model.train()
-    print(f"{arguments.factory}:")
-    print("as built:\n" + _indent(backward_coverage(*_outputs(model, inputs))))
-    converted = copy.deepcopy(model)
-    with warnings.catch_warnings():  # convert's warning lists what is left: the report below says it
-        warnings.simplefilter("ignore")
-        converted = manualbp.convert(converted)
-    print("manualbp.convert(model):\n" + _indent(backward_coverage(*_outputs(converted, inputs))))
-    with manualbp.hand_written():
-        outputs = _outputs(converted, inputs)
-    report = backward_coverage(*outputs)
-    print("manualbp.convert(model) under manualbp.hand_written():\n" + _indent(report))
-    return 0 if report.complete else 1
-
-
-def _indent(report: CoverageReport) -> str:
-    return "\n".join("  " + line for line in str(report).splitlines())
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return main
+    raise AttributeError(f"module 'manualbp.coverage' has no attribute {name!r}")
