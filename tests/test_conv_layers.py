@@ -647,3 +647,46 @@ def test_a_conv_weight_gradient_with_stride_and_dilation_unswapped_is_rejected(m
     monkeypatch.setattr(conv, "_sum_over_patches_and_images", unswapped)
     with pytest.raises((AssertionError, RuntimeError)):
         assert_matches_reference(case.function, case.reference, make_inputs(case))
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs are tensors of their own: in-place ops after a convolution work as after torch's
+# ----------------------------------------------------------------------------------------------
+
+
+IN_PLACE_AFTER_CONV = [  # (torch module, input shape)
+    (lambda: torch.nn.Conv1d(3, 3, 3, padding=1), (2, 3, 8)),
+    (lambda: torch.nn.Conv1d(3, 3, 3, padding=1), (3, 8)),
+    (lambda: torch.nn.Conv1d(4, 4, 3, padding=1, groups=4), (2, 4, 8)),
+    (lambda: torch.nn.Conv2d(3, 3, 3, padding=1), (2, 3, 6, 6)),
+    (lambda: torch.nn.Conv2d(3, 3, 3, padding=1), (3, 6, 6)),
+    (lambda: torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), (4, 6, 6)),
+    (lambda: torch.nn.Conv2d(4, 4, 3, padding=1, groups=2), (2, 4, 6, 6)),
+]
+
+
+@pytest.mark.parametrize("in_place", ["relu_inplace", "add_skip"])
+@pytest.mark.parametrize("make_conv, x_shape", IN_PLACE_AFTER_CONV,
+                         ids=["conv1d", "conv1d_unbatched", "conv1d_depthwise", "conv2d", "conv2d_unbatched",
+                              "conv2d_depthwise_unbatched", "conv2d_grouped"])
+def test_an_in_place_op_on_a_converted_convs_output_gives_torchs_gradients(make_conv, x_shape, in_place):
+    import manualbp
+
+    torch.manual_seed(0)
+    theirs = make_conv().double()
+    ours = manualbp.convert(torch.nn.Sequential(make_conv().double()))[0]
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(*x_shape, dtype=torch.float64)
+
+    def run(conv):
+        x_ = x.clone().requires_grad_()
+        output = conv(x_)
+        if in_place == "relu_inplace":
+            torch.nn.functional.relu(output, inplace=True)
+        else:
+            output += x_
+        output.pow(2).sum().backward()
+        return output, x_.grad, conv.weight.grad, conv.bias.grad
+
+    for mine, expected in zip(run(ours), run(theirs), strict=True):
+        torch.testing.assert_close(mine, expected, **EXACT)

@@ -440,6 +440,17 @@ def _conv2d_tangent(input, weight, conv_args, input_tangent, weight_tangent, bia
     return tangent
 
 
+def _a_tensor_of_its_own(output: Tensor) -> Tensor:
+    """The forward's output ``output`` as a tensor that is not a view, over the same memory (no copy).
+
+    torch's unbatched convolution, and a signal convolved as a 1 × L image, return a view (squeezed) of
+    the batched result; a view that a custom Function returns may not be modified in place (autograd
+    would lose the Function's backward), so ``relu(conv(x), inplace=True)`` and ``conv(x) += skip``
+    would fail where they work after torch's. ``detach`` gives the same values and storage as a tensor
+    with no view history, which the Function then owns as its output."""
+    return output.detach()
+
+
 # ----------------------------------------------------------------------------------------------
 # The autograd Function
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +466,8 @@ class Conv2dFunction(LayerFunction):
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        return conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+        output = conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+        return output if input.dim() == 4 else _a_tensor_of_its_own(output)  # unbatched: a view of a batch of one
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -689,7 +701,7 @@ class Conv1dFunction(LayerFunction):
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        return conv1d_forward(input, weight, bias, stride, padding, dilation, groups)
+        return _a_tensor_of_its_own(conv1d_forward(input, weight, bias, stride, padding, dilation, groups))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
