@@ -489,6 +489,11 @@ BACKWARD_SHAPES = {
     "flipped_grads_uneven": ((5, 16, 5, 4), (24, 16, 3, 2), (1, 1), (1, 0), (1, 1), 1),
     # more images than one correlation takes at once: the correlation over 8, then the one left
     "correlation_in_parts": ((9, 16, 5, 5), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # grouped and depthwise: one product per image (per slab of positions), every dtype
+    "depthwise_3x3": ((3, 6, 9, 9), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 6),
+    "depthwise_5x5_stride_2": ((2, 4, 11, 10), (4, 1, 5, 5), (2, 2), (2, 2), (1, 1), 4),
+    "depthwise_multiplier_dilated": ((2, 3, 9, 9), (6, 1, 3, 3), (1, 2), (2, 1), (2, 1), 3),
+    "grouped_width_4": ((2, 8, 7, 7), (8, 4, 3, 3), (2, 1), (1, 1), (1, 1), 2),
 }
 
 

@@ -214,6 +214,10 @@ def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilatio
     """δW = Σ_p δZ_pᵀ X_p by the form measured fastest for this dtype and shape (see
     :func:`conv2d_backward_fast`)."""
     one_by_one = tuple(weight_shape[-2:]) == (1, 1)
+    if groups > 1 and not one_by_one and input.shape[0] > 0 and not is_traced(input):
+        # grouped and depthwise (every dtype): the correlation's kernels are δZ, H_out × W_out wide with
+        # one or a few channels per group, which oneDNN runs 10-20x slower than one product per image
+        return _grad_weight_per_image(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if not has_fast_convolution_kernel(input) or (one_by_one and stride == (1, 1)) or input.shape[0] == 0:
         return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if one_by_one or _patch_form_is_faster(grad_output, input, stride):  # 1×1 at a stride: 0.7x per image
