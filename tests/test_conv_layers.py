@@ -494,6 +494,8 @@ BACKWARD_SHAPES = {
     "depthwise_5x5_stride_2": ((2, 4, 11, 10), (4, 1, 5, 5), (2, 2), (2, 2), (1, 1), 4),
     "depthwise_multiplier_dilated": ((2, 3, 9, 9), (6, 1, 3, 3), (1, 2), (2, 1), (2, 1), 3),
     "grouped_width_4": ((2, 8, 7, 7), (8, 4, 3, 3), (2, 1), (1, 1), (1, 1), 2),
+    # grouped at stride 1 without a fast kernel: δX as the convolution with the flipped kernel
+    "grouped_dilated_stride_1": ((2, 6, 9, 8), (9, 2, 3, 2), (1, 1), (2, 0), (2, 1), 3),
 }
 
 
