@@ -226,9 +226,10 @@ _ONEDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile canno
 # The transposed form of δW: at most this many elements in the im2col buffer that PyTorch's slow
 # transposed-convolution kernel would make for it (C_out·H_out·W_out·H·W), whichever kernel runs.
 _TRANSPOSED_FORM_MAX_COLUMNS = 2**24
-# ... and only for few channels (C_in·C_out ≤ this): LeNet's convolutions (1·6, 6·16), where it saved
-# 5–11 % of δW; at ResNet-18's (64·64 and up) it took 1.6–1.9× the correlation form's time.
-_TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 256
+# ... and only for few channels (C_in·C_out ≤ this): LeNet's convolutions (1·6, 6·16, batch 64), where it
+# took 0.5-0.6x the correlation's time; at 8·16 and 16·16 on 32×32 images (batch 4) 2.9-3.2x, at ResNet-18's
+# (64·64 and up) 1.6–1.9x.
+_TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 96
 
 
 def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
