@@ -128,6 +128,8 @@ CASES = [
     _conv_case("conv_dilation", (2, 2, 9, 9), (3, 2, 3, 3), dilation=2, padding=1),
     _conv_case("conv_groups", (2, 4, 6, 6), (6, 2, 3, 3), groups=2, stride=2, padding=1),
     _conv_case("conv_depthwise", (2, 3, 6, 5), (6, 1, 3, 3), groups=3),
+    _conv_case("conv_depthwise_padded_dilated", (2, 4, 7, 6), (4, 1, 3, 3), groups=4, padding=(2, 1), dilation=(2, 1)),
+    _conv_case("conv_depthwise_strided", (2, 4, 7, 7), (4, 1, 5, 5), groups=4, stride=2, padding=2),
     _conv_case("conv_padding_same", (2, 3, 6, 7), (4, 3, 4, 3), padding="same", dilation=(1, 2)),
     _conv_case("conv_padding_valid", (2, 3, 6, 7), (4, 3, 3, 3), padding="valid"),
     _conv_case("conv_batch_size_1", (1, 3, 6, 6), (4, 3, 3, 3), padding=1),
