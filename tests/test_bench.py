@@ -199,3 +199,23 @@ def test_per_example_bench_times_every_method_or_says_why_not(capsys):
     assert "Sequential" in report["rows"][1]["refused"]["BackPACK"]
     per_example.print_per_example(report)
     assert "manualbp ghost clip" in capsys.readouterr().out
+
+def test_conv_bench_times_manualbp_and_torch_at_every_shape(capsys, monkeypatch):
+    """``--conv`` at a size that runs in seconds: one row per dtype and shape, each timing both sides,
+    and the command line prints them."""
+    from manualbp.bench import conv
+    from manualbp.bench.__main__ import main
+
+    shapes = conv.CONV_SHAPES[:1] + conv.CONV_SHAPES[-2:]
+    report = conv.bench_conv(rounds=1, batch_size=1, shapes=shapes)
+    assert len(report["rows"]) == 2 * len(shapes)
+    for row in report["rows"].values():
+        assert row["manual_us"] > 0 and row["torch_us"] > 0
+        assert abs(row["ratio"] - row["manual_us"] / row["torch_us"]) < 1e-9
+    conv.print_conv(report)
+    assert "float64 pointwise 1x1/1 1x96x32x32 -> 24" in capsys.readouterr().out
+
+    monkeypatch.setattr(conv, "CONV_SHAPES", shapes[-1:])  # the flag, on one small shape
+    monkeypatch.setattr(conv, "CONV_BATCH", 1)
+    main(["--conv", "--json"])
+    assert '"rows"' in capsys.readouterr().out

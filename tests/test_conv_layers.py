@@ -128,6 +128,8 @@ CASES = [
     _conv_case("conv_dilation", (2, 2, 9, 9), (3, 2, 3, 3), dilation=2, padding=1),
     _conv_case("conv_groups", (2, 4, 6, 6), (6, 2, 3, 3), groups=2, stride=2, padding=1),
     _conv_case("conv_depthwise", (2, 3, 6, 5), (6, 1, 3, 3), groups=3),
+    _conv_case("conv_depthwise_padded_dilated", (2, 4, 7, 6), (4, 1, 3, 3), groups=4, padding=(2, 1), dilation=(2, 1)),
+    _conv_case("conv_depthwise_strided", (2, 4, 7, 7), (4, 1, 5, 5), groups=4, stride=2, padding=2),
     _conv_case("conv_padding_same", (2, 3, 6, 7), (4, 3, 4, 3), padding="same", dilation=(1, 2)),
     _conv_case("conv_padding_valid", (2, 3, 6, 7), (4, 3, 3, 3), padding="valid"),
     _conv_case("conv_batch_size_1", (1, 3, 6, 6), (4, 3, 3, 3), padding=1),
@@ -489,6 +491,13 @@ BACKWARD_SHAPES = {
     "flipped_grads_uneven": ((5, 16, 5, 4), (24, 16, 3, 2), (1, 1), (1, 0), (1, 1), 1),
     # more images than one correlation takes at once: the correlation over 8, then the one left
     "correlation_in_parts": ((9, 16, 5, 5), (32, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # grouped and depthwise: one product per image (per slab of positions), every dtype
+    "depthwise_3x3": ((3, 6, 9, 9), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 6),
+    "depthwise_5x5_stride_2": ((2, 4, 11, 10), (4, 1, 5, 5), (2, 2), (2, 2), (1, 1), 4),
+    "depthwise_multiplier_dilated": ((2, 3, 9, 9), (6, 1, 3, 3), (1, 2), (2, 1), (2, 1), 3),
+    "grouped_width_4": ((2, 8, 7, 7), (8, 4, 3, 3), (2, 1), (1, 1), (1, 1), 2),
+    # grouped at stride 1 without a fast kernel: δX as the convolution with the flipped kernel
+    "grouped_dilated_stride_1": ((2, 6, 9, 8), (9, 2, 3, 2), (1, 1), (2, 0), (2, 1), 3),
 }
 
 
@@ -647,3 +656,46 @@ def test_a_conv_weight_gradient_with_stride_and_dilation_unswapped_is_rejected(m
     monkeypatch.setattr(conv, "_sum_over_patches_and_images", unswapped)
     with pytest.raises((AssertionError, RuntimeError)):
         assert_matches_reference(case.function, case.reference, make_inputs(case))
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs are tensors of their own: in-place ops after a convolution work as after torch's
+# ----------------------------------------------------------------------------------------------
+
+
+IN_PLACE_AFTER_CONV = [  # (torch module, input shape)
+    (lambda: torch.nn.Conv1d(3, 3, 3, padding=1), (2, 3, 8)),
+    (lambda: torch.nn.Conv1d(3, 3, 3, padding=1), (3, 8)),
+    (lambda: torch.nn.Conv1d(4, 4, 3, padding=1, groups=4), (2, 4, 8)),
+    (lambda: torch.nn.Conv2d(3, 3, 3, padding=1), (2, 3, 6, 6)),
+    (lambda: torch.nn.Conv2d(3, 3, 3, padding=1), (3, 6, 6)),
+    (lambda: torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), (4, 6, 6)),
+    (lambda: torch.nn.Conv2d(4, 4, 3, padding=1, groups=2), (2, 4, 6, 6)),
+]
+
+
+@pytest.mark.parametrize("in_place", ["relu_inplace", "add_skip"])
+@pytest.mark.parametrize("make_conv, x_shape", IN_PLACE_AFTER_CONV,
+                         ids=["conv1d", "conv1d_unbatched", "conv1d_depthwise", "conv2d", "conv2d_unbatched",
+                              "conv2d_depthwise_unbatched", "conv2d_grouped"])
+def test_an_in_place_op_on_a_converted_convs_output_gives_torchs_gradients(make_conv, x_shape, in_place):
+    import manualbp
+
+    torch.manual_seed(0)
+    theirs = make_conv().double()
+    ours = manualbp.convert(torch.nn.Sequential(make_conv().double()))[0]
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(*x_shape, dtype=torch.float64)
+
+    def run(conv):
+        x_ = x.clone().requires_grad_()
+        output = conv(x_)
+        if in_place == "relu_inplace":
+            torch.nn.functional.relu(output, inplace=True)
+        else:
+            output += x_
+        output.pow(2).sum().backward()
+        return output, x_.grad, conv.weight.grad, conv.bias.grad
+
+    for mine, expected in zip(run(ours), run(theirs), strict=True):
+        torch.testing.assert_close(mine, expected, **EXACT)

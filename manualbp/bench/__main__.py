@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="convert(resnet18) training step vs resnet18 (float32, float64) and a per-layer table")
     parser.add_argument("--resnet18-full", action="store_true",
                         help="--resnet18 at float32 batch 32 of 64x64 and batch 8 of 224x224 too (several minutes)")
+    parser.add_argument("--conv", action="store_true",
+                        help="grouped, depthwise and 1x1 conv2d forward + backward vs torch's, float32 and float64")
     parser.add_argument("--floors", action="store_true",
                         help="batch norm in evaluation and the MLP step at --batch-sizes (default 64 128): manualbp, "
                              "the floor of a Python autograd node, torch")
@@ -83,6 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_example:
         report = bench_per_example(args.batch_sizes or PER_EXAMPLE_BATCH_SIZES, rounds=args.rounds)
         print(json.dumps(report, indent=2)) if args.json else print_per_example(report)
+        return
+    if args.conv:
+        from manualbp.bench.conv import bench_conv, print_conv
+
+        report = bench_conv(rounds=min(args.rounds, 5))
+        print(json.dumps(report, indent=2)) if args.json else print_conv(report)
         return
     if args.floors:
         report = bench_floors(args.batch_sizes or (64, 128), args.rounds)

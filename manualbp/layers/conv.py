@@ -150,6 +150,8 @@ def conv2d_backward_fast(
     grad_input = grad_weight = grad_bias = None
     if needs_grad[0] and _one_by_one_at_a_stride(grad_output, weight, stride, padding, groups):
         grad_input = _grad_input_one_by_one(grad_output, weight, input_shape, stride)
+    elif needs_grad[0] and _flipped_kernel_form_applies(grad_output, weight, stride, padding, dilation, groups):
+        grad_input = _grad_input_flipped_kernel(grad_output, weight, padding, dilation, groups)
     elif needs_grad[0]:
         # The transposed convolution lands on (H_out − 1)·stride − 2·padding + dilation·(k − 1) + 1
         # rows; the rows the forward's floor division dropped come back as output_padding (zeros).
@@ -190,6 +192,25 @@ def _grad_input_one_by_one(grad_output, weight, input_shape, stride) -> Tensor:
     return grad_input
 
 
+def _flipped_kernel_form_applies(grad_output, weight, stride, padding, dilation, groups) -> bool:
+    """Grouped or depthwise at stride 1 where PyTorch has no fast convolution kernel (float64 on the
+    CPU): its transposed convolution runs one slow kernel per group (depthwise 3x3 on 8x144x32x32
+    images: 3x the forward's time), its forward convolution one grouped kernel."""
+    return (groups > 1 and stride == (1, 1) and not has_fast_convolution_kernel(grad_output)
+            and all(d * (k - 1) >= p for d, k, p in zip(dilation, weight.shape[-2:], padding, strict=True)))
+
+
+def _grad_input_flipped_kernel(grad_output, weight, padding, dilation, groups) -> Tensor:
+    """δX at stride 1 as a convolution of δZ with W flipped in H and W, each group's W transposed
+    (in ↔ out): the transposed convolution of δZ with W written as a correlation,
+    δX[n, c, x] = Σ_k Σ_t δZ[n, k, x + padding − t·dilation] W[k, c, t], padded by dilation·(k − 1) − padding."""
+    out_channels, channels_per_group = weight.shape[:2]
+    flipped = (weight.flip(-2, -1).reshape(groups, out_channels // groups, channels_per_group, *weight.shape[-2:])
+               .transpose(1, 2).reshape(groups * channels_per_group, out_channels // groups, *weight.shape[-2:]))
+    full_padding = tuple(d * (k - 1) - p for d, k, p in zip(dilation, weight.shape[-2:], padding, strict=True))
+    return torch.conv2d(grad_output, flipped, None, 1, full_padding, dilation, groups)  # δX = Σ_p δZ_p W onto patch p
+
+
 def has_fast_convolution_kernel(tensor: Tensor) -> bool:
     """Whether PyTorch convolves ``tensor``'s dtype on its device with a kernel that does not build
     the patches (oneDNN for float32 and bfloat16 on the CPU, cuDNN on CUDA). Where it does not, a convolution
@@ -206,15 +227,23 @@ _ONEDNN = torch.backends.mkldnn.is_available()  # read once: torch.compile canno
 # The transposed form of δW: at most this many elements in the im2col buffer that PyTorch's slow
 # transposed-convolution kernel would make for it (C_out·H_out·W_out·H·W), whichever kernel runs.
 _TRANSPOSED_FORM_MAX_COLUMNS = 2**24
-# ... and only for few channels (C_in·C_out ≤ this): LeNet's convolutions (1·6, 6·16), where it saved
-# 5–11 % of δW; at ResNet-18's (64·64 and up) it took 1.6–1.9× the correlation form's time.
-_TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 256
+# ... and only for few channels (C_in·C_out ≤ this): LeNet's convolutions (1·6, 6·16, batch 64), where it
+# took 0.5-0.6x the correlation's time; at 8·16 and 16·16 on 32×32 images (batch 4) 2.9-3.2x, at ResNet-18's
+# (64·64 and up) 1.6–1.9x.
+_TRANSPOSED_FORM_MAX_CHANNEL_PAIRS = 96
 
 
 def _grad_weight_fast(grad_output, input, weight_shape, stride, padding, dilation, groups) -> Tensor:
     """δW = Σ_p δZ_pᵀ X_p by the form measured fastest for this dtype and shape (see
     :func:`conv2d_backward_fast`)."""
     one_by_one = tuple(weight_shape[-2:]) == (1, 1)
+    if groups > 1 and not one_by_one and input.shape[0] > 0 and not is_traced(input):
+        # grouped and depthwise (every dtype): the correlation's kernels are δZ, H_out × W_out wide with
+        # one or a few channels per group, which oneDNN runs 10-20x slower than one product per image
+        return _grad_weight_per_image(grad_output, input, weight_shape, stride, padding, dilation, groups)
+    if one_by_one and stride == (1, 1) and groups == 1 and has_fast_convolution_kernel(input) and input.shape[0] > 0:
+        # float32 1x1 (pointwise): δZ and X each copied once for one product (0.5x the per-image patches' time)
+        return _grad_weight_in_one_product(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if not has_fast_convolution_kernel(input) or (one_by_one and stride == (1, 1)) or input.shape[0] == 0:
         return _grad_weight_from_patches(grad_output, input, weight_shape, stride, padding, dilation, groups)
     if one_by_one or _patch_form_is_faster(grad_output, input, stride):  # 1×1 at a stride: 0.7x per image
@@ -488,6 +517,16 @@ def conv1d_per_example(
         grad_weight = grad_weight.squeeze(-2)
     return None, grad_weight, grad_bias
 
+def _a_tensor_of_its_own(output: Tensor) -> Tensor:
+    """The forward's output ``output`` as a tensor that is not a view, over the same memory (no copy).
+
+    torch's unbatched convolution, and a signal convolved as a 1 × L image, return a view (squeezed) of
+    the batched result; a view that a custom Function returns may not be modified in place (autograd
+    would lose the Function's backward), so ``relu(conv(x), inplace=True)`` and ``conv(x) += skip``
+    would fail where they work after torch's. ``detach`` gives the same values and storage as a tensor
+    with no view history, which the Function then owns as its output."""
+    return output.detach()
+
 
 # ----------------------------------------------------------------------------------------------
 # The autograd Function
@@ -504,7 +543,8 @@ class Conv2dFunction(LayerFunction):
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        return conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+        output = conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+        return output if input.dim() == 4 else _a_tensor_of_its_own(output)  # unbatched: a view of a batch of one
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -749,7 +789,7 @@ class Conv1dFunction(LayerFunction):
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        return conv1d_forward(input, weight, bias, stride, padding, dilation, groups)
+        return _a_tensor_of_its_own(conv1d_forward(input, weight, bias, stride, padding, dilation, groups))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
