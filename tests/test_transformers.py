@@ -325,3 +325,52 @@ def test_coverage_command_prints_the_three_reports(capsys):
     last = out.rsplit("under manualbp.hand_written():\n", 1)[1]
     written, total = last.split(" arithmetic")[0].strip().split(" of ")
     assert written == total and int(total) > 10
+
+
+# ----------------------------------------------------------------------------------------------
+# RMSNorm: manualbp.nn.RMSNorm, convert, and F.rms_norm under hand_written()
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, normalized_shape, eps", [((2, 3, 5), (5,), None), ((2, 3, 4), (3, 4), 1e-3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_rms_norm_equals_torchs_and_passes_gradcheck_twice(shape, normalized_shape, eps, affine):
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(normalized_shape, dtype=torch.float64, requires_grad=True) if affine else None
+    ours = mbf.rms_norm(x, normalized_shape, weight, eps)
+    theirs = F.rms_norm(x, normalized_shape, weight, eps)
+    assert backward_coverage(ours).hand_written == {"RMSNormFunction": 1}
+    torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=1e-15)
+    inputs = (x,) if weight is None else (x, weight)
+    grad_output = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad_output), torch.autograd.grad(theirs, inputs, grad_output),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+
+    def rms(*inputs):
+        return mbf.rms_norm(inputs[0], normalized_shape, inputs[1] if affine else None, eps)
+
+    assert torch.autograd.gradcheck(rms, inputs)
+    assert torch.autograd.gradgradcheck(rms, inputs)
+    tangents = tuple(torch.randn_like(t) for t in inputs)  # forward mode: the jvp
+    torch.testing.assert_close(torch.func.jvp(rms, inputs, tangents)[1],
+                               torch.func.jvp(lambda *i: F.rms_norm(i[0], normalized_shape, i[1] if affine else None,
+                                                                    eps), inputs, tangents)[1])
+
+
+def test_rms_norm_module_is_converted_and_f_rms_norm_runs_by_hand_under_the_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.RMSNorm(6)).double()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+    converted = manualbp.convert(copy.deepcopy(model))
+    assert type(converted[1]) is manualbp.nn.RMSNorm
+    x = torch.randn(3, 6, dtype=torch.float64)
+    loss = converted(x).square().sum()
+    assert backward_coverage(loss).hand_written == {"LinearFunction": 1, "RMSNormFunction": 1}
+    torch.testing.assert_close(loss, model(x).square().sum(), rtol=1e-14, atol=0)
+    with manualbp.hand_written() as mode:
+        y = F.rms_norm(x.requires_grad_(), (6,), eps=1e-6)
+    assert mode.replaced == {"rms_norm": 1}
+    assert backward_coverage(y).hand_written == {"RMSNormFunction": 1}
