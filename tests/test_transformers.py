@@ -374,3 +374,48 @@ def test_rms_norm_module_is_converted_and_f_rms_norm_runs_by_hand_under_the_mode
         y = F.rms_norm(x.requires_grad_(), (6,), eps=1e-6)
     assert mode.replaced == {"rms_norm": 1}
     assert backward_coverage(y).hand_written == {"RMSNormFunction": 1}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data movement is structure, arithmetic is not
+# ----------------------------------------------------------------------------------------------
+
+_INDEX = torch.tensor([0, 2, 2])
+_MOVES = {  # each forward only moves, selects or zeroes values
+    "pad": lambda x: F.pad(x, (1, 1)),
+    "roll": lambda x: x.roll(1, 0),
+    "flip": lambda x: x.flip(0),
+    "gather": lambda x: x.gather(0, _INDEX[:, None].expand(3, 4)),
+    "index_select": lambda x: x.index_select(0, _INDEX),
+    "advanced_index": lambda x: x[_INDEX],
+    "where": lambda x: torch.where(x > 0, x, x.flip(0)),
+    "masked_fill": lambda x: x.masked_fill(x > 0, 0.0),
+    "repeat": lambda x: x.repeat(2, 1),
+    "repeat_interleave": lambda x: x.repeat_interleave(torch.tensor([1, 2, 1]), 0),
+    "expand": lambda x: x[:1].expand(3, 4),
+    "contiguous": lambda x: x.t().contiguous(),
+    "cat": lambda x: torch.cat([x, x.chunk(2, dim=1)[0]], dim=1),
+    "stack": lambda x: torch.stack([x, x]),
+    "tril": lambda x: x.tril(),
+}
+_COMBINES = {  # each forward sums or scales values: arithmetic
+    "index_add": lambda x: torch.zeros(3, 4, dtype=x.dtype).index_add(0, _INDEX, x),
+    "scatter_add": lambda x: torch.zeros(3, 4, dtype=x.dtype).scatter_add(0, _INDEX[:, None].expand(3, 4), x),
+    "reflection_pad": lambda x: F.pad(x[None], (1, 1), mode="reflect"),
+    "scale": lambda x: x * 2.0,
+    "sum": lambda x: x.sum(0),
+}
+
+
+@pytest.mark.parametrize("name", list(_MOVES))
+def test_data_movement_is_counted_as_structure(name):
+    x = torch.randn(3, 4, requires_grad=True)
+    report = backward_coverage(_MOVES[name](x))
+    assert report.arithmetic == 0 and report.complete and report.structure, report
+
+
+@pytest.mark.parametrize("name", list(_COMBINES))
+def test_ops_that_sum_or_scale_values_stay_arithmetic(name):
+    x = torch.randn(3, 4, requires_grad=True)
+    report = backward_coverage(_COMBINES[name](x))
+    assert report.arithmetic == 1 and not report.complete, report
