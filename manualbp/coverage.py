@@ -21,7 +21,10 @@ it says what ``convert`` and ``hand_written()`` left::
 
 From the command line, for a model factory (``python -m manualbp.coverage torchvision.models:resnet18``)
 it prints the report for the model as built, after ``manualbp.convert``, and after ``convert``
-under ``manualbp.hand_written()``.
+under ``manualbp.hand_written()``; for a model people download (``python -m manualbp.coverage
+timm:convnext_atto``, ``python -m manualbp.coverage transformers:LlamaConfig hidden_size=64``,
+built by :mod:`manualbp.zoo`) it also checks the loss and every gradient of the last against the
+model as built, in float64.
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ class CoverageReport:
     def __str__(self) -> str:
         written = sum(self.hand_written.values())
         lines = [f"{written} of {self.arithmetic} arithmetic backward nodes hand-written"
-                 f" ({sum(self.structure.values())} structural nodes: views, slicing, copies, residual adds)"]
+                 f" ({sum(self.structure.values())} structural nodes: views, copies, data movement such as"
+                 " indexing, padding, where and masked_fill, residual adds)"]
         if self.hand_written:
             lines.append("  manualbp:  " + _counts(self.hand_written))
         if self.pytorch:
@@ -144,7 +148,7 @@ def _describe(value) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# python -m manualbp.coverage MODULE:FACTORY
+# python -m manualbp.coverage MODULE:FACTORY | timm:MODEL | transformers:CONFIG [key=value ...]
 # ----------------------------------------------------------------------------------------------
 
 
@@ -177,33 +181,69 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m manualbp.coverage",
         description="Count the hand-written backward nodes of a model: as built, after manualbp.convert, and "
-                    "after convert under manualbp.hand_written().")
-    parser.add_argument("factory", help="MODULE:FACTORY; FACTORY() returns a model, or (model, example inputs)")
+                    "after convert under manualbp.hand_written(). For a timm or transformers model, also a "
+                    "float64 gradient check of the last against the model as built.")
+    parser.add_argument("factory", help="MODULE:FACTORY; FACTORY() returns a model, or (model, example inputs); "
+                                        "or timm:MODEL or transformers:CONFIG (built by manualbp.zoo)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="for timm:/transformers: specs, settings of the model or config (hidden_size=64, "
+                             "attn_implementation=eager, image_size=64)")
     parser.add_argument("--shape", default="2,3,224,224",
                         help="shape of a random float input when FACTORY returns a model only (default 2,3,224,224)")
     arguments = parser.parse_args(argv)
-    built = _load_factory(arguments.factory)()
-    model, inputs = built if isinstance(built, tuple) else (built, None)
-    if inputs is None:
-        try:
-            shape = tuple(int(size) for size in arguments.shape.split(","))
-        except ValueError:
-            raise SystemExit(f"coverage: --shape takes sizes separated by commas, got {arguments.shape!r}") from None
-        inputs = (torch.randn(shape),)
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    zoo_model = _load_zoo_model(arguments.factory, arguments.overrides)
+    if zoo_model is not None:
+        model = zoo_model.model
+
+        def outputs_of(model):
+            return (zoo_model.loss(model),)
+    else:
+        if arguments.overrides:
+            raise SystemExit(f"coverage: key=value overrides are for timm: and transformers: specs, got "
+                             f"{' '.join(arguments.overrides)!r} after {arguments.factory!r}")
+        built = _load_factory(arguments.factory)()
+        model, inputs = built if isinstance(built, tuple) else (built, None)
+        if inputs is None:
+            try:
+                shape = tuple(int(size) for size in arguments.shape.split(","))
+            except ValueError:
+                raise SystemExit(f"coverage: --shape takes sizes separated by commas, "
+                                 f"got {arguments.shape!r}") from None
+            inputs = (torch.randn(shape),)
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+
+        def outputs_of(model):
+            return _outputs(model, inputs)
     model.train()
-    print(f"{arguments.factory}:")
-    print("as built:\n" + _indent(backward_coverage(*_outputs(model, inputs))))
+    print(" ".join([arguments.factory, *arguments.overrides]) + ":")
+    print("as built:\n" + _indent(backward_coverage(*outputs_of(model))))
     converted = copy.deepcopy(model)
     with warnings.catch_warnings():  # convert's warning lists what is left: the report below says it
         warnings.simplefilter("ignore")
         converted = manualbp.convert(converted)
-    print("manualbp.convert(model):\n" + _indent(backward_coverage(*_outputs(converted, inputs))))
+    print("manualbp.convert(model):\n" + _indent(backward_coverage(*outputs_of(converted))))
     with manualbp.hand_written():
-        outputs = _outputs(converted, inputs)
+        outputs = outputs_of(converted)
     report = backward_coverage(*outputs)
     print("manualbp.convert(model) under manualbp.hand_written():\n" + _indent(report))
+    if zoo_model is not None:
+        from manualbp import zoo
+
+        print(zoo.gradient_check(zoo_model))
     return 0 if report.complete else 1
+
+
+def _load_zoo_model(spec: str, overrides: list[str]):
+    """timm:MODEL and transformers:CONFIG specs: the model manualbp.zoo builds, in float64; None
+    for any other spec."""
+    if not spec.startswith(("timm:", "transformers:")):
+        return None
+    from manualbp import zoo
+
+    try:
+        return zoo.build(spec, overrides)
+    except (ImportError, ValueError, TypeError) as error:
+        raise SystemExit(f"coverage: {error}") from None
 
 
 def _indent(report: CoverageReport) -> str:
