@@ -100,7 +100,8 @@ def test_importing_manualbp_does_not_import_the_zoo_libraries():
 
 def test_the_coverage_command_builds_a_transformers_model_and_checks_its_gradients():
     result = subprocess.run(
-        [sys.executable, "-m", "manualbp.coverage", "transformers:LlamaConfig", "hidden_size=32", "num_hidden_layers=1"],
+        [sys.executable, "-m", "manualbp.coverage", "transformers:LlamaConfig", "hidden_size=32",
+         "num_hidden_layers=1"],
         capture_output=True, text=True, timeout=600,
     )
     lines = result.stdout.splitlines()
