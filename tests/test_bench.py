@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -179,3 +180,20 @@ def test_floors_bench_times_manualbp_the_floor_and_torch(capsys):
         assert abs(row["floor_ratio"] - row["floor_us"] / row["native_us"]) < 1e-9
     floor.print_floors(report)
     assert "| MNIST MLP step, batch 8 |" in capsys.readouterr().out
+
+
+def test_zoo_bench_times_each_model_against_the_original(capsys):
+    """``python -m manualbp.bench --zoo --quick``: a row per model with finite ratios and saved bytes."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    from manualbp.bench.zoo import bench_zoo, print_zoo
+
+    report = bench_zoo(rounds=2, quick=True, only=["vit", "llama sdpa"])
+    assert set(report["rows"]) == {"vit_tiny", "llama sdpa"}, report["rows"].keys()
+    for label, row in report["rows"].items():
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0, (label, row)
+        assert row["manual_saved_bytes"] > 0 and row["native_saved_bytes"] > 0, (label, row)
+        assert all(extra > 0 for _, extra in row["extra"]), (label, row)
+    print_zoo(report)
+    printed = capsys.readouterr().out
+    assert "vit_tiny" in printed and "llama sdpa" in printed and "median ratio" in printed, printed

@@ -1,4 +1,5 @@
 """The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--resnet18-full] [--floors]
+[--zoo [--quick] [--compile] [--models LABEL ...]]
 [--e2e] [--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...]
 [--gpt-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
 
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floors", action="store_true",
                         help="batch norm in evaluation and the MLP step at --batch-sizes (default 64 128): manualbp, "
                              "the floor of a Python autograd node, torch")
+    parser.add_argument("--zoo", action="store_true",
+                        help="timm and transformers models' float32 training step, convert + hand_written() vs the "
+                             "model as built, saved bytes and where the extra time goes (manualbp[zoo])")
+    parser.add_argument("--quick", action="store_true", help="--zoo at small sizes (seconds)")
+    parser.add_argument("--compile", action="store_true", help="--zoo with both steps under torch.compile")
+    parser.add_argument("--models", nargs="+", metavar="LABEL", help="--zoo rows whose label starts with one of these")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -75,6 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         configs = RESNET18_FULL_CONFIGS if args.resnet18_full else RESNET18_CONFIGS
         report = {"steps": bench_resnet18_steps(configs, rounds=args.rounds), "layers": bench_resnet18_layers()}
         print(json.dumps(report, indent=2)) if args.json else print_resnet18(report)
+        return
+    if args.zoo:
+        from manualbp.bench.zoo import bench_zoo, print_zoo  # imports timm/transformers only when asked
+
+        report = bench_zoo(rounds=args.rounds, quick=args.quick, compiled=args.compile, only=args.models)
+        print(json.dumps(report, indent=2)) if args.json else print_zoo(report)
         return
     if args.floors:
         report = bench_floors(args.batch_sizes or (64, 128), args.rounds)
