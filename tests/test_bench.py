@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -219,3 +220,19 @@ def test_conv_bench_times_manualbp_and_torch_at_every_shape(capsys, monkeypatch)
     monkeypatch.setattr(conv, "CONV_BATCH", 1)
     main(["--conv", "--json"])
     assert '"rows"' in capsys.readouterr().out
+
+def test_zoo_bench_times_each_model_against_the_original(capsys):
+    """``python -m manualbp.bench --zoo --quick``: a row per model with finite ratios and saved bytes."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    from manualbp.bench.zoo import bench_zoo, print_zoo
+
+    report = bench_zoo(rounds=2, quick=True, only=["vit", "llama sdpa"])
+    assert set(report["rows"]) == {"vit_tiny", "llama sdpa"}, report["rows"].keys()
+    for label, row in report["rows"].items():
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0, (label, row)
+        assert row["manual_saved_bytes"] > 0 and row["native_saved_bytes"] > 0, (label, row)
+        assert all(extra > 0 for _, extra in row["extra"]), (label, row)
+    print_zoo(report)
+    printed = capsys.readouterr().out
+    assert "vit_tiny" in printed and "llama sdpa" in printed and "median ratio" in printed, printed

@@ -259,6 +259,14 @@ def test_documented_tool_command_runs_as_written(command, data_root, tmp_path, r
         assert result.returncode == 1, output
         assert result.stdout.splitlines()[0] == shown_output_after(command).splitlines()[0], output
         return
+    if command.startswith(("python -m manualbp.coverage timm:", "python -m manualbp.coverage transformers:")):
+        # a model people download: status 1 while an op of its code keeps PyTorch's backward; the page shows
+        # the report's first line and the float64 gradient check, which must hold
+        assert result.returncode in (0, 1), output
+        assert result.stdout.splitlines()[0] == shown_output_after(command).splitlines()[0], output
+        worst = re.search(r"every gradient \(norm-relative, \d+ parameters\) ≤ (\S+)", result.stdout)
+        assert worst and float(worst.group(1)) <= 1e-8, output
+        return
     assert result.returncode == 0, output
     if command.startswith("python eval.py"):
         assert len(list((tmp_path / "outputs" / "eval" / "runs").glob("*/results.json"))) == 1, output

@@ -334,6 +334,7 @@ CASES = [
          layouts=NO_LEADING_DIMS),
     Case("group_norm_nchw_no_affine", mbf.group_norm, F.group_norm, lambda: (randn(2, 6, 3, 2), 3),
          layouts=NO_LEADING_DIMS),
+    Case("rms_norm", mbf.rms_norm, F.rms_norm, lambda: (randn(5, 4), (4,), randn(4), 1e-5)),
     Case("attention", mbf.scaled_dot_product_attention, torch_attention, attention_inputs),
     Case("attention_causal", lambda q, k, v: mbf.scaled_dot_product_attention(q, k, v, is_causal=True),
          lambda q, k, v: torch_attention(q, k, v, is_causal=True), attention_inputs),

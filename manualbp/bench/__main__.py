@@ -1,6 +1,7 @@
 """The command line: python -m manualbp.bench [--json] [--memory [ROWS]] [--resnet18] [--resnet18-full] [--floors]
-[--per-example] [--e2e] [--time-to-98] [--xor-seeds N] [--approx] [--softmax-losses PNG [overrides ...]]
-[--lenet-batch-sizes N ...] [--gpt-batch-sizes N ...] (see manualbp/bench/__init__.py)."""
+[--per-example] [--zoo [--quick] [--compile] [--models LABEL ...]] [--e2e] [--time-to-98] [--xor-seeds N]
+[--approx] [--softmax-losses PNG [overrides ...]] [--lenet-batch-sizes N ...] [--gpt-batch-sizes N ...]
+(see manualbp/bench/__init__.py)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-example", action="store_true",
                         help="per-example gradients and ghost clipping vs a plain backward, Opacus, vmap, BackPACK "
                              f"(--batch-sizes, default {' '.join(map(str, PER_EXAMPLE_BATCH_SIZES))})")
+
+    parser.add_argument("--zoo", action="store_true",
+                        help="timm and transformers models' float32 training step, convert + hand_written() vs the "
+                             "model as built, saved bytes and where the extra time goes (manualbp[zoo])")
+    parser.add_argument("--quick", action="store_true", help="--zoo at small sizes (seconds)")
+    parser.add_argument("--compile", action="store_true", help="--zoo with both steps under torch.compile")
+    parser.add_argument("--models", nargs="+", metavar="LABEL", help="--zoo rows whose label starts with one of these")
     parser.add_argument("--e2e", action="store_true", help="one epoch end to end vs the typical pipeline")
     parser.add_argument("--xor-seeds", type=int, metavar="N", help="the default XOR config over seeds 0..N-1")
     parser.add_argument("--approx", action="store_true", help="universal approximation: error against width")
@@ -91,6 +99,12 @@ def main(argv: list[str] | None = None) -> None:
 
         report = bench_conv(rounds=min(args.rounds, 5))
         print(json.dumps(report, indent=2)) if args.json else print_conv(report)
+        return
+    if args.zoo:
+        from manualbp.bench.zoo import bench_zoo, print_zoo  # imports timm/transformers only when asked
+
+        report = bench_zoo(rounds=args.rounds, quick=args.quick, compiled=args.compile, only=args.models)
+        print(json.dumps(report, indent=2)) if args.json else print_zoo(report)
         return
     if args.floors:
         report = bench_floors(args.batch_sizes or (64, 128), args.rounds)

@@ -5,8 +5,11 @@ and sorts its nodes:
 
 * hand-written: the backward of a manualbp Function (``LinearFunction``, ``AttentionFunction``, ...);
 * structure: nodes whose backward moves or adds gradients without computing a derivative of
-  their own -- views, reshapes, transposes, slicing, indexing, concatenation, copies and dtype
-  casts, and the residual add (``AddBackward0``: a gradient passed to both operands);
+  their own -- views, reshapes, transposes, slicing, concatenation, copies and dtype casts; data
+  movement (constant padding, roll, flip, indexing, gather, index_select, repeat, where,
+  masked_fill, tril/triu: the forward only moves, selects or zeroes values); and the residual add
+  (``AddBackward0``: a gradient passed to both operands). Anything that scales, sums or combines
+  values (index_add, scatter_add, reflection padding, ...) is arithmetic;
 * PyTorch's: every other node, an arithmetic op whose backward is PyTorch's formula.
 
 The report counts the arithmetic nodes (hand-written + PyTorch's) and lists PyTorch's by type, so
@@ -18,7 +21,10 @@ it says what ``convert`` and ``hand_written()`` left::
 
 From the command line, for a model factory (``python -m manualbp.coverage torchvision.models:resnet18``)
 it prints the report for the model as built, after ``manualbp.convert`` (with the modules it left
-and why), and after ``convert`` under ``manualbp.hand_written()``: see ``manualbp/coverage/__main__.py``.
+and why), and after ``convert`` under ``manualbp.hand_written()``; for a model people download
+(``python -m manualbp.coverage timm:convnext_atto``, ``python -m manualbp.coverage
+transformers:LlamaConfig hidden_size=64``, built by :mod:`manualbp.zoo`) it also checks the loss and
+every gradient of the last against the model as built, in float64: see ``manualbp/coverage/__main__.py``.
 """
 
 from __future__ import annotations
@@ -31,14 +37,28 @@ import torch
 __all__ = ["CoverageReport", "backward_coverage", "STRUCTURE"]
 
 # PyTorch's backward nodes that carry gradients without a derivative of their own (node type
-# names without the trailing overload number: "ViewBackward0" is "ViewBackward").
+# names without the trailing overload number: "ViewBackward0" is "ViewBackward"). Data movement is
+# structure: a node whose forward only moves, copies, selects or zeroes values (its backward puts
+# δ back where each value came from, adding the δ of a value used several times, as expand does).
+# A node whose forward scales, sums or combines values is arithmetic, even when it looks like
+# indexing: index_add, scatter_add, scatter_reduce, index_put (accumulate=True sums, and its node
+# cannot be told from the plain one), reflection/replication padding (its edge values' δ are not a
+# copy's) stay PyTorch's unless hand-written.
 STRUCTURE = frozenset({
     "AddBackward",  # AddBackward0 only (tensor + tensor: the residual add); see _structural
-    "AliasBackward", "AsStridedBackward", "CatBackward", "CloneBackward", "ExpandBackward",
-    "IndexBackward", "NarrowBackward", "PermuteBackward", "ReshapeAliasBackward", "SelectBackward",
-    "SliceBackward", "SplitBackward", "SplitWithSizesBackward", "SqueezeBackward", "StackBackward",
-    "TBackward", "ToCopyBackward", "TransposeBackward", "UnbindBackward", "UnsafeSplitBackward",
-    "UnsafeViewBackward", "UnsqueezeBackward", "ViewBackward",
+    # views, reshapes, transposes, slicing, splitting
+    "AliasBackward", "AsStridedBackward", "DiagonalBackward", "ExpandBackward", "NarrowBackward",
+    "PermuteBackward", "ReshapeAliasBackward", "SelectBackward", "SliceBackward", "SplitBackward",
+    "SplitWithSizesBackward", "SqueezeBackward", "TBackward", "TransposeBackward", "UnbindBackward",
+    "UnfoldBackward", "UnsafeSplitBackward", "UnsafeViewBackward", "UnsqueezeBackward", "ViewBackward",
+    # copies, casts, concatenation, repetition (repeat_interleave is index_select), pixel shuffles
+    "CatBackward", "CloneBackward", "PixelShuffleBackward", "PixelUnshuffleBackward", "RepeatBackward",
+    "StackBackward", "ToCopyBackward",
+    # moving values: constant padding, roll, flip, indexing, gather, scatter of values (no reduce)
+    "ConstantPadNdBackward", "FlipBackward", "GatherBackward", "IndexBackward", "IndexSelectBackward",
+    "MaskedScatterBackward", "MaskedSelectBackward", "RollBackward", "ScatterBackward",
+    # selecting by a condition that is not differentiated: where, masked_fill, tril/triu (zeros)
+    "MaskedFillBackward", "TrilBackward", "TriuBackward", "WhereBackward",
 })
 
 
@@ -64,7 +84,8 @@ class CoverageReport:
     def __str__(self) -> str:
         written = sum(self.hand_written.values())
         lines = [f"{written} of {self.arithmetic} arithmetic backward nodes hand-written"
-                 f" ({sum(self.structure.values())} structural nodes: views, slicing, copies, residual adds)"]
+                 f" ({sum(self.structure.values())} structural nodes: views, copies, data movement such as"
+                 " indexing, padding, where and masked_fill, residual adds)"]
         if self.hand_written:
             lines.append("  manualbp:  " + _counts(self.hand_written))
         if self.pytorch:

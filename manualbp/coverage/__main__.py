@@ -1,10 +1,14 @@
-"""``python -m manualbp.coverage MODULE:FACTORY [--shape 2,3,224,224]``
+"""``python -m manualbp.coverage MODULE:FACTORY [--shape 2,3,224,224]`` or
+``python -m manualbp.coverage timm:MODEL | transformers:CONFIG [key=value ...]``
 
 Prints the backward coverage of the model FACTORY() builds: as built, after ``manualbp.convert``
 (with the modules convert left to PyTorch, and why), and after ``convert`` under
-``manualbp.hand_written()``. Exits 0 when nothing is left to PyTorch, 1 when something is, 2 when
-the report could not be made (a bad spec, a module that does not import, a factory that raises or
-returns something else than a model, inputs the model rejects), said in one line.
+``manualbp.hand_written()``. A timm or transformers model is built by :mod:`manualbp.zoo` from its
+config (small ``key=value`` overrides, nothing downloaded), with its example inputs and loss, and the
+loss and every gradient of the last are also checked against the model as built, in float64.
+Exits 0 when nothing is left to PyTorch, 1 when something is, 2 when the report could not be made
+(a bad spec, a module that does not import, a factory that raises or returns something else than a
+model, inputs the model rejects), said in one line.
 """
 
 from __future__ import annotations
@@ -70,26 +74,39 @@ def _outputs(model: torch.nn.Module, inputs: tuple, what: str, shape_given: bool
     return tuple(value for value in output if isinstance(value, torch.Tensor) and value.grad_fn is not None)
 
 
-def coverage_reports(model: torch.nn.Module, inputs: tuple, shape_given: bool) -> tuple[list[str], bool]:
-    """The report's lines, and whether nothing is left to PyTorch under ``hand_written()``."""
+def coverage_reports(model: torch.nn.Module, outputs_of) -> tuple[list[str], bool]:
+    """The report's lines, and whether nothing is left to PyTorch under ``hand_written()``.
+    ``outputs_of(model, what)``: the tensors whose graph is counted (the model's outputs, or its loss)."""
     import manualbp  # noqa: PLC0415 - the library, imported here so that ``import manualbp.coverage`` stays light
 
     model.train()
-    lines = ["as built:", _indent(backward_coverage(*_outputs(model, inputs, "the model", shape_given)))]
+    lines = ["as built:", _indent(backward_coverage(*outputs_of(model, "the model")))]
     with warnings.catch_warnings():  # convert's warning lists what is left: the report below says it, with why
         warnings.simplefilter("ignore")
         converted = manualbp.convert(copy.deepcopy(model))
-    lines += ["manualbp.convert(model):",
-              _indent(backward_coverage(*_outputs(converted, inputs, "the converted model", shape_given)))]
+    lines += ["manualbp.convert(model):", _indent(backward_coverage(*outputs_of(converted, "the converted model")))]
     left = manualbp.nn.unconverted(converted)
     if left:
         lines.append(f"  left with PyTorch's backward by convert ({len(left)}):")
         lines += [f"    {module}" for module in left]
     with manualbp.hand_written():
-        outputs = _outputs(converted, inputs, "the converted model under hand_written()", shape_given)
+        outputs = outputs_of(converted, "the converted model under hand_written()")
     report = backward_coverage(*outputs)
     lines += ["manualbp.convert(model) under manualbp.hand_written():", _indent(report)]
     return lines, report.complete
+
+
+def load_zoo_model(spec: str, overrides: list[str]):
+    """timm:MODEL and transformers:CONFIG specs: the model :mod:`manualbp.zoo` builds (float64, with its
+    inputs and loss); None for any other spec. Raises :class:`UsageError`, one line, when it cannot."""
+    if not spec.startswith(("timm:", "transformers:")):
+        return None
+    from manualbp import zoo  # noqa: PLC0415 - timm and transformers only when asked for
+
+    try:
+        return zoo.build(spec, overrides)
+    except (ImportError, ValueError, TypeError) as error:
+        raise UsageError(first_line(error, 300)) from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,21 +115,42 @@ def main(argv: list[str] | None = None) -> int:
         description="Count the hand-written backward nodes of a model: as built, after manualbp.convert, and "
                     "after convert under manualbp.hand_written(). Exit status: 0 when nothing is left to PyTorch, "
                     "1 when something is, 2 when the report could not be made.")
-    parser.add_argument("factory", help="MODULE:FACTORY; FACTORY() returns a model, or (model, example inputs)")
+    parser.add_argument("factory", help="MODULE:FACTORY; FACTORY() returns a model, or (model, example inputs); "
+                                        "or timm:MODEL or transformers:CONFIG (built by manualbp.zoo)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="for timm:/transformers: specs, settings of the model or config (hidden_size=64, "
+                             "attn_implementation=eager, image_size=64)")
     parser.add_argument("--shape", type=parse_shape, default=None,
                         help="shape of a random float input when FACTORY returns a model only (default 2,3,224,224)")
     arguments = parser.parse_args(argv)
     try:
-        model, inputs = load_model(arguments.factory)
-        if inputs is None:
-            inputs = (torch.randn(arguments.shape or (2, 3, 224, 224)),)
-        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-        lines, complete = coverage_reports(model, inputs, arguments.shape is not None)
+        zoo_model = load_zoo_model(arguments.factory, arguments.overrides)
+        if zoo_model is not None:
+            model = zoo_model.model
+
+            def outputs_of(model, what):
+                return (zoo_model.loss(model),)
+        else:
+            if arguments.overrides:
+                raise UsageError(f"key=value overrides are for timm: and transformers: specs, got "
+                                 f"{' '.join(arguments.overrides)!r} after {arguments.factory!r}")
+            model, inputs = load_model(arguments.factory)
+            if inputs is None:
+                inputs = (torch.randn(arguments.shape or (2, 3, 224, 224)),)
+            inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+
+            def outputs_of(model, what):
+                return _outputs(model, inputs, what, arguments.shape is not None)
+        lines, complete = coverage_reports(model, outputs_of)
     except UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    print(f"{arguments.factory}:")
+    print(" ".join([arguments.factory, *arguments.overrides]) + ":")
     print("\n".join(lines))
+    if zoo_model is not None:
+        from manualbp import zoo  # noqa: PLC0415
+
+        print(zoo.gradient_check(zoo_model))
     return 0 if complete else 1
 
 

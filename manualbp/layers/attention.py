@@ -21,6 +21,23 @@ per step, in exchange for no (…, L, S) tensor held between forward and backwar
 PyTorch's CPU kernel keeps too (it saves the row log-sum-exp, (…, L)). The benchmark
 (``python -m manualbp.bench --memory``) measures both.
 
+Grouped-query attention (``enable_gqa=True``, as Llama, Qwen2, Mistral call it): H query heads
+share Hkv key/value heads, each key/value head serving a group of G = H/Hkv query heads
+(query head h reads key/value head h // G). The forward repeats K and V over each group; the
+backward is the formula above per query head, then δK and δV summed over the G heads of a group
+(a tensor used G times gets the sum of its G gradients, as the slides' δb sums δZ over the batch).
+
+Dropout on the attention weights (``dropout_p`` = p > 0): a keep mask m (1 with probability 1 − p)
+is drawn before the Function runs and saved for backward; with P̃ = P·m/(1 − p):
+
+    O = P̃ V,   δV = P̃ᵀ δO,   δP = (δO Vᵀ)·m/(1 − p),   then δS from δP and P as above
+
+The mask is drawn from torch's generator with ``bernoulli_`` (as ``torch.nn.functional.dropout``
+draws its mask), so its values follow the same distribution as PyTorch's; PyTorch's own CPU
+attention kernel draws its mask from a stream of its own, so the same seed gives a different mask
+than ``F.scaled_dot_product_attention`` would (the tests compare distributions, and compare the
+formulas to PyTorch's with the mask given to both).
+
 A row whose keys are all masked (every M = −∞) attends to nothing: its output and gradients
 are 0, as with PyTorch's CPU kernel (the softmax formula alone would give 0/0 = NaN).
 """
@@ -37,6 +54,9 @@ from manualbp.layers.matmul import sum_to_shape
 
 __all__ = [
     "attention_forward",
+    "repeat_over_groups",
+    "sum_over_groups",
+    "dropped_probabilities",
     "attention_backward",
     "attention_probabilities",
     "attention_probabilities_backward",
@@ -70,11 +90,42 @@ def attention_probabilities(query: Tensor, key: Tensor, mask: Tensor | None, sca
     return probabilities
 
 
+def repeat_over_groups(tensor: Tensor, groups: int) -> Tensor:
+    """Each key/value head repeated for the G query heads of its group: ``(*, Hkv, S, E)`` -> ``(*, Hkv·G, S, E)``,
+    query head h reading head h // G (as ``repeat_interleave(G, dim=-3)``, PyTorch's ``enable_gqa``)."""
+    if groups == 1:
+        return tensor
+    shape = tensor.shape
+    return tensor.unsqueeze(-3).expand(*shape[:-2], groups, *shape[-2:]).reshape(
+        *shape[:-3], shape[-3] * groups, *shape[-2:])
+
+
+def sum_over_groups(grad: Tensor, groups: int) -> Tensor:
+    """δK (or δV) of a key/value head: the sum of the δ of its G repeats, ``(*, Hkv·G, S, E)`` -> ``(*, Hkv, S, E)``."""
+    if groups == 1:
+        return grad
+    shape = grad.shape
+    return grad.reshape(*shape[:-3], shape[-3] // groups, groups, *shape[-2:]).sum(-3)  # δK = Σ_group δK_h
+
+
+def dropped_probabilities(probabilities: Tensor, keep: Tensor | None, dropout_p: float) -> Tensor:
+    """P̃ = P·m/(1 − p): the attention weights after dropout with the keep mask m (bool, broadcastable
+    to P's ``(*, L, S)``); P itself when there is no mask."""
+    if keep is None:
+        return probabilities
+    return probabilities * keep * (1 / (1 - dropout_p))  # P̃ = P·m/(1 − p)
+
+
 def attention_forward(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float,
-                      causal: bool = False) -> Tensor:
-    """O = softmax(Q Kᵀ·s + M) V. query ``(*, L, E)``, key ``(*, S, E)``, value ``(*, S, Ev)``, mask broadcastable
-    to ``(*, L, S)`` or None. Returns O: ``(*, L, Ev)``."""
-    return torch.matmul(attention_probabilities(query, key, mask, scale, causal), value)  # O = P V
+                      causal: bool = False, groups: int = 1, keep: Tensor | None = None,
+                      dropout_p: float = 0.0) -> Tensor:
+    """O = softmax(Q Kᵀ·s + M)·m/(1 − p) V. query ``(*, H, L, E)``, key ``(*, H/G, S, E)``, value ``(*, H/G, S, Ev)``
+    (``groups`` G query heads per key/value head; G = 1: any leading dimensions, the same for all
+    three), mask broadcastable to ``(*, H, L, S)`` or None, keep: the dropout keep mask (bool,
+    ``(*, H, L, S)``) or None. Returns O: ``(*, H, L, Ev)``."""
+    key, value = repeat_over_groups(key, groups), repeat_over_groups(value, groups)
+    probabilities = attention_probabilities(query, key, mask, scale, causal)
+    return torch.matmul(dropped_probabilities(probabilities, keep, dropout_p), value)  # O = P̃ V
 
 
 def attention_backward(
@@ -86,21 +137,34 @@ def attention_backward(
     scale: float,
     needs_grad: tuple[bool, bool, bool, bool] = (True, True, True, False),
     causal: bool = False,
+    groups: int = 1,
+    keep: Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """δQ, δK, δV and δM (the scores' gradient, ``(*, L, S)``) of O = softmax(Q Kᵀ·s + M) V; P is recomputed.
+    """δQ, δK, δV and δM (the scores' gradient, ``(*, H, L, S)``) of O = softmax(Q Kᵀ·s + M)·m/(1 − p) V;
+    P is recomputed.
 
-    grad_output δO: ``(*, L, Ev)``; the rest as in :func:`attention_forward`. Each result is None
-    unless ``needs_grad`` asks for it (δM is returned at the scores' shape, unreduced).
+    grad_output δO: ``(*, H, L, Ev)``; the rest as in :func:`attention_forward` (δK, δV at key's and
+    value's shapes, summed over each group of query heads). Each result is None unless
+    ``needs_grad`` asks for it (δM is returned at the scores' shape, unreduced).
     """
+    key, value = repeat_over_groups(key, groups), repeat_over_groups(value, groups)
     probabilities = attention_probabilities(query, key, mask, scale, causal)  # P, recomputed
-    grad_value = torch.matmul(probabilities.transpose(-2, -1), grad_output) if needs_grad[2] else None  # δV = Pᵀ δO
+    grad_value = None
+    if needs_grad[2]:
+        dropped = dropped_probabilities(probabilities, keep, dropout_p)
+        grad_value = sum_over_groups(torch.matmul(dropped.transpose(-2, -1), grad_output), groups)  # δV = P̃ᵀ δO
     if not (needs_grad[0] or needs_grad[1] or needs_grad[3]):
         return None, None, grad_value, None
-    grad_probabilities = torch.matmul(grad_output, value.transpose(-2, -1))  # δP = δO Vᵀ
+    grad_probabilities = torch.matmul(grad_output, value.transpose(-2, -1))  # δP̃ = δO Vᵀ
+    if keep is not None:
+        grad_probabilities = grad_probabilities * keep * (1 / (1 - dropout_p))  # δP = δP̃·m/(1 − p)
     grad_query, grad_key, grad_scores = attention_probabilities_backward(
         grad_probabilities, probabilities, query, key, scale, (needs_grad[0], needs_grad[1], needs_grad[3]),
         grad_probabilities_is_ours=True,
     )
+    if grad_key is not None:
+        grad_key = sum_over_groups(grad_key, groups)
     return grad_query, grad_key, grad_value, grad_scores
 
 
@@ -146,17 +210,21 @@ def _probabilities_tangent(probabilities, query, key, scale, query_tangent, key_
     return probabilities * (scores_tangent - row_sums)
 
 
-def _attention_tangent(query, key, value, mask, scale, causal, tangents) -> Tensor:
-    """Ȯ = Ṗ V + P V̇ (forward mode)."""
+def _attention_tangent(query, key, value, mask, scale, causal, tangents, groups=1, keep=None, dropout_p=0.0):
+    """Ȯ = Ṗ̃ V + P̃ V̇, Ṗ̃ = Ṗ·m/(1 − p) (forward mode)."""
     query_tangent, key_tangent, value_tangent, mask_tangent = tangents
+    key, value = repeat_over_groups(key, groups), repeat_over_groups(value, groups)
+    if key_tangent is not None:
+        key_tangent = repeat_over_groups(key_tangent, groups)
     probabilities = attention_probabilities(query, key, mask, scale, causal)
     output_tangent = 0
     probabilities_tangent = _probabilities_tangent(probabilities, query, key, scale, query_tangent, key_tangent,
                                                    mask_tangent)
     if probabilities_tangent is not None:
-        output_tangent = torch.matmul(probabilities_tangent, value)
+        output_tangent = torch.matmul(dropped_probabilities(probabilities_tangent, keep, dropout_p), value)
     if value_tangent is not None:
-        output_tangent = output_tangent + torch.matmul(probabilities, value_tangent)
+        output_tangent = output_tangent + torch.matmul(dropped_probabilities(probabilities, keep, dropout_p),
+                                                       repeat_over_groups(value_tangent, groups))
     return output_tangent
 
 
@@ -166,33 +234,36 @@ def _attention_tangent(query, key, value, mask, scale, causal, tangents) -> Tens
 
 
 class AttentionFunction(LayerFunction):
-    """O = softmax(Q Kᵀ·s + M) V with the hand-written backward; saves Q, K, V and M only (P is recomputed)."""
+    """O = softmax(Q Kᵀ·s + M)·m/(1 − p) V with the hand-written backward; saves Q, K, V, M and the
+    dropout keep mask m only (P is recomputed). ``groups``: query heads per key/value head."""
 
     @staticmethod
-    def forward(query, key, value, mask, scale, causal):
-        return attention_forward(query, key, value, mask, scale, causal)
+    def forward(query, key, value, mask, scale, causal, groups=1, keep=None, dropout_p=0.0):
+        return attention_forward(query, key, value, mask, scale, causal, groups, keep, dropout_p)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        query, key, value, mask, ctx.scale, ctx.causal = inputs
-        ctx.save_for_backward(query, key, value, mask)
-        ctx.save_for_forward(query, key, value, mask)
+        query, key, value, mask, ctx.scale, ctx.causal, ctx.groups, keep, ctx.dropout_p = inputs
+        ctx.save_for_backward(query, key, value, mask, keep)
+        ctx.save_for_forward(query, key, value, mask, keep)
 
     @staticmethod
     def backward(ctx, grad_output):
-        query, key, value, mask = ctx.saved_tensors
+        query, key, value, mask, keep = ctx.saved_tensors
         needs = ctx.needs_input_grad[:4]
         grad_query, grad_key, grad_value, grad_scores = attention_backward(
-            grad_output, query, key, value, mask, ctx.scale, needs, ctx.causal
+            grad_output, query, key, value, mask, ctx.scale, needs, ctx.causal, ctx.groups, keep, ctx.dropout_p
         )
         grad_mask = sum_to_shape(grad_scores, mask.shape) if grad_scores is not None else None  # δM = Σ δS
-        return grad_query, grad_key, grad_value, grad_mask, None, None
+        return grad_query, grad_key, grad_value, grad_mask, None, None, None, None, None
 
     @staticmethod
-    def jvp(ctx, query_tangent, key_tangent, value_tangent, mask_tangent, scale_tangent, causal_tangent):
-        query, key, value, mask = ctx.saved_tensors
+    def jvp(ctx, query_tangent, key_tangent, value_tangent, mask_tangent, scale_tangent, causal_tangent,
+            groups_tangent, keep_tangent, dropout_p_tangent):
+        query, key, value, mask, keep = ctx.saved_tensors
         return _attention_tangent(query, key, value, mask, ctx.scale, ctx.causal,
-                                  (query_tangent, key_tangent, value_tangent, mask_tangent))
+                                  (query_tangent, key_tangent, value_tangent, mask_tangent),
+                                  ctx.groups, keep, ctx.dropout_p)
 
 
 class AttentionWeightsFunction(LayerFunction):
@@ -256,13 +327,15 @@ def _additive_mask(attn_mask: Tensor | None, is_causal: bool, dtype: torch.dtype
 
 
 def _check_attention_arguments(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
-                               function: str = "scaled_dot_product_attention") -> None:
+                               function: str = "scaled_dot_product_attention", grouped: bool = False) -> None:
     for name, tensor in (("query", query), ("key", key), ("value", value)):
         check_floating(function, name, tensor)
         if tensor.dim() < 2:
             raise ValueError(f"{function}: expected {name} of shape (*, length, features), "
                              f"got {tuple(tensor.shape)}")
-    if not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
+    if grouped:
+        _check_groups(query, key, value)
+    elif not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
         # broadcasting batch dimensions is left to PyTorch's kernel (the mode falls back to it)
         raise NotImplementedError(
             f"{function}: expected query, key and value with the same leading dimensions, "
@@ -282,6 +355,20 @@ def _check_attention_arguments(query: Tensor, key: Tensor, value: Tensor, mask: 
                              f"shape {scores}, got {tuple(mask.shape)}") from None
 
 
+def _check_groups(query: Tensor, key: Tensor, value: Tensor) -> None:
+    """enable_gqa: query ``(*, H, L, E)``, key and value ``(*, Hkv, S, ·)``, H a multiple of Hkv."""
+    shapes = f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+    if query.dim() < 3 or not (query.dim() == key.dim() == value.dim()):
+        raise NotImplementedError("scaled_dot_product_attention: expected query, key and value of shape "
+                                  f"(*, heads, length, features) with enable_gqa=True, got {shapes}")
+    if key.shape[-3] != value.shape[-3] or query.shape[-3] % key.shape[-3]:
+        raise ValueError("scaled_dot_product_attention: with enable_gqa=True expected the query heads "
+                         f"(dimension -3) to be a multiple of the key and value heads, got {shapes}")
+    if not (query.shape[:-3] == key.shape[:-3] == value.shape[:-3]):
+        raise NotImplementedError("scaled_dot_product_attention: expected query, key and value with the same "
+                                  f"batch dimensions, got {shapes}")
+
+
 @hand_writes(torch.nn.functional.scaled_dot_product_attention)
 def scaled_dot_product_attention(
     query: Tensor,
@@ -297,16 +384,19 @@ def scaled_dot_product_attention(
     hand-written backward. query ``(*, L, E)``, key ``(*, S, E)``, value ``(*, S, Ev)`` -> ``(*, L, Ev)``.
 
     attn_mask: bool (True = attend) or float (added to the scores), broadcastable to ``(*, L, S)``;
-    is_causal: query i sees keys j ≤ i. dropout_p > 0 and enable_gqa are not supported
-    (NotImplementedError: under ``manualbp.hand_written()`` PyTorch's kernel runs instead).
+    is_causal: query i sees keys j ≤ i. enable_gqa: key and value ``(*, Hkv, S, ·)`` shared by groups of
+    H/Hkv query heads ``(*, H, L, E)``. dropout_p: dropout on the attention weights, the keep mask drawn
+    from torch's generator (same distribution as PyTorch's, not the same draws: see the module).
     """
-    if dropout_p:
-        raise NotImplementedError("scaled_dot_product_attention: manualbp's attention has no dropout; "
-                                  "use dropout_p=0.0 (or dropout on the output)")
-    if enable_gqa:
-        raise NotImplementedError("scaled_dot_product_attention: manualbp's attention has no grouped-query "
-                                  "form; repeat key and value over the heads (enable_gqa=False)")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"scaled_dot_product_attention: expected 0 <= dropout_p < 1, got {dropout_p!r}")
     mask = _additive_mask(attn_mask, is_causal, query.dtype)
-    _check_attention_arguments(query, key, value, mask)
+    _check_attention_arguments(query, key, value, mask, grouped=enable_gqa)
+    groups = query.shape[-3] // key.shape[-3] if enable_gqa else 1
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    return apply(AttentionFunction, query, key, value, mask, scale, is_causal, autocast_to="lower")
+    keep = None
+    if dropout_p > 0:
+        scores_shape = (*query.shape[:-1], key.shape[-2])
+        keep = torch.empty(scores_shape, dtype=query.dtype, device=query.device).bernoulli_(1 - dropout_p).bool()
+    return apply(AttentionFunction, query, key, value, mask, scale, is_causal, groups, keep, float(dropout_p),
+                 autocast_to="lower")

@@ -978,3 +978,139 @@ class GroupNorm(SharesState, torch.nn.GroupNorm, torch_twin=torch.nn.GroupNorm):
     @classmethod
     def example(cls, dtype=torch.float64):
         return cls(2, 4).to(dtype), (torch.randn(6, 4, 3, dtype=dtype),)
+
+
+# ----------------------------------------------------------------------------------------------
+# RMS normalization: layer norm without the mean (Llama, T5, Qwen2 ...)
+# ----------------------------------------------------------------------------------------------
+#
+# For each row x of D values (the last len(normalized_shape) dimensions of the input):
+#     rms = √(mean(x²) + ε),  x̂ = x/rms,  y = γ x̂      (γ: normalized_shape, or none)
+# Backward, with g = γ·δy (rms depends on every x of the row: ∂rms/∂x = x/(D·rms) = x̂/D):
+#     δx = (1/rms)(g − x̂·mean(g·x̂)),   δγ = Σ_rows δy·x̂
+# (layer norm's δx without the mean(g) term, which came from μ.)
+
+__all__ += ["rms_norm_forward", "rms_norm_backward", "RMSNormFunction", "rms_norm", "RMSNorm"]  # noqa: PLE0605
+
+
+def _inverse_rms(input: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    """1/rms = 1/√(mean(x²) + ε) per row, broadcastable against the input."""
+    return torch.rsqrt((input * input).mean(dims, keepdim=True) + eps)  # 1/rms = 1/√(mean(x²) + ε)
+
+
+def rms_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | None, eps: float) -> Tensor:
+    """y = γ x/rms per row of the last ``normalized_dims`` dimensions.
+
+    input: (*, *normalized_shape); weight γ: normalized_shape or None. Returns y: input's shape.
+    """
+    normalized = input * _inverse_rms(input, _row_dims(input, normalized_dims), eps)  # x̂ = x/rms
+    return normalized if weight is None else normalized * weight  # y = γ x̂
+
+
+def rms_norm_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    normalized_dims: int,
+    weight: Tensor | None,
+    eps: float,
+    needs_grad: tuple[bool, bool] = (True, True),
+) -> tuple[Tensor | None, Tensor | None]:
+    """δx, δγ of y = γ x/rms per row; rms recomputed from x (double backward differentiates this).
+
+    grad_output δy, input x: (*, *normalized_shape); weight γ: normalized_shape or None.
+    Returns δx: x's shape, δγ: normalized_shape (each None unless ``needs_grad`` asks for it).
+    """
+    dims = _row_dims(input, normalized_dims)
+    inverse_rms = _inverse_rms(input, dims, eps)  # 1/rms
+    normalized = input * inverse_rms  # x̂ = x/rms
+    batch_dims = tuple(range(input.dim() - normalized_dims))
+    grad_weight = _sum_over(grad_output * normalized, batch_dims) if needs_grad[1] else None  # δγ = Σ δy·x̂
+    grad_input = None
+    if needs_grad[0]:
+        scaled = grad_output if weight is None else grad_output * weight  # g = γ·δy
+        mean_scaled_x_hat = (scaled * normalized).mean(dims, keepdim=True)  # mean(g·x̂)
+        grad_input = inverse_rms * (scaled - normalized * mean_scaled_x_hat)  # δx = (1/rms)(g − x̂·mean(g·x̂))
+    return grad_input, grad_weight
+
+
+class RMSNormFunction(LayerFunction):
+    """y = γ x/rms per row, with backward δx = (1/rms)(g − x̂·mean(g·x̂)), g = γδy, δγ = Σ δy·x̂.
+    Saves x and γ (rms is recomputed)."""
+
+    @staticmethod
+    def forward(input, normalized_dims, weight, eps):
+        return rms_norm_forward(input, normalized_dims, weight, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.normalized_dims, weight, ctx.eps = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight = rms_norm_backward(grad_output, input, ctx.normalized_dims, weight, ctx.eps,
+                                                    (needs[0], needs[2]))
+        return grad_input, None, grad_weight, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, dims_tangent, weight_tangent, eps_tangent):
+        """ẏ = γ·(∂x̂/∂x)ẋ + x̂·γ̇; ∂x̂/∂x = (1/rms)(I − x̂x̂ᵀ/D) is symmetric per row, so its product
+        with ẋ is the backward formula with δy = ẋ and γ = 1."""
+        input, weight = ctx.saved_tensors
+        tangent = 0
+        if input_tangent is not None:
+            tangent, _ = rms_norm_backward(input_tangent, input, ctx.normalized_dims, None, ctx.eps, (True, False))
+            if weight is not None:
+                tangent = tangent * weight
+        if weight_tangent is not None:
+            tangent = tangent + rms_norm_forward(input, ctx.normalized_dims, None, ctx.eps) * weight_tangent  # x̂·γ̇
+        return tangent
+
+
+def _check_rms_norm_arguments(input, normalized_shape, weight) -> None:
+    check_floating("rms_norm", "input", input)
+    count = len(normalized_shape)
+    if count == 0 or input.dim() < count or tuple(input.shape[input.dim() - count:]) != normalized_shape:
+        raise ValueError(
+            f"rms_norm: expected an input whose last dimensions are normalized_shape {list(normalized_shape)}, "
+            f"got shape {tuple(input.shape)}; pass normalized_shape=input.shape[-k:] for the last k dimensions"
+        )
+    if weight is not None and tuple(weight.shape) != normalized_shape:
+        raise ValueError(f"rms_norm: expected weight of shape {normalized_shape} (normalized_shape), "
+                         f"got {tuple(weight.shape)}")
+
+
+@hand_writes(torch.nn.functional.rms_norm)
+def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
+    """RMS normalization like ``torch.nn.functional.rms_norm``, with the hand-written backward.
+
+    input: (*, *normalized_shape); weight γ: normalized_shape or None; eps None: the machine epsilon
+    of the input's dtype, as PyTorch takes it. Returns y: input's shape.
+    """
+    normalized_shape = _normalized_shape(normalized_shape)
+    _check_rms_norm_arguments(input, normalized_shape, weight)
+    if computes_in_float32(input, weight):  # as torch's mixed-precision kernel
+        return rms_norm(input.float(), normalized_shape, weight, eps).to(input.dtype)
+    eps = torch.finfo(input.dtype).eps if eps is None else float(eps)
+    return apply(RMSNormFunction, input, len(normalized_shape), weight, eps)
+
+
+class RMSNorm(SharesState, torch.nn.RMSNorm, torch_twin=torch.nn.RMSNorm):
+    """``torch.nn.RMSNorm`` (same parameters and state_dict) with the hand-written backward
+    δx = (1/rms)(g − x̂·mean(g·x̂)), g = γδy. input (*, *normalized_shape)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+    def function_and_arguments(self, input: Tensor):
+        shape = _normalized_shape(self.normalized_shape)
+        _check_rms_norm_arguments(input, shape, self.weight)
+        eps = torch.finfo(input.dtype).eps if self.eps is None else float(self.eps)
+        return RMSNormFunction, (input, len(shape), self.weight, eps)
+
+    @classmethod
+    def example(cls, dtype=torch.float64):
+        return cls(4).to(dtype), (torch.randn(2, 3, 4, dtype=dtype),)
