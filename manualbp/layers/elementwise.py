@@ -43,7 +43,7 @@ __all__ = [
     "MulFunction", "mul",
     "DivFunction", "RoundedDivFunction", "div",
     "ReciprocalFunction", "reciprocal",
-    "AddFunction", "add", "sub", "rsub",
+    "AddFunction", "add", "sub", "rsub", "reflected_sub",
     "NegFunction", "neg",
     "PowFunction", "PowTensorFunction", "ExponentialFunction", "pow",
     "SqrtFunction", "sqrt",
@@ -247,10 +247,10 @@ def reciprocal(input: Tensor, *, out: Tensor | None = None) -> Tensor:
 
 
 @hand_writes(Tensor.__rtruediv__, Tensor.__rdiv__)
-def rdiv(input: Tensor, other) -> Tensor:
-    """c/A (``2 / x``), as PyTorch computes it: c·(1/A)."""
-    check_operands("rdiv", input, other)
-    return mul(reciprocal(input), other)
+def rdiv(self: Tensor, other) -> Tensor:
+    """c/A (``2 / x``, Tensor.__rtruediv__'s signature), as PyTorch computes it: c·(1/A)."""
+    check_operands("rdiv", self, other)
+    return mul(reciprocal(self), other)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,11 +305,17 @@ def sub(input, other, *, alpha=1, out: Tensor | None = None) -> Tensor:
     return apply(AddFunction, input, other, -alpha)
 
 
-@hand_writes(torch.rsub, Tensor.__rsub__)
+@hand_writes(torch.rsub)
 def rsub(input, other, *, alpha=1) -> Tensor:
     """B − α·A like ``torch.rsub`` (``1 - x`` is ``x.__rsub__(1)``)."""
     check_operands("rsub", input, other, alpha)
     return apply(AddFunction, other, input, -alpha)
+
+
+@hand_writes(Tensor.__rsub__)
+def reflected_sub(self: Tensor, other) -> Tensor:
+    """B − A for ``1 - x`` (Tensor.__rsub__'s signature)."""
+    return rsub(self, other)
 
 
 class NegFunction(LayerFunction):
@@ -446,9 +452,9 @@ def pow(input, exponent, *, out: Tensor | None = None) -> Tensor:  # noqa: A001 
 
 
 @hand_writes(Tensor.__rpow__)
-def rpow(input: Tensor, other) -> Tensor:
-    """cᴬ for ``2 ** x`` (``x.__rpow__(2)``)."""
-    return pow(other, input)
+def rpow(self: Tensor, other) -> Tensor:
+    """cᴬ for ``2 ** x`` (``x.__rpow__(2)``, Tensor.__rpow__'s signature)."""
+    return pow(other, self)
 
 
 # ----------------------------------------------------------------------------------------------
