@@ -393,6 +393,17 @@ CASES = [
          lambda: randn(5, 4), bit_for_bit=True),
     Case("mean_dims", lambda a: mbf.mean(a, (0, 1)), lambda a: torch.mean(a, (0, 1)), lambda: randn(5, 4, 3),
          bit_for_bit=True),
+    Case("var_unbiased", lambda a: mbf.var(a, -1), lambda a: torch.var(a, -1), lambda: randn(5, 4)),
+    Case("var_correction_0_keepdim", lambda a: mbf.var(a, 0, keepdim=True, correction=0),
+         lambda a: torch.var(a, 0, keepdim=True, correction=0), lambda: randn(5, 4)),
+    Case("std", lambda a: mbf.std(a, (0, 1), False), lambda a: torch.std(a, (0, 1), False), lambda: randn(5, 4, 3)),
+    Case("amax", lambda a: mbf.amax(a, -1), lambda a: torch.amax(a, -1), lambda: randn(5, 4), bit_for_bit=True),
+    Case("amin_ties", lambda a: mbf.amin(a.round(), (0, 1)), lambda a: torch.amin(a.round(), (0, 1)),
+         lambda: 2 * randn(5, 4), skip=("gradcheck", "batched_grad", "jacfwd", "forward_ad", "batched_forward_ad",
+                                       "gradgradcheck", "batched_gradgrad", "fwd_over_rev")),
+    Case("maximum_broadcast", mbf.maximum, torch.maximum, lambda: (randn(5, 4), randn(4)), layouts=NO_LEADING_DIMS),
+    Case("max_dim", lambda a: mbf.max(a, 1).values, lambda a: torch.max(a, 1).values, lambda: randn(5, 4),
+         bit_for_bit=True),
 ]
 
 

@@ -51,7 +51,7 @@ __all__ = [
     "ExpFunction", "exp",
     "LogFunction", "log",
     "AbsFunction", "abs",
-    "ClampFunction", "clamp", "clamp_max", "rdiv", "rpow",
+    "ClampFunction", "clamp", "clamp_max", "MaximumFunction", "maximum", "minimum", "rdiv", "rpow",
 ]
 
 
@@ -650,3 +650,64 @@ def clamp(input: Tensor, min=None, max=None, *, out: Tensor | None = None) -> Te
 def clamp_max(input: Tensor, max) -> Tensor:  # noqa: A002 -- torch's name
     """min(A, hi) like ``torch.clamp_max``."""
     return clamp(input, None, max)
+
+
+class MaximumFunction(LayerFunction):
+    """Z = max(A, B) elementwise (``largest``; else min), δA = δZ where A wins, δB = δZ where B
+    wins, each δZ/2 where they tie (as PyTorch's), summed to its operand's shape."""
+
+    @staticmethod
+    def forward(first, second, largest):
+        return (torch.maximum if largest else torch.minimum)(first, second)  # Z = max(A, B)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        first, second, ctx.largest = inputs
+        ctx.shapes = first.shape, second.shape
+        ctx.save_for_backward(first, second)
+        ctx.save_for_forward(first, second)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        first, second = ctx.saved_tensors
+        shared = torch.where(first == second, grad_output / 2, grad_output)  # a tie: δZ/2 each
+        first_loses, second_loses = losers(first, second, ctx.largest)
+        grad_first = grad_second = None
+        if ctx.needs_input_grad[0]:
+            grad_first = sum_to_shape(shared.masked_fill(first_loses, 0), ctx.shapes[0])  # δA = 1[A wins]·δZ
+        if ctx.needs_input_grad[1]:
+            grad_second = sum_to_shape(shared.masked_fill(second_loses, 0), ctx.shapes[1])  # δB = 1[B wins]·δZ
+        return grad_first, grad_second, None
+
+    @staticmethod
+    def jvp(ctx, first_tangent, second_tangent, _):
+        first, second = ctx.saved_tensors
+        first_loses, second_loses = losers(first, second, ctx.largest)
+        tie = first == second
+        return tangent_sum(*(None if tangent is None else torch.where(tie, tangent / 2, tangent).masked_fill(loses, 0)
+                             for tangent, loses in ((first_tangent, first_loses), (second_tangent, second_loses))))
+
+
+def losers(first: Tensor, second: Tensor, largest: bool) -> tuple[Tensor, Tensor]:
+    """Where A loses to B and where B loses to A, for max (``largest``) or min."""
+    return (first < second, first > second) if largest else (first > second, first < second)
+
+
+@hand_writes(torch.maximum, Tensor.maximum)
+def maximum(input: Tensor, other: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """max(A, B) elementwise like ``torch.maximum`` (broadcasting)."""
+    refuse_out("maximum", out)
+    check_operands("maximum", input, other)
+    if not isinstance(other, Tensor):
+        raise NotImplementedError("maximum: expected a tensor other, got a number; use clamp(min=...)")
+    return apply(MaximumFunction, input, other, True)
+
+
+@hand_writes(torch.minimum, Tensor.minimum)
+def minimum(input: Tensor, other: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """min(A, B) elementwise like ``torch.minimum`` (broadcasting)."""
+    refuse_out("minimum", out)
+    check_operands("minimum", input, other)
+    if not isinstance(other, Tensor):
+        raise NotImplementedError("minimum: expected a tensor other, got a number; use clamp(max=...)")
+    return apply(MaximumFunction, input, other, False)

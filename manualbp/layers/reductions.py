@@ -22,11 +22,15 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.base import LayerFunction, apply, hand_writes
-from manualbp.layers.elementwise import check_operands, refuse_out
+from manualbp.layers.elementwise import check_operands, maximum, minimum, refuse_out
 
 __all__ = [
     "SumFunction", "sum",
     "MeanFunction", "mean",
+    "VarFunction", "var", "var_backward",
+    "StdFunction", "std",
+    "AmaxFunction", "amax", "amin",
+    "MaxDimFunction", "max", "min",
 ]
 
 
@@ -38,7 +42,7 @@ def reduced_dims(rank: int, dim) -> tuple[int, ...]:
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     if not all([isinstance(d, int) for d in dims]):
         raise NotImplementedError(f"expected integer dimensions, got {dim!r}; PyTorch's reduction takes names")
-    return tuple(sorted([d % max(rank, 1) for d in dims]))  # lists, not generators: torch.compile traces this
+    return tuple(sorted([d % (rank or 1) for d in dims]))  # lists, not generators: torch.compile traces this
 
 
 def kept_shape(shape: torch.Size, dims: tuple[int, ...]) -> list[int]:
@@ -117,3 +121,202 @@ def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None, out=None
     """The mean over ``dim`` (all by default) like ``torch.mean``."""
     refuse_out("mean", out)
     return apply(MeanFunction, *_reduction_arguments("mean", input, dim, keepdim, dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Variance and standard deviation
+# ----------------------------------------------------------------------------------------------
+
+
+def var_backward(grad_output: Tensor, input: Tensor, dims: tuple[int, ...], correction: float) -> Tensor:
+    """δA = 2/(N − c)·δZ·(A − μ) of Z = Σ(A − μ)²/(N − c); grad_output δZ with the reduced ``dims`` kept (size 1)."""
+    n = count(input.shape, dims)
+    return (2.0 / (n - correction)) * grad_output * (input - input.mean(dims, keepdim=True))  # δA = 2/(N−c)·δZ·(A−μ)
+
+
+class VarFunction(LayerFunction):
+    """Z = Σ(A − μ)²/(N − c) over ``dims``, δA = 2/(N − c)·δZ·(A − μ)."""
+
+    @staticmethod
+    def forward(input, dims, correction, keepdim):
+        return torch.var(input, dims, correction=correction, keepdim=keepdim)  # Z = Σ(A−μ)²/(N−c)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.dims, ctx.correction, ctx.keepdim = inputs
+        ctx.kept = kept_shape(input.shape, ctx.dims)
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        return var_backward(grad_output.reshape(ctx.kept), input, ctx.dims, ctx.correction), None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        (input,) = ctx.saved_tensors
+        ones = torch.ones(ctx.kept, dtype=input.dtype, device=input.device)
+        return (var_backward(ones, input, ctx.dims, ctx.correction) * input_tangent).sum(ctx.dims, keepdim=ctx.keepdim)
+
+
+class StdFunction(LayerFunction):
+    """Z = √var over ``dims``, δA = δZ/(2Z)·2/(N − c)·(A − μ), 0 where Z = 0 (as PyTorch's)."""
+
+    @staticmethod
+    def forward(input, dims, correction, keepdim):
+        return torch.std(input, dims, correction=correction, keepdim=keepdim)  # Z = √(Σ(A−μ)²/(N−c))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.dims, ctx.correction, ctx.keepdim = inputs
+        ctx.kept = kept_shape(input.shape, ctx.dims)
+        ctx.save_for_backward(input, output)
+        ctx.save_for_forward(input, output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, output = ctx.saved_tensors
+        output = output.reshape(ctx.kept)
+        grad_var = (grad_output.reshape(ctx.kept) / (output * 2)).masked_fill(output == 0, 0)  # δvar = δZ/(2Z)
+        return var_backward(grad_var, input, ctx.dims, ctx.correction), None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        input, output = ctx.saved_tensors
+        ones = torch.ones(ctx.kept, dtype=input.dtype, device=input.device)
+        tangent = var_backward(ones, input, ctx.dims, ctx.correction) * input_tangent
+        tangent = tangent.sum(ctx.dims, keepdim=ctx.keepdim)
+        return (tangent / (output * 2)).masked_fill(output == 0, 0)
+
+
+def _spread_arguments(name: str, input, dim, unbiased, keepdim, correction):
+    """torch.var/std's overloads: (dim, unbiased, keepdim), (unbiased) or (dim, *, correction, keepdim)."""
+    if isinstance(dim, bool):  # var(input, unbiased)
+        dim, unbiased = None, dim
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    elif unbiased is not None:
+        raise NotImplementedError(f"{name}: expected unbiased= or correction=, got both")
+    input, dims, keepdim = _reduction_arguments(name, input, dim, keepdim, None)
+    return input, dims, correction, keepdim
+
+
+@hand_writes(torch.var, Tensor.var)
+def var(input: Tensor, dim=None, unbiased=None, keepdim: bool = False, *, correction=None, out=None) -> Tensor:
+    """The variance over ``dim`` like ``torch.var`` (``correction`` 1, unbiased, by default)."""
+    refuse_out("var", out)
+    return apply(VarFunction, *_spread_arguments("var", input, dim, unbiased, keepdim, correction))
+
+
+@hand_writes(torch.std, Tensor.std)
+def std(input: Tensor, dim=None, unbiased=None, keepdim: bool = False, *, correction=None, out=None) -> Tensor:
+    """The standard deviation over ``dim`` like ``torch.std`` (``correction`` 1 by default)."""
+    refuse_out("std", out)
+    return apply(StdFunction, *_spread_arguments("std", input, dim, unbiased, keepdim, correction))
+
+
+# ----------------------------------------------------------------------------------------------
+# Maximum and minimum
+# ----------------------------------------------------------------------------------------------
+
+
+class AmaxFunction(LayerFunction):
+    """Z = max A (``largest``) or min A over ``dims``, δA = δZ·1[A = Z]/#{A = Z}: ties share δZ evenly."""
+
+    @staticmethod
+    def forward(input, dims, keepdim, largest):
+        return (torch.amax if largest else torch.amin)(input, dims, keepdim=keepdim)  # Z = max A
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.dims, ctx.keepdim, _ = inputs
+        ctx.kept = kept_shape(input.shape, ctx.dims)
+        ctx.save_for_backward(input, output)
+        ctx.save_for_forward(input, output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, output = ctx.saved_tensors
+        reached = input == output.reshape(ctx.kept)
+        ties = reached.sum(ctx.dims, keepdim=True)
+        return (grad_output.reshape(ctx.kept) / ties) * reached, None, None, None  # δA = δZ·1[A=Z]/#{A=Z}
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        input, output = ctx.saved_tensors
+        reached = input == output.reshape(ctx.kept)
+        return ((input_tangent * reached).sum(ctx.dims, keepdim=ctx.keepdim)
+                / reached.sum(ctx.dims, keepdim=ctx.keepdim))
+
+
+class MaxDimFunction(LayerFunction):
+    """Z, i = max (``largest``) or min of A along ``dim`` and where; δA = δZ at the index i it
+    picked, 0 elsewhere (the indices get no gradient)."""
+
+    @staticmethod
+    def forward(input, dim, keepdim, largest):
+        return tuple((torch.max if largest else torch.min)(input, dim, keepdim))  # Z, i = max_dim A
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.dim, ctx.keepdim, _ = inputs
+        values, indices = output
+        ctx.mark_non_differentiable(indices)
+        ctx.shape = input.shape
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+
+    @staticmethod
+    def backward(ctx, grad_output, _):
+        (indices,) = ctx.saved_tensors
+        if not ctx.keepdim and len(ctx.shape):
+            grad_output, indices = grad_output.unsqueeze(ctx.dim), indices.unsqueeze(ctx.dim)
+        zeros = grad_output.new_zeros(ctx.shape)
+        return zeros.scatter(ctx.dim, indices, grad_output), None, None, None  # δA[i] = δZ
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        (indices,) = ctx.saved_tensors
+        if not ctx.keepdim and len(ctx.shape):
+            return input_tangent.gather(ctx.dim, indices.unsqueeze(ctx.dim)).squeeze(ctx.dim), None
+        return input_tangent.gather(ctx.dim, indices), None
+
+
+def _extreme(name: str, largest: bool, input, dim, keepdim, out):
+    refuse_out(name, out)
+    if isinstance(dim, Tensor):  # max(input, other): elementwise
+        return (maximum if largest else minimum)(input, dim)
+    if dim is None:  # max of all: ties share δZ evenly, as PyTorch's
+        input, dims, keepdim = _reduction_arguments(name, input, None, keepdim, None)
+        return apply(AmaxFunction, input, dims, keepdim, largest)
+    input, (dim,), keepdim = _reduction_arguments(name, input, dim, keepdim, None)
+    values, indices = apply(MaxDimFunction, input, dim, keepdim, largest)
+    return (torch.return_types.max if largest else torch.return_types.min)((values, indices))
+
+
+@hand_writes(torch.max, Tensor.max)
+def max(input: Tensor, dim=None, keepdim: bool = False, *, out=None):  # noqa: A001 -- torch's name
+    """max A like ``torch.max``: of all elements (ties share δZ), or ``(values, indices)`` along
+    ``dim`` (δZ goes to the index picked)."""
+    return _extreme("max", True, input, dim, keepdim, out)
+
+
+@hand_writes(torch.min, Tensor.min)
+def min(input: Tensor, dim=None, keepdim: bool = False, *, out=None):  # noqa: A001 -- torch's name
+    """min A like ``torch.min``, as :func:`max`."""
+    return _extreme("min", False, input, dim, keepdim, out)
+
+
+@hand_writes(torch.amax, Tensor.amax)
+def amax(input: Tensor, dim=(), keepdim: bool = False, *, out=None) -> Tensor:
+    """max A over ``dim`` (all by default) like ``torch.amax``; ties share δZ evenly."""
+    refuse_out("amax", out)
+    return apply(AmaxFunction, *_reduction_arguments("amax", input, dim, keepdim, None), True)
+
+
+@hand_writes(torch.amin, Tensor.amin)
+def amin(input: Tensor, dim=(), keepdim: bool = False, *, out=None) -> Tensor:
+    """min A over ``dim`` (all by default) like ``torch.amin``; ties share δZ evenly."""
+    refuse_out("amin", out)
+    return apply(AmaxFunction, *_reduction_arguments("amin", input, dim, keepdim, None), False)
