@@ -402,6 +402,11 @@ CASES = [
          lambda: 2 * randn(5, 4), skip=("gradcheck", "batched_grad", "jacfwd", "forward_ad", "batched_forward_ad",
                                        "gradgradcheck", "batched_gradgrad", "fwd_over_rev")),
     Case("maximum_broadcast", mbf.maximum, torch.maximum, lambda: (randn(5, 4), randn(4)), layouts=NO_LEADING_DIMS),
+    Case("addmm", mbf.addmm, torch.addmm, lambda: (randn(4), randn(3, 5), randn(5, 4)), layouts=NO_LEADING_DIMS,
+         bit_for_bit=True),
+    Case("baddbmm_beta_alpha", lambda c, a, b: mbf.baddbmm(c, a, b, beta=0.5, alpha=2.0),
+         lambda c, a, b: torch.baddbmm(c, a, b, beta=0.5, alpha=2.0),
+         lambda: (randn(2, 3, 4), randn(2, 3, 5), randn(2, 5, 4)), layouts=NO_LEADING_DIMS),
     Case("max_dim", lambda a: mbf.max(a, 1).values, lambda a: torch.max(a, 1).values, lambda: randn(5, 4),
          bit_for_bit=True),
 ]

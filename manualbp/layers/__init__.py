@@ -7,6 +7,7 @@
 * ``multihead_attention.py``: multi-head attention, from the linear and attention layers.
 * ``elementwise.py``: tensor arithmetic A·B, A/B, A + αB, −A, powers, roots, exp, log, |A|, clamp,
   broadcasting (δ summed over the broadcast dimensions).
+* ``products.py``: β·C + α·A B (addmm, baddbmm).
 * ``reductions.py``: sum, mean, variance, standard deviation, max / min over dimensions.
 * ``softmax.py``: softmax and log-softmax over any dimension.
 * ``embedding.py``: the table lookup Z = W[i], the linear layer of a one-hot input.
@@ -39,6 +40,7 @@ from manualbp.layers import (
     multihead_attention,
     normalization,
     pooling,
+    products,
     reductions,
     shape,
     softmax,
@@ -46,5 +48,5 @@ from manualbp.layers import (
 
 __all__ = [
     "activations", "attention", "conv", "dropout", "elementwise", "embedding", "linear", "losses", "matmul", "mlp",
-    "multihead_attention", "normalization", "pooling", "reductions", "shape", "softmax",
+    "multihead_attention", "normalization", "pooling", "products", "reductions", "shape", "softmax",
 ]
