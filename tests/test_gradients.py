@@ -407,6 +407,14 @@ CASES = [
     Case("baddbmm_beta_alpha", lambda c, a, b: mbf.baddbmm(c, a, b, beta=0.5, alpha=2.0),
          lambda c, a, b: torch.baddbmm(c, a, b, beta=0.5, alpha=2.0),
          lambda: (randn(2, 3, 4), randn(2, 3, 5), randn(2, 5, 4)), layouts=NO_LEADING_DIMS),
+    Case("hardswish", mbf.hardswish, F.hardswish, lambda: away_from(4 * randn(5, 4), -3, 3), bit_for_bit=True),
+    # PyTorch's hardsigmoid has no double backward to compare with (manualbp's has: gradgradcheck)
+    Case("hardsigmoid", mbf.hardsigmoid, F.hardsigmoid, lambda: away_from(4 * randn(5, 4), -3, 3), bit_for_bit=True,
+         skip=("second_order",)),
+    Case("softplus", mbf.softplus, F.softplus, lambda: randn(5, 4)),
+    Case("softplus_beta_threshold", lambda a: mbf.softplus(a, 2.0, 1.0), lambda a: F.softplus(a, 2.0, 1.0),
+         lambda: away_from(randn(5, 4), 0.5)),
+    Case("mish", mbf.mish, F.mish, lambda: randn(5, 4)),
     Case("max_dim", lambda a: mbf.max(a, 1).values, lambda a: torch.max(a, 1).values, lambda: randn(5, 4),
          bit_for_bit=True),
 ]
