@@ -12,6 +12,7 @@ from manualbp.layers.activations import *  # noqa: F403
 from manualbp.layers.attention import *  # noqa: F403
 from manualbp.layers.conv import *  # noqa: F403
 from manualbp.layers.dropout import *  # noqa: F403
+from manualbp.layers.elementwise import *  # noqa: F403
 from manualbp.layers.embedding import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.losses import *  # noqa: F403
@@ -20,6 +21,8 @@ from manualbp.layers.mlp import *  # noqa: F403
 from manualbp.layers.multihead_attention import *  # noqa: F403
 from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.pooling import *  # noqa: F403
+from manualbp.layers.products import *  # noqa: F403
+from manualbp.layers.reductions import *  # noqa: F403
 from manualbp.layers.shape import *  # noqa: F403
 from manualbp.layers.softmax import *  # noqa: F403
 

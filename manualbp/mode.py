@@ -20,6 +20,7 @@ is active on this thread, costs one dictionary look-up for a call it passes thro
 
 from __future__ import annotations
 
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from manualbp.layers.base import HAND_WRITTEN
@@ -45,11 +46,16 @@ class HandWrittenMode(TorchFunctionMode):
             try:
                 result = manualbp_function(*args, **kwargs)
             except NotImplementedError:
-                _count(self.fell_back, func)
+                if _any_floating_tensor(args):  # integer arithmetic (indices, lengths) has no backward to miss
+                    _count(self.fell_back, func)
             else:
                 _count(self.replaced, func)
                 return result
         return func(*args, **kwargs)
+
+
+def _any_floating_tensor(args) -> bool:
+    return any(isinstance(arg, Tensor) and arg.is_floating_point() for arg in args)
 
 
 def _count(counts: dict[str, int], func) -> None:

@@ -26,6 +26,7 @@ from manualbp.layers.base import ACTIVATIONS, CONVERTIBLE, HAND_WRITTEN, LOSSES,
 from manualbp.layers.conv import *  # noqa: F403
 from manualbp.layers.conv import Conv2d
 from manualbp.layers.dropout import *  # noqa: F403
+from manualbp.layers.elementwise import *  # noqa: F403
 from manualbp.layers.embedding import *  # noqa: F403
 from manualbp.layers.linear import *  # noqa: F403
 from manualbp.layers.linear import Linear, LinearReLU, share_parameters
@@ -37,6 +38,8 @@ from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.normalization import GroupNorm
 from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.pooling import MaxPool2d
+from manualbp.layers.products import *  # noqa: F403
+from manualbp.layers.reductions import *  # noqa: F403
 from manualbp.layers.shape import *  # noqa: F403
 from manualbp.layers.shape import Flatten, Unflatten
 from manualbp.layers.softmax import *  # noqa: F403

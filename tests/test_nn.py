@@ -112,8 +112,8 @@ def test_mlp_is_the_slides_mnist_net_and_fusing_changes_no_number(fuse):
 
 
 def test_mlp_rejects_unknown_activation_and_bad_sizes():
-    with pytest.raises(ValueError, match="unknown activation 'softplus'"):
-        mnn.MLP([2, 3, 1], activation="softplus")
+    with pytest.raises(ValueError, match="unknown activation 'softsign'"):
+        mnn.MLP([2, 3, 1], activation="softsign")
     with pytest.raises(ValueError, match="at least an input and an output"):
         mnn.MLP([2])
 
@@ -149,7 +149,7 @@ def test_convert_works_in_place_on_a_torchvision_classifier_head_and_shares_para
     assert returned is model
     assert isinstance(model.classifier[0], mnn.Linear) and isinstance(model.classifier[3], mnn.Linear)
     assert [id(p) for p in model.classifier.parameters()] == head_params
-    assert type(model.features[0][2]) is torch.nn.Hardswish  # unknown: untouched
+    assert type(model.features[0][2]) is mnn.Hardswish  # the activations too
     # The optimizer built before the conversion still trains the converted head.
     before = model.classifier[3].weight.detach().clone()
     model.eval()  # batch-norm statistics fixed; the head is what we look at
@@ -190,11 +190,11 @@ def test_unconverted_says_why_each_module_is_left():
     class ScaledLinear(torch.nn.Linear):
         pass
 
-    model = torch.nn.Sequential(torch.nn.Linear(3, 3), ScaledLinear(3, 3), torch.nn.Hardswish())
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), ScaledLinear(3, 3), torch.nn.Softsign())
     assert mnn.unconverted(model) == [
         "0 (Linear: not converted yet: convert(model) replaces it)",  # a plain Linear is no subclass
         "1 (ScaledLinear: a subclass of Linear is not converted)",
-        "2 (Hardswish: no manualbp twin)",
+        "2 (Softsign: no manualbp twin)",
     ]
 
 

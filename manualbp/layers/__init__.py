@@ -5,6 +5,10 @@
 * ``matmul.py``: the matrix product C = A B, the linear layer for two inputs that learn.
 * ``attention.py``: scaled dot-product attention, softmax(Q Kᵀ·s + M) V.
 * ``multihead_attention.py``: multi-head attention, from the linear and attention layers.
+* ``elementwise.py``: tensor arithmetic A·B, A/B, A + αB, −A, powers, roots, exp, log, |A|, clamp,
+  broadcasting (δ summed over the broadcast dimensions).
+* ``products.py``: β·C + α·A B (addmm, baddbmm).
+* ``reductions.py``: sum, mean, variance, standard deviation, max / min over dimensions.
 * ``softmax.py``: softmax and log-softmax over any dimension.
 * ``embedding.py``: the table lookup Z = W[i], the linear layer of a one-hot input.
 * ``conv.py``: 2-D convolution, the linear layer at every patch; 1-D as a 1 × L image.
@@ -27,6 +31,7 @@ from manualbp.layers import (
     attention,
     conv,
     dropout,
+    elementwise,
     embedding,
     linear,
     losses,
@@ -35,11 +40,13 @@ from manualbp.layers import (
     multihead_attention,
     normalization,
     pooling,
+    products,
+    reductions,
     shape,
     softmax,
 )
 
 __all__ = [
-    "activations", "attention", "conv", "dropout", "embedding", "linear", "losses", "matmul", "mlp",
-    "multihead_attention", "normalization", "pooling", "shape", "softmax",
+    "activations", "attention", "conv", "dropout", "elementwise", "embedding", "linear", "losses", "matmul", "mlp",
+    "multihead_attention", "normalization", "pooling", "products", "reductions", "shape", "softmax",
 ]

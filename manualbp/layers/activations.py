@@ -71,6 +71,10 @@ __all__ = [
     "relu6",
     "Hardtanh",
     "ReLU6",
+    "hardswish_backward", "HardswishFunction", "hardswish", "Hardswish",
+    "hardsigmoid_backward", "HardsigmoidFunction", "hardsigmoid", "Hardsigmoid",
+    "softplus_backward", "SoftplusFunction", "softplus", "Softplus",
+    "mish_backward", "MishFunction", "mish", "Mish",
 ]
 
 
@@ -747,3 +751,201 @@ class ReLU6(torch.nn.ReLU6, Activation, torch_twin=torch.nn.ReLU6, name="relu6")
     @classmethod
     def example(cls, dtype=torch.float64):
         return cls(), (4 * torch.randn(6, 4, dtype=dtype),)
+
+
+# ----------------------------------------------------------------------------------------------
+# MobileNetV3's and YOLO's activations: hard swish, hard sigmoid, softplus, mish
+# ----------------------------------------------------------------------------------------------
+
+
+def hardswish_backward(grad_output: Tensor, input: Tensor) -> Tensor:
+    """δX = 0 for X < −3, (X/3 + ½)·δZ for −3 ≤ X ≤ 3 (d/dx x(x+3)/6 = (2x+3)/6), δZ for X > 3."""
+    inside = grad_output * (input / 3 + 0.5)  # (2X+3)/6·δZ
+    return torch.where(input < -3, 0.0, torch.where(input <= 3, inside, grad_output))  # δX = hardswish'(X)·δZ
+
+
+def hardsigmoid_backward(grad_output: Tensor, input: Tensor) -> Tensor:
+    """δX = δZ/6 for −3 < X < 3, else 0 (Z = relu6(X + 3)/6 is flat outside). As PyTorch's kernel, 1/6 is
+    taken in float32 precision (a relative 3e-8 off in float64), so that the values agree to the bit."""
+    return torch.where((input > -3) & (input < 3), grad_output * _ONE_SIXTH, 0.0)  # δX = 1[−3<X<3]·δZ/6
+
+
+_ONE_SIXTH = float(torch.tensor(1 / 6, dtype=torch.float32))  # PyTorch's hardsigmoid_backward: 1.0f / 6.0f
+
+
+def softplus_backward(grad_output: Tensor, input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """δX = σ(βX)·δZ (as e^(βX)/(e^(βX) + 1)), δZ where βX > threshold (there Z = X)."""
+    exp_beta_x = (input * beta).exp()
+    sigmoid_grad = grad_output * exp_beta_x / (exp_beta_x + 1)  # δX = σ(βX)·δZ
+    return torch.where(input * beta > threshold, grad_output, sigmoid_grad)
+
+
+def mish_backward(grad_output: Tensor, input: Tensor) -> Tensor:
+    """δX = (tanh(sp(X)) + X·σ(X)·(1 − tanh²(sp(X))))·δZ of Z = X·tanh(sp(X)), sp = softplus."""
+    sigmoid_x = torch.sigmoid(input)
+    tanh_softplus = torch.tanh(torch.nn.functional.softplus(input))
+    return grad_output * (tanh_softplus + input * sigmoid_x * (1 - tanh_softplus * tanh_softplus))  # δX = mish'(X)·δZ
+
+
+def _keep_input(ctx, inputs, output):
+    """setup_context of the four below: their backward (and jvp, the same formula on the tangent:
+    the Jacobian is diagonal) reads the input X and the settings."""
+    ctx.save_for_backward(inputs[0])
+    ctx.save_for_forward(inputs[0])
+    ctx.settings = inputs[1:]
+
+
+class HardswishFunction(LayerFunction):
+    """X·relu6(X + 3)/6 with backward hardswish_backward from the saved input."""
+
+    setup_context = staticmethod(_keep_input)
+
+    @staticmethod
+    def forward(input):
+        return torch.nn.functional.hardswish(input)  # Z = X·relu6(X+3)/6
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return hardswish_backward(grad_output, ctx.saved_tensors[0])
+
+    jvp = backward
+
+
+class HardsigmoidFunction(LayerFunction):
+    """relu6(X + 3)/6 with backward hardsigmoid_backward from the saved input."""
+
+    setup_context = staticmethod(_keep_input)
+
+    @staticmethod
+    def forward(input):
+        return torch.nn.functional.hardsigmoid(input)  # Z = relu6(X+3)/6
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return hardsigmoid_backward(grad_output, ctx.saved_tensors[0])
+
+    jvp = backward
+
+
+class SoftplusFunction(LayerFunction):
+    """(1/β)·ln(1 + e^(βX)) (X above the threshold) with backward softplus_backward."""
+
+    setup_context = staticmethod(_keep_input)
+
+    @staticmethod
+    def forward(input, beta, threshold):
+        return torch.nn.functional.softplus(input, beta, threshold)  # Z = ln(1+e^(βX))/β
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return softplus_backward(grad_output, ctx.saved_tensors[0], *ctx.settings), None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        return softplus_backward(input_tangent, ctx.saved_tensors[0], *ctx.settings)
+
+
+class MishFunction(LayerFunction):
+    """X·tanh(softplus(X)) with backward mish_backward from the saved input."""
+
+    setup_context = staticmethod(_keep_input)
+
+    @staticmethod
+    def forward(input):
+        return torch.nn.functional.mish(input)  # Z = X·tanh(ln(1+e^X))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return mish_backward(grad_output, ctx.saved_tensors[0])
+
+    jvp = backward
+
+
+def _not_inplace(name: str, inplace: bool, input: Tensor) -> None:
+    if inplace:
+        refuse_inplace(name, "the backward needs the input")
+    check_floating(name, "input", input)
+
+
+@hand_writes(torch.nn.functional.hardswish)
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    """X·relu6(X + 3)/6 like ``torch.nn.functional.hardswish``; any shape."""
+    _not_inplace("hardswish", inplace, input)
+    return apply(HardswishFunction, input)
+
+
+@hand_writes(torch.nn.functional.hardsigmoid)
+def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
+    """relu6(X + 3)/6 like ``torch.nn.functional.hardsigmoid``; any shape."""
+    _not_inplace("hardsigmoid", inplace, input)
+    return apply(HardsigmoidFunction, input)
+
+
+@hand_writes(torch.nn.functional.softplus)
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """ln(1 + e^(βX))/β like ``torch.nn.functional.softplus`` (X where βX > threshold); any shape."""
+    check_floating("softplus", "input", input)
+    return apply(SoftplusFunction, input, float(beta), float(threshold))
+
+
+@hand_writes(torch.nn.functional.mish)
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    """X·tanh(softplus(X)) like ``torch.nn.functional.mish``; any shape."""
+    _not_inplace("mish", inplace, input)
+    return apply(MishFunction, input)
+
+
+class Hardswish(torch.nn.Hardswish, Activation, torch_twin=torch.nn.Hardswish, name="hardswish"):
+    """X·relu6(X + 3)/6 elementwise with the hand-written backward; any shape. (Never in place.)"""
+
+    def __init__(self) -> None:
+        super().__init__(inplace=False)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return hardswish(input)
+
+    def function_and_arguments(self, input: Tensor):
+        return HardswishFunction, (input,)
+
+
+class Hardsigmoid(torch.nn.Hardsigmoid, Activation, torch_twin=torch.nn.Hardsigmoid, name="hardsigmoid"):
+    """relu6(X + 3)/6 elementwise with the hand-written backward; any shape. (Never in place.)"""
+
+    def __init__(self) -> None:
+        super().__init__(inplace=False)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return hardsigmoid(input)
+
+    def function_and_arguments(self, input: Tensor):
+        return HardsigmoidFunction, (input,)
+
+
+class Mish(torch.nn.Mish, Activation, torch_twin=torch.nn.Mish, name="mish"):
+    """X·tanh(softplus(X)) elementwise with the hand-written backward; any shape. (Never in place.)"""
+
+    def __init__(self) -> None:
+        super().__init__(inplace=False)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return mish(input)
+
+    def function_and_arguments(self, input: Tensor):
+        return MishFunction, (input,)
+
+
+class Softplus(torch.nn.Softplus, Activation, torch_twin=torch.nn.Softplus, name="softplus"):
+    """ln(1 + e^(βX))/β elementwise with the hand-written backward; any shape."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return softplus(input, self.beta, self.threshold)
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Softplus) -> Softplus:
+        return cls(module.beta, module.threshold)
+
+    def to_torch(self) -> torch.nn.Softplus:
+        return torch.nn.Softplus(self.beta, self.threshold)
+
+    def function_and_arguments(self, input: Tensor):
+        return SoftplusFunction, (input, float(self.beta), float(self.threshold))
