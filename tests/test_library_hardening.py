@@ -278,3 +278,30 @@ def test_torch_export_of_a_manualbp_model_gives_eager_values():
     torch.testing.assert_close(exported.module()(x), model(x))
     other = torch.randn(5, 6)
     torch.testing.assert_close(exported.module()(other), model(other))
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations save what PyTorch saves: h = act(x); h += skip trains
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: torch.nn.ELU(), lambda: torch.nn.ELU(0.5), lambda: torch.nn.LeakyReLU(), lambda: torch.nn.LeakyReLU(-0.5),
+     lambda: torch.nn.Hardtanh(), lambda: torch.nn.ReLU6()],
+    ids=["elu", "elu_alpha", "leaky_relu", "leaky_relu_negative", "hardtanh", "relu6"],
+)
+def test_activation_output_added_to_in_place_trains_as_in_torch(make):
+    torch.manual_seed(0)
+    x = 3 * torch.randn(6, 5, dtype=torch.float64)
+    skip = torch.randn(6, 5, dtype=torch.float64)
+    grads = []
+    for activation in (make(), manualbp.convert(make())):
+        leaf = x.clone().requires_grad_()
+        h = activation(leaf * 1)
+        h += skip
+        (h * skip).sum().backward()
+        grads.append((h.detach(), leaf.grad))
+    assert type(manualbp.convert(make())).__module__.startswith("manualbp")
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
