@@ -305,3 +305,40 @@ def test_activation_output_added_to_in_place_trains_as_in_torch(make):
     assert type(manualbp.convert(make())).__module__.startswith("manualbp")
     for got, expected in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(got, expected, **EXACT)
+
+
+# ----------------------------------------------------------------------------------------------
+# hand_written() leaves what manualbp does not compute (integer, bool, complex) to PyTorch
+# ----------------------------------------------------------------------------------------------
+
+NOT_FLOATING_CALLS = {
+    "matmul @": lambda t: t @ t,
+    "torch.matmul": lambda t: torch.matmul(t, t),
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "max_pool2d": lambda t: torch.nn.functional.max_pool2d(t[None], 2),
+    "dropout in eval": lambda t: torch.nn.functional.dropout(t, 0.5, training=False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.complex128, torch.bool], ids=str)
+@pytest.mark.parametrize("name", list(NOT_FLOATING_CALLS))
+def test_hand_written_runs_torchs_op_on_tensors_that_are_not_floating_point(name, dtype):
+    call = NOT_FLOATING_CALLS[name]
+    tensor = (torch.arange(16).reshape(4, 4) - 7).to(dtype) if not dtype.is_complex else torch.randn(4, 4, dtype=dtype)
+    try:
+        expected = call(tensor)
+    except (RuntimeError, TypeError) as error:  # torch itself does not compute it: the same error under the mode
+        with manualbp.hand_written(), pytest.raises(type(error)):
+            call(tensor)
+        return
+    with manualbp.hand_written() as mode:
+        got = call(tensor)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert sum(mode.fell_back.values()) >= 1 and not mode.replaced
+
+
+def test_hand_written_still_reports_its_own_type_errors_on_floating_point_tensors():
+    with manualbp.hand_written(), pytest.raises(TypeError, match="negative_slope"):
+        torch.nn.functional.leaky_relu(torch.randn(3), negative_slope="0.1")
