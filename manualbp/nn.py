@@ -208,7 +208,8 @@ def unconverted(model: torch.nn.Module) -> list[str]:
         why = "no manualbp twin"
         if layer is not None:
             try:
-                layer.check_convertible(module) if hasattr(layer, "check_convertible") else None
+                # from_torch builds the twin on the same Parameters, leaving the module as it was
+                layer.check_convertible(module) if hasattr(layer, "check_convertible") else layer.from_torch(module)
                 why = "not converted yet: convert(model) replaces it"
             except NotConvertibleError as error:
                 why = str(error).split(";")[0].removeprefix(f"{type(module).__name__}: ")

@@ -6,6 +6,7 @@ memory: test_memory.py.)"""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -342,3 +343,49 @@ def test_hand_written_runs_torchs_op_on_tensors_that_are_not_floating_point(name
 def test_hand_written_still_reports_its_own_type_errors_on_floating_point_tensors():
     with manualbp.hand_written(), pytest.raises(TypeError, match="negative_slope"):
         torch.nn.functional.leaky_relu(torch.randn(3), negative_slope="0.1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax(dim=None): converted, with PyTorch's implicit choice of dim
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 5), (2, 3, 4, 5)], ids=lambda shape: f"rank{len(shape)}")
+@pytest.mark.parametrize("torch_layer", [torch.nn.Softmax, torch.nn.LogSoftmax])
+def test_convert_takes_softmax_without_dim_with_torchs_implicit_dim(torch_layer, shape):
+    original = torch_layer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "keep PyTorch's backward" warning
+        converted = manualbp.convert(copy.deepcopy(original))
+    assert type(converted).__module__.startswith("manualbp") and converted.dim is None
+    assert manualbp.nn.unconverted(torch.nn.Sequential(converted)) == []
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for layer in (original, converted):
+        with pytest.warns(UserWarning, match="Implicit dimension choice"):
+            output = layer(x)
+        results.append((output, *torch.autograd.grad((output * weights).sum(), x)))
+    assert type(results[1][0].grad_fn).__name__.startswith(("SoftmaxFunction", "LogSoftmaxFunction"))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+    from manualbp.reference import to_torch
+
+    assert type(to_torch(converted)) is torch_layer
+
+
+def test_unconverted_gives_the_twins_own_reason_for_refusing():
+    class RefusingLinear(mnn.Linear):
+        @classmethod
+        def from_torch(cls, module):
+            raise manualbp.errors.NotConvertibleError("Linear: refused here for a reason; do something")
+
+    from manualbp.layers.base import CONVERTIBLE
+    saved = CONVERTIBLE[torch.nn.Linear]
+    CONVERTIBLE[torch.nn.Linear] = RefusingLinear
+    try:
+        assert manualbp.nn.unconverted(torch.nn.Sequential(torch.nn.Linear(2, 2))) == [
+            "0 (Linear: refused here for a reason)"
+        ]
+    finally:
+        CONVERTIBLE[torch.nn.Linear] = saved
