@@ -389,3 +389,53 @@ def test_unconverted_gives_the_twins_own_reason_for_refusing():
         ]
     finally:
         CONVERTIBLE[torch.nn.Linear] = saved
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs are new tensors, never views: out += skip after any converted layer works as in torch
+# ----------------------------------------------------------------------------------------------
+
+FRESH_OUTPUT_CASES = {
+    "group_norm_no_affine_3d": (lambda: torch.nn.GroupNorm(2, 4, affine=False), (2, 4, 3)),
+    "group_norm_no_affine_4d": (lambda: torch.nn.GroupNorm(2, 4, affine=False), (2, 4, 3, 3)),
+    "group_norm": (lambda: torch.nn.GroupNorm(2, 4), (2, 4, 3)),
+    "layer_norm_no_affine": (lambda: torch.nn.LayerNorm(3, elementwise_affine=False), (2, 3)),
+    "batch_norm_no_affine": (lambda: torch.nn.BatchNorm2d(4, affine=False), (2, 4, 3, 3)),
+    "max_pool_unbatched": (lambda: torch.nn.MaxPool2d(2), (2, 4, 4)),
+    "max_pool_1": (lambda: torch.nn.MaxPool2d(1), (1, 2, 4, 4)),
+    "avg_pool_1": (lambda: torch.nn.AvgPool2d(1), (1, 2, 4, 4)),
+    "adaptive_avg_pool_same_size": (lambda: torch.nn.AdaptiveAvgPool2d((4, 4)), (1, 2, 4, 4)),
+    "adaptive_avg_pool_unbatched": (lambda: torch.nn.AdaptiveAvgPool2d(1), (2, 4, 4)),
+    "linear_1d": (lambda: torch.nn.Linear(3, 2), (3,)),
+    "linear_1d_no_bias": (lambda: torch.nn.Linear(3, 2, bias=False), (3,)),
+}
+
+
+@pytest.mark.parametrize("name", list(FRESH_OUTPUT_CASES))
+def test_converted_layers_output_can_be_added_to_in_place(name):
+    make, shape = FRESH_OUTPUT_CASES[name]
+    torch.manual_seed(0)
+    original = make().double()
+    converted = manualbp.convert(copy.deepcopy(original))
+    assert type(converted).__module__.startswith("manualbp")
+    x = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for layer in (original, converted):
+        leaf = x.clone().requires_grad_()
+        output = layer(leaf)
+        output += 1
+        results.append((output.detach(), *torch.autograd.grad(output.square().sum(), [leaf, *layer.parameters()])))
+    for got, expected in zip(results[1], results[0], strict=True):  # normalization's δx sums to ~0: atol 1e-13
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_embedding_of_one_index_can_be_added_to_in_place():
+    original = torch.nn.Embedding(5, 3).double()
+    converted = manualbp.convert(copy.deepcopy(original))
+    results = []
+    for layer in (original, converted):
+        output = layer(torch.tensor(2))
+        output += 1
+        results.append((output.detach(), *torch.autograd.grad(output.square().sum(), layer.weight)))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
