@@ -138,13 +138,17 @@ def replace_modules(
     """Replace, in place and recursively, every submodule for which ``replacement(module)``
     returns a module (None keeps it); return the model, or its replacement. A module used in
     several places (one instance twice) is replaced once, and every place gets that one
-    replacement: what was shared stays shared."""
+    replacement: what was shared stays shared. The hooks registered on a replaced module
+    (forward, forward pre-, backward, state_dict, load_state_dict) are its replacement's, and their
+    handles still remove them."""
     done: dict[int, torch.nn.Module] = {}  # id(module) -> what replaces it (itself if kept)
 
     def replace(module: torch.nn.Module) -> torch.nn.Module:
         if id(module) not in done:
             replaced = replacement(module)
-            if replaced is None:
+            if replaced is not None:
+                _carry_hooks(module, replaced)
+            else:
                 # _modules, not named_children(): that one lists a module used twice only once
                 for name, child in list(module._modules.items()):
                     if child is not None:
@@ -154,6 +158,18 @@ def replace_modules(
         return done[id(module)]
 
     return replace(model)
+
+
+# torch.nn.Module's hook registries (dicts, and the flag of full backward hooks), as this torch names them
+_HOOK_ATTRIBUTES = tuple(name for name in vars(torch.nn.Module()) if "hook" in name)
+
+
+def _carry_hooks(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Give ``target`` the very hook registries of ``source`` (the same dicts: a handle returned by
+    ``register_forward_hook`` on ``source`` removes the hook from ``target``)."""
+    for name in _HOOK_ATTRIBUTES:
+        if name in vars(source):
+            target.__dict__[name] = vars(source)[name]
 
 
 def replace_functions(model: torch.nn.Module, replacements: dict[Callable, Callable]) -> torch.nn.Module:
@@ -229,9 +245,10 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
     same tensors), so outputs and gradients equal the original's. Only those exact classes are
     replaced (not their subclasses), and only with settings the twin supports (a Conv2d with
     padding_mode "reflect" stays torch's); losses are left as they are. Hooks registered on a
-    replaced module are not carried over. If ``model`` itself is one of those layers, the returned
-    twin replaces it. A module's setting that is a torch function manualbp implements
-    (``nn.TransformerEncoderLayer``'s ``activation=F.relu``) becomes manualbp's function.
+    replaced module (forward, pre-forward, backward, state_dict) are carried over to its twin.
+    If ``model`` itself is one of those layers, the returned twin replaces it. A module's setting
+    that is a torch function manualbp implements (``nn.TransformerEncoderLayer``'s
+    ``activation=F.relu``) becomes manualbp's function.
 
     What is left with PyTorch's backward (see :func:`unconverted`) is reported: with
     ``strict=False`` in one warning, with ``strict=True`` as a ``NotConvertibleError`` (raised

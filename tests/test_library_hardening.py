@@ -13,6 +13,8 @@ import torch
 
 import manualbp
 import manualbp.functional as mbf
+import manualbp.manual
+import manualbp.reference
 from manualbp import nn as mnn
 
 EXACT = {"rtol": 1e-13, "atol": 1e-15}
@@ -439,3 +441,59 @@ def test_embedding_of_one_index_can_be_added_to_in_place():
         results.append((output.detach(), *torch.autograd.grad(output.square().sum(), layer.weight)))
     for got, expected in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got, expected, **EXACT)
+
+
+# ----------------------------------------------------------------------------------------------
+# convert and to_torch carry the replaced layers' hooks over
+# ----------------------------------------------------------------------------------------------
+
+
+def _hooked_model(calls):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    handles = [
+        model[0].register_forward_pre_hook(lambda module, inputs: (inputs[0] * 2,)),
+        model[0].register_forward_hook(lambda module, inputs, output: output * 10),
+        model[1].register_forward_hook(lambda module, args, kwargs, output: calls.append("relu hook"),
+                                       with_kwargs=True),
+        model[2].register_full_backward_hook(lambda module, grad_input, grad_output: calls.append("backward")),
+        model[2].register_full_backward_pre_hook(lambda module, grad_output: (grad_output[0] * 3,)),
+        model[2]._register_state_dict_hook(lambda module, state, prefix, local: state.update({prefix + "seen": 1})),
+    ]
+    return model, handles
+
+
+def _run(model, x):
+    output = model(x)
+    return (output.detach(), *torch.autograd.grad(output.square().sum(), [x, *model.parameters()]))
+
+
+def test_convert_carries_hooks_over_and_to_torch_carries_them_back():
+    from manualbp.reference import to_torch
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    original_calls, converted_calls = [], []
+    original, _ = _hooked_model(original_calls)
+    converted, handles = _hooked_model(converted_calls)
+    converted.load_state_dict(original.state_dict(), strict=False)
+    converted = manualbp.convert(converted)
+    assert type(converted[0]) is mnn.Linear and type(converted[2]) is mnn.Linear
+    expected = _run(original, x)
+    for got, want in zip(_run(converted, x), expected, strict=True):
+        torch.testing.assert_close(got, want, **EXACT)
+    assert converted_calls == original_calls == ["relu hook", "backward"]
+    assert "2.seen" in converted.state_dict()
+    back = to_torch(converted)
+    assert type(back[0]) is torch.nn.Linear
+    for got, want in zip(_run(back, x), expected, strict=True):
+        torch.testing.assert_close(got, want, **EXACT)
+    assert converted_calls == ["relu hook", "backward"] * 2 and "2.seen" in back.state_dict()
+    for handle in handles:  # the handles returned before convert remove the hooks from the twins
+        handle.remove()
+    unhooked = torch.nn.Sequential(*(copy.deepcopy(layer) for layer in original))
+    for layer in unhooked:
+        for name in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_state_dict_hooks"):
+            getattr(layer, name).clear()
+    torch.testing.assert_close(converted(x), unhooked(x), **EXACT)
+    assert "2.seen" not in converted.state_dict()
