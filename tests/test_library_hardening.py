@@ -497,3 +497,22 @@ def test_convert_carries_hooks_over_and_to_torch_carries_them_back():
             getattr(layer, name).clear()
     torch.testing.assert_close(converted(x), unhooked(x), **EXACT)
     assert "2.seen" not in converted.state_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# Second derivatives that are identically zero: zeros, as PyTorch gives
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slope", [0.1, -0.5])
+def test_second_derivative_of_leaky_relu_alone_is_zeros_as_in_torch(slope):
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    results = []
+    for leaky_relu in (torch.nn.functional.leaky_relu, mbf.leaky_relu):
+        (grad,) = torch.autograd.grad(leaky_relu(x, slope).sum(), x, create_graph=True)
+        results.append((grad, *torch.autograd.grad((grad * grad).sum(), x)))
+    assert type(results[1][0].grad_fn).__name__.startswith("LeakyReLUBackwardFunction")
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+    assert (results[1][1] == 0).all()
+    assert torch.autograd.gradgradcheck(lambda t: mbf.leaky_relu(t, slope), (x,))

@@ -51,6 +51,7 @@ __all__ = [
     "leaky_relu_forward",
     "leaky_relu_backward",
     "LeakyReLUFunction",
+    "LeakyReLUBackwardFunction",
     "leaky_relu",
     "LeakyReLU",
     "gelu_forward",
@@ -423,12 +424,41 @@ class LeakyReLUFunction(LayerFunction):
     @staticmethod
     def backward(ctx, grad_output):
         (saved,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a second derivative is being recorded
+            return apply(LeakyReLUBackwardFunction, grad_output, saved, ctx.negative_slope), None
         return leaky_relu_backward(grad_output, saved, ctx.negative_slope), None
 
     @staticmethod
     def jvp(ctx, input_tangent, slope_tangent):
         (saved,) = ctx.saved_tensors
         return leaky_relu_backward(input_tangent, saved, ctx.negative_slope)  # diagonal: Ż = f'(X)·Ẋ
+
+
+class LeakyReLUBackwardFunction(LayerFunction):
+    """The backward δX = δZ if X > 0 else a·δZ as a function of (δZ, X), for second derivatives:
+    linear in δZ (its derivative is the same select) and piecewise constant in X (derivative 0,
+    which PyTorch gives too where nothing else depends on X)."""
+
+    @staticmethod
+    def forward(grad_output, saved, negative_slope):
+        return leaky_relu_backward(grad_output, saved, negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, saved, ctx.negative_slope = inputs
+        ctx.save_for_backward(saved)
+        ctx.save_for_forward(saved)
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        (saved,) = ctx.saved_tensors
+        grad_saved = torch.zeros_like(saved) if ctx.needs_input_grad[1] else None  # ∂(δX)/∂X = 0
+        return apply(LeakyReLUBackwardFunction, grad_grad, saved, ctx.negative_slope), grad_saved, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_tangent, saved_tangent, slope_tangent):
+        (saved,) = ctx.saved_tensors
+        return leaky_relu_backward(grad_output_tangent, saved, ctx.negative_slope)
 
 
 @hand_writes(torch.nn.functional.leaky_relu)
