@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from manualbp import layers
 from manualbp.errors import NotConvertibleError
@@ -191,12 +193,25 @@ def _manualbp_twin(module: torch.nn.Module) -> torch.nn.Module | None:
     """The manualbp layer that replaces ``module``, sharing its parameters; None if none does (no
     twin, or settings the twin does not support)."""
     layer = CONVERTIBLE.get(type(module))
-    if layer is None:
+    if layer is None or _reparametrized(module):
         return None
     try:
         return layer.from_torch(module).train(module.training)
     except NotConvertibleError:
         return None
+
+
+def _reparametrized(module: torch.nn.Module) -> str | None:
+    """Why ``module`` keeps PyTorch's layer although its class has a twin: a weight computed from
+    other tensors before each forward (torch.nn.utils.parametrize, or the old weight_norm /
+    spectral_norm hooks), which the twin would not recompute; None if nothing of the kind."""
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        return f"parametrized {', '.join(module.parametrizations)} (torch.nn.utils.parametrize) is not converted"
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, (WeightNorm, SpectralNorm)):
+            function = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
+            return f"{hook.name} from torch.nn.utils.{function} is not converted"
+    return None
 
 
 # Leaf modules whose backward is a reshape or nothing: keeping PyTorch's is no loss.
@@ -214,6 +229,10 @@ def unconverted(model: torch.nn.Module) -> list[str]:
             continue
         if type(module) in TORCH_TWINS:
             inside_layers.append(f"{name}." if name else "")
+            continue
+        reparametrized = _reparametrized(module)
+        if reparametrized is not None:
+            left.append(f"{name or '(the model)'} ({type(module).__name__}: {reparametrized})")
             continue
         if next(module.children(), None) is not None:
             continue
@@ -255,7 +274,10 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
     before anything is replaced). Call ``unconverted(model)`` for the list itself.
     """
     if strict:
-        left = unconverted(replace_modules(copy.deepcopy(model), _manualbp_twin))
+        try:
+            left = unconverted(replace_modules(copy.deepcopy(model), _manualbp_twin))
+        except RuntimeError:  # a model that cannot be copied (old weight_norm's weight is no leaf)
+            left = [entry for entry in unconverted(model) if "not converted yet" not in entry]
         if left:
             raise NotConvertibleError(
                 f"convert(strict=True): {len(left)} module(s) would keep PyTorch's backward: {'; '.join(left)}; "

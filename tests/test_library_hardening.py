@@ -516,3 +516,43 @@ def test_second_derivative_of_leaky_relu_alone_is_zeros_as_in_torch(slope):
         torch.testing.assert_close(got, expected, **EXACT)
     assert (results[1][1] == 0).all()
     assert torch.autograd.gradgradcheck(lambda t: mbf.leaky_relu(t, slope), (x,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reparametrized layers (parametrize, old weight_norm / spectral_norm) keep torch's, named
+# ----------------------------------------------------------------------------------------------
+
+
+def _orthogonal_free(linear):
+    class Symmetric(torch.nn.Module):
+        def forward(self, weight):
+            return weight.triu() + weight.triu(1).mT
+
+    torch.nn.utils.parametrize.register_parametrization(linear, "weight", Symmetric())
+    return linear
+
+
+REPARAMETRIZED = {
+    "parametrize": (_orthogonal_free, "parametrized weight"),
+    "weight_norm": (torch.nn.utils.weight_norm, "weight from torch.nn.utils.weight_norm"),
+    "spectral_norm": (torch.nn.utils.spectral_norm, "weight from torch.nn.utils.spectral_norm"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("name", list(REPARAMETRIZED))
+def test_convert_names_reparametrized_layers_and_keeps_their_values(name):
+    wrap, reason = REPARAMETRIZED[name]
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(wrap(torch.nn.Linear(3, 3)), torch.nn.ReLU()).eval()
+
+    with pytest.raises(manualbp.errors.NotConvertibleError, match=f"0 \\(.*Linear: {reason}"):
+        manualbp.convert(make(), strict=True)
+    model, x = make(), torch.randn(2, 3)
+    expected = make()(x)
+    with pytest.warns(UserWarning, match=reason):
+        converted = manualbp.convert(model)
+    assert type(converted[1]) is mnn.ReLU
+    assert any(entry.startswith("0 (") and reason in entry for entry in manualbp.nn.unconverted(converted))
+    torch.testing.assert_close(converted(x), expected)
