@@ -12,8 +12,9 @@ computes the same thing (each layer's public function says which torch callables
     loss.backward()
 
 Anything manualbp does not implement, and any call with arguments its function does not take
-(``F.scaled_dot_product_attention(..., dropout_p=0.1)``, a vector ``matmul``), runs PyTorch's own op
-unchanged. It is a ``torch.overrides.TorchFunctionMode``: it sees every torch call made while it
+(``F.scaled_dot_product_attention(..., dropout_p=0.1)``, a vector ``matmul``, integer or complex
+tensors), runs PyTorch's own op unchanged.
+It is a ``torch.overrides.TorchFunctionMode``: it sees every torch call made while it
 is active on this thread, costs one dictionary look-up for a call it passes through, and works under
 ``torch.compile`` (Dynamo traces the mode and the manualbp Functions it picks).
 """
@@ -48,6 +49,12 @@ class HandWrittenMode(TorchFunctionMode):
             except NotImplementedError:
                 if _any_floating_tensor(args):  # integer arithmetic (indices, lengths) has no backward to miss
                     _count(self.fell_back, func)
+            except TypeError:
+                # manualbp computes floating-point tensors only: integer, bool or complex ones go to
+                # PyTorch's op (which computes them, or says why not); any other TypeError is ours.
+                if not _any_tensor_not_floating(args, kwargs):
+                    raise
+                _count(self.fell_back, func)
             else:
                 _count(self.replaced, func)
                 return result
@@ -56,6 +63,15 @@ class HandWrittenMode(TorchFunctionMode):
 
 def _any_floating_tensor(args) -> bool:
     return any(isinstance(arg, Tensor) and arg.is_floating_point() for arg in args)
+
+
+def _any_tensor_not_floating(args, kwargs) -> bool:
+    """Whether a tensor among the arguments (or in a list or tuple of them) is integer, bool or complex."""
+    for value in (*args, *kwargs.values()):
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, Tensor) and not item.is_floating_point():
+                return True
+    return False
 
 
 def _count(counts: dict[str, int], func) -> None:

@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from manualbp import layers
 from manualbp.errors import NotConvertibleError
@@ -174,13 +176,17 @@ def replace_modules(
     """Replace, in place and recursively, every submodule for which ``replacement(module)``
     returns a module (None keeps it); return the model, or its replacement. A module used in
     several places (one instance twice) is replaced once, and every place gets that one
-    replacement: what was shared stays shared."""
+    replacement: what was shared stays shared. The hooks registered on a replaced module
+    (forward, forward pre-, backward, state_dict, load_state_dict) are its replacement's, and their
+    handles still remove them."""
     done: dict[int, torch.nn.Module] = {}  # id(module) -> what replaces it (itself if kept)
 
     def replace(module: torch.nn.Module) -> torch.nn.Module:
         if id(module) not in done:
             replaced = replacement(module)
-            if replaced is None:
+            if replaced is not None:
+                _carry_hooks(module, replaced)
+            else:
                 # _modules, not named_children(): that one lists a module used twice only once
                 for name, child in list(module._modules.items()):
                     if child is not None:
@@ -190,6 +196,18 @@ def replace_modules(
         return done[id(module)]
 
     return replace(model)
+
+
+# torch.nn.Module's hook registries (dicts, and the flag of full backward hooks), as this torch names them
+_HOOK_ATTRIBUTES = tuple(name for name in vars(torch.nn.Module()) if "hook" in name)
+
+
+def _carry_hooks(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Give ``target`` the very hook registries of ``source`` (the same dicts: a handle returned by
+    ``register_forward_hook`` on ``source`` removes the hook from ``target``)."""
+    for name in _HOOK_ATTRIBUTES:
+        if name in vars(source):
+            target.__dict__[name] = vars(source)[name]
 
 
 def replace_functions(model: torch.nn.Module, replacements: dict[Callable, Callable]) -> torch.nn.Module:
@@ -211,12 +229,25 @@ def _manualbp_twin(module: torch.nn.Module) -> torch.nn.Module | None:
     """The manualbp layer that replaces ``module``, sharing its parameters; None if none does (no
     twin, or settings the twin does not support)."""
     layer = CONVERTIBLE.get(type(module))
-    if layer is None:
+    if layer is None or _reparametrized(module):
         return None
     try:
         return layer.from_torch(module).train(module.training)
     except NotConvertibleError:
         return None
+
+
+def _reparametrized(module: torch.nn.Module) -> str | None:
+    """Why ``module`` keeps PyTorch's layer although its class has a twin: a weight computed from
+    other tensors before each forward (torch.nn.utils.parametrize, or the old weight_norm /
+    spectral_norm hooks), which the twin would not recompute; None if nothing of the kind."""
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        return f"parametrized {', '.join(module.parametrizations)} (torch.nn.utils.parametrize) is not converted"
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, (WeightNorm, SpectralNorm)):
+            function = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
+            return f"{hook.name} from torch.nn.utils.{function} is not converted"
+    return None
 
 
 # Leaf modules whose backward is a reshape or nothing: keeping PyTorch's is no loss.
@@ -235,6 +266,10 @@ def unconverted(model: torch.nn.Module) -> list[str]:
         if type(module) in TORCH_TWINS:
             inside_layers.append(f"{name}." if name else "")
             continue
+        reparametrized = _reparametrized(module)
+        if reparametrized is not None:
+            left.append(f"{name or '(the model)'} ({type(module).__name__}: {reparametrized})")
+            continue
         if next(module.children(), None) is not None:
             continue
         if isinstance(module, (torch.nn.modules.loss._Loss, *_SHAPE_ONLY)):
@@ -244,7 +279,8 @@ def unconverted(model: torch.nn.Module) -> list[str]:
         why = "no manualbp twin"
         if layer is not None:
             try:
-                layer.check_convertible(module) if hasattr(layer, "check_convertible") else None
+                # from_torch builds the twin on the same Parameters, leaving the module as it was
+                layer.check_convertible(module) if hasattr(layer, "check_convertible") else layer.from_torch(module)
                 why = "not converted yet: convert(model) replaces it"
             except NotConvertibleError as error:
                 why = str(error).split(";")[0].removeprefix(f"{type(module).__name__}: ")
@@ -264,16 +300,20 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
     same tensors), so outputs and gradients equal the original's. Only those exact classes are
     replaced (not their subclasses), and only with settings the twin supports (a Conv2d with
     padding_mode "reflect" stays torch's); losses are left as they are. Hooks registered on a
-    replaced module are not carried over. If ``model`` itself is one of those layers, the returned
-    twin replaces it. A module's setting that is a torch function manualbp implements
-    (``nn.TransformerEncoderLayer``'s ``activation=F.relu``) becomes manualbp's function.
+    replaced module (forward, pre-forward, backward, state_dict) are carried over to its twin.
+    If ``model`` itself is one of those layers, the returned twin replaces it. A module's setting
+    that is a torch function manualbp implements (``nn.TransformerEncoderLayer``'s
+    ``activation=F.relu``) becomes manualbp's function.
 
     What is left with PyTorch's backward (see :func:`unconverted`) is reported: with
     ``strict=False`` in one warning, with ``strict=True`` as a ``NotConvertibleError`` (raised
     before anything is replaced). Call ``unconverted(model)`` for the list itself.
     """
     if strict:
-        left = unconverted(replace_modules(copy.deepcopy(model), _manualbp_twin))
+        try:
+            left = unconverted(replace_modules(copy.deepcopy(model), _manualbp_twin))
+        except RuntimeError:  # a model that cannot be copied (old weight_norm's weight is no leaf)
+            left = [entry for entry in unconverted(model) if "not converted yet" not in entry]
         if left:
             raise NotConvertibleError(
                 f"convert(strict=True): {len(left)} module(s) would keep PyTorch's backward: {'; '.join(left)}; "

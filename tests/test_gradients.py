@@ -269,6 +269,9 @@ CASES = [
     Case("euclidean_loss_mean", mbf.euclidean_loss, torch_euclidean_loss, lambda: (randn(5, 3), randn(5, 3), "mean")),
     Case("leaky_relu", mbf.leaky_relu, F.leaky_relu, lambda: randn(5, 4, away_from_zero=True)),
     Case("leaky_relu_negative_slope", mbf.leaky_relu, F.leaky_relu, lambda: (randn(5, 4, away_from_zero=True), -0.5)),
+    Case("leaky_relu_backward", lambda grad, x: mbf.LeakyReLUBackwardFunction.apply(grad, x, 0.1),
+         lambda grad, x: torch.ops.aten.leaky_relu_backward(grad, x, 0.1, False),
+         lambda: (randn(5, 4), randn(5, 4, away_from_zero=True))),
     Case("dropout", manualbp_dropout, torch_dropout, dropout_inputs),
     Case("flatten", lambda x: mbf.FlattenFunction.apply(x, 1, -1), lambda x: torch.flatten(x, 1, -1),
          lambda: randn(2, 3, 4)),
@@ -320,6 +323,8 @@ CASES = [
     Case("hardtanh", mbf.hardtanh, F.hardtanh, lambda: (away_from(2 * randn(5, 4), -1, 1), -1.0, 1.0),
          bit_for_bit=True),
     Case("relu6", mbf.relu6, F.relu6, lambda: away_from(4 * randn(5, 4), 0, 6)),
+    Case("hardtanh_output_saved", lambda x, a, b: mbf.HardtanhOutputSavedFunction.apply(x, a, b), F.hardtanh,
+         lambda: (away_from(2 * randn(5, 4), -1, 1), -1.0, 1.0)),
     Case("hardtanh_inplace", hardtanh_inplace, F.hardtanh, lambda: (away_from(4 * randn(5, 4), 0, 6), 0.0, 6.0),
          skip=("batched_forward_ad",)),  # as relu_inplace
     Case("softmax", mbf.softmax, F.softmax, lambda: (randn(5, 4), -1), bit_for_bit=True),

@@ -6,12 +6,15 @@ memory: test_memory.py.)"""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 
 import manualbp
 import manualbp.functional as mbf
+import manualbp.manual
+import manualbp.reference
 from manualbp import nn as mnn
 
 EXACT = {"rtol": 1e-13, "atol": 1e-15}
@@ -278,3 +281,278 @@ def test_torch_export_of_a_manualbp_model_gives_eager_values():
     torch.testing.assert_close(exported.module()(x), model(x))
     other = torch.randn(5, 6)
     torch.testing.assert_close(exported.module()(other), model(other))
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations save what PyTorch saves: h = act(x); h += skip trains
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: torch.nn.ELU(), lambda: torch.nn.ELU(0.5), lambda: torch.nn.LeakyReLU(), lambda: torch.nn.LeakyReLU(-0.5),
+     lambda: torch.nn.Hardtanh(), lambda: torch.nn.ReLU6()],
+    ids=["elu", "elu_alpha", "leaky_relu", "leaky_relu_negative", "hardtanh", "relu6"],
+)
+def test_activation_output_added_to_in_place_trains_as_in_torch(make):
+    torch.manual_seed(0)
+    x = 3 * torch.randn(6, 5, dtype=torch.float64)
+    skip = torch.randn(6, 5, dtype=torch.float64)
+    grads = []
+    for activation in (make(), manualbp.convert(make())):
+        leaf = x.clone().requires_grad_()
+        h = activation(leaf * 1)
+        h += skip
+        (h * skip).sum().backward()
+        grads.append((h.detach(), leaf.grad))
+    assert type(manualbp.convert(make())).__module__.startswith("manualbp")
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+
+
+# ----------------------------------------------------------------------------------------------
+# hand_written() leaves what manualbp does not compute (integer, bool, complex) to PyTorch
+# ----------------------------------------------------------------------------------------------
+
+NOT_FLOATING_CALLS = {
+    "matmul @": lambda t: t @ t,
+    "torch.matmul": lambda t: torch.matmul(t, t),
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "max_pool2d": lambda t: torch.nn.functional.max_pool2d(t[None], 2),
+    "dropout in eval": lambda t: torch.nn.functional.dropout(t, 0.5, training=False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.complex128, torch.bool], ids=str)
+@pytest.mark.parametrize("name", list(NOT_FLOATING_CALLS))
+def test_hand_written_runs_torchs_op_on_tensors_that_are_not_floating_point(name, dtype):
+    call = NOT_FLOATING_CALLS[name]
+    tensor = (torch.arange(16).reshape(4, 4) - 7).to(dtype) if not dtype.is_complex else torch.randn(4, 4, dtype=dtype)
+    try:
+        expected = call(tensor)
+    except (RuntimeError, TypeError) as error:  # torch itself does not compute it: the same error under the mode
+        with manualbp.hand_written(), pytest.raises(type(error)):
+            call(tensor)
+        return
+    with manualbp.hand_written() as mode:
+        got = call(tensor)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert sum(mode.fell_back.values()) >= 1 and not mode.replaced
+
+
+def test_hand_written_still_reports_its_own_type_errors_on_floating_point_tensors():
+    with manualbp.hand_written(), pytest.raises(TypeError, match="negative_slope"):
+        torch.nn.functional.leaky_relu(torch.randn(3), negative_slope="0.1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax(dim=None): converted, with PyTorch's implicit choice of dim
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 5), (2, 3, 4, 5)], ids=lambda shape: f"rank{len(shape)}")
+@pytest.mark.parametrize("torch_layer", [torch.nn.Softmax, torch.nn.LogSoftmax])
+def test_convert_takes_softmax_without_dim_with_torchs_implicit_dim(torch_layer, shape):
+    original = torch_layer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "keep PyTorch's backward" warning
+        converted = manualbp.convert(copy.deepcopy(original))
+    assert type(converted).__module__.startswith("manualbp") and converted.dim is None
+    assert manualbp.nn.unconverted(torch.nn.Sequential(converted)) == []
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for layer in (original, converted):
+        with pytest.warns(UserWarning, match="Implicit dimension choice"):
+            output = layer(x)
+        results.append((output, *torch.autograd.grad((output * weights).sum(), x)))
+    assert type(results[1][0].grad_fn).__name__.startswith(("SoftmaxFunction", "LogSoftmaxFunction"))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+    from manualbp.reference import to_torch
+
+    assert type(to_torch(converted)) is torch_layer
+
+
+def test_unconverted_gives_the_twins_own_reason_for_refusing():
+    class RefusingLinear(mnn.Linear):
+        @classmethod
+        def from_torch(cls, module):
+            raise manualbp.errors.NotConvertibleError("Linear: refused here for a reason; do something")
+
+    from manualbp.layers.base import CONVERTIBLE
+    saved = CONVERTIBLE[torch.nn.Linear]
+    CONVERTIBLE[torch.nn.Linear] = RefusingLinear
+    try:
+        assert manualbp.nn.unconverted(torch.nn.Sequential(torch.nn.Linear(2, 2))) == [
+            "0 (Linear: refused here for a reason)"
+        ]
+    finally:
+        CONVERTIBLE[torch.nn.Linear] = saved
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs are new tensors, never views: out += skip after any converted layer works as in torch
+# ----------------------------------------------------------------------------------------------
+
+FRESH_OUTPUT_CASES = {
+    "group_norm_no_affine_3d": (lambda: torch.nn.GroupNorm(2, 4, affine=False), (2, 4, 3)),
+    "group_norm_no_affine_4d": (lambda: torch.nn.GroupNorm(2, 4, affine=False), (2, 4, 3, 3)),
+    "group_norm": (lambda: torch.nn.GroupNorm(2, 4), (2, 4, 3)),
+    "layer_norm_no_affine": (lambda: torch.nn.LayerNorm(3, elementwise_affine=False), (2, 3)),
+    "batch_norm_no_affine": (lambda: torch.nn.BatchNorm2d(4, affine=False), (2, 4, 3, 3)),
+    "max_pool_unbatched": (lambda: torch.nn.MaxPool2d(2), (2, 4, 4)),
+    "max_pool_1": (lambda: torch.nn.MaxPool2d(1), (1, 2, 4, 4)),
+    "avg_pool_1": (lambda: torch.nn.AvgPool2d(1), (1, 2, 4, 4)),
+    "adaptive_avg_pool_same_size": (lambda: torch.nn.AdaptiveAvgPool2d((4, 4)), (1, 2, 4, 4)),
+    "adaptive_avg_pool_unbatched": (lambda: torch.nn.AdaptiveAvgPool2d(1), (2, 4, 4)),
+    "linear_1d": (lambda: torch.nn.Linear(3, 2), (3,)),
+    "linear_1d_no_bias": (lambda: torch.nn.Linear(3, 2, bias=False), (3,)),
+}
+
+
+@pytest.mark.parametrize("name", list(FRESH_OUTPUT_CASES))
+def test_converted_layers_output_can_be_added_to_in_place(name):
+    make, shape = FRESH_OUTPUT_CASES[name]
+    torch.manual_seed(0)
+    original = make().double()
+    converted = manualbp.convert(copy.deepcopy(original))
+    assert type(converted).__module__.startswith("manualbp")
+    x = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for layer in (original, converted):
+        leaf = x.clone().requires_grad_()
+        output = layer(leaf)
+        output += 1
+        results.append((output.detach(), *torch.autograd.grad(output.square().sum(), [leaf, *layer.parameters()])))
+    for got, expected in zip(results[1], results[0], strict=True):  # normalization's δx sums to ~0: atol 1e-13
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_embedding_of_one_index_can_be_added_to_in_place():
+    original = torch.nn.Embedding(5, 3).double()
+    converted = manualbp.convert(copy.deepcopy(original))
+    results = []
+    for layer in (original, converted):
+        output = layer(torch.tensor(2))
+        output += 1
+        results.append((output.detach(), *torch.autograd.grad(output.square().sum(), layer.weight)))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+
+
+# ----------------------------------------------------------------------------------------------
+# convert and to_torch carry the replaced layers' hooks over
+# ----------------------------------------------------------------------------------------------
+
+
+def _hooked_model(calls):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    handles = [
+        model[0].register_forward_pre_hook(lambda module, inputs: (inputs[0] * 2,)),
+        model[0].register_forward_hook(lambda module, inputs, output: output * 10),
+        model[1].register_forward_hook(lambda module, args, kwargs, output: calls.append("relu hook"),
+                                       with_kwargs=True),
+        model[2].register_full_backward_hook(lambda module, grad_input, grad_output: calls.append("backward")),
+        model[2].register_full_backward_pre_hook(lambda module, grad_output: (grad_output[0] * 3,)),
+        model[2]._register_state_dict_hook(lambda module, state, prefix, local: state.update({prefix + "seen": 1})),
+    ]
+    return model, handles
+
+
+def _run(model, x):
+    output = model(x)
+    return (output.detach(), *torch.autograd.grad(output.square().sum(), [x, *model.parameters()]))
+
+
+def test_convert_carries_hooks_over_and_to_torch_carries_them_back():
+    from manualbp.reference import to_torch
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    original_calls, converted_calls = [], []
+    original, _ = _hooked_model(original_calls)
+    converted, handles = _hooked_model(converted_calls)
+    converted.load_state_dict(original.state_dict(), strict=False)
+    converted = manualbp.convert(converted)
+    assert type(converted[0]) is mnn.Linear and type(converted[2]) is mnn.Linear
+    expected = _run(original, x)
+    for got, want in zip(_run(converted, x), expected, strict=True):
+        torch.testing.assert_close(got, want, **EXACT)
+    assert converted_calls == original_calls == ["relu hook", "backward"]
+    assert "2.seen" in converted.state_dict()
+    back = to_torch(converted)
+    assert type(back[0]) is torch.nn.Linear
+    for got, want in zip(_run(back, x), expected, strict=True):
+        torch.testing.assert_close(got, want, **EXACT)
+    assert converted_calls == ["relu hook", "backward"] * 2 and "2.seen" in back.state_dict()
+    for handle in handles:  # the handles returned before convert remove the hooks from the twins
+        handle.remove()
+    unhooked = torch.nn.Sequential(*(copy.deepcopy(layer) for layer in original))
+    for layer in unhooked:
+        for name in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_state_dict_hooks"):
+            getattr(layer, name).clear()
+    torch.testing.assert_close(converted(x), unhooked(x), **EXACT)
+    assert "2.seen" not in converted.state_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# Second derivatives that are identically zero: zeros, as PyTorch gives
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slope", [0.1, -0.5])
+def test_second_derivative_of_leaky_relu_alone_is_zeros_as_in_torch(slope):
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    results = []
+    for leaky_relu in (torch.nn.functional.leaky_relu, mbf.leaky_relu):
+        (grad,) = torch.autograd.grad(leaky_relu(x, slope).sum(), x, create_graph=True)
+        results.append((grad, *torch.autograd.grad((grad * grad).sum(), x)))
+    assert type(results[1][0].grad_fn).__name__.startswith("LeakyReLUBackwardFunction")
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+    assert (results[1][1] == 0).all()
+    assert torch.autograd.gradgradcheck(lambda t: mbf.leaky_relu(t, slope), (x,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reparametrized layers (parametrize, old weight_norm / spectral_norm) keep torch's, named
+# ----------------------------------------------------------------------------------------------
+
+
+def _orthogonal_free(linear):
+    class Symmetric(torch.nn.Module):
+        def forward(self, weight):
+            return weight.triu() + weight.triu(1).mT
+
+    torch.nn.utils.parametrize.register_parametrization(linear, "weight", Symmetric())
+    return linear
+
+
+REPARAMETRIZED = {
+    "parametrize": (_orthogonal_free, "parametrized weight"),
+    "weight_norm": (torch.nn.utils.weight_norm, "weight from torch.nn.utils.weight_norm"),
+    "spectral_norm": (torch.nn.utils.spectral_norm, "weight from torch.nn.utils.spectral_norm"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("name", list(REPARAMETRIZED))
+def test_convert_names_reparametrized_layers_and_keeps_their_values(name):
+    wrap, reason = REPARAMETRIZED[name]
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(wrap(torch.nn.Linear(3, 3)), torch.nn.ReLU()).eval()
+
+    with pytest.raises(manualbp.errors.NotConvertibleError, match=f"0 \\(.*Linear: {reason}"):
+        manualbp.convert(make(), strict=True)
+    model, x = make(), torch.randn(2, 3)
+    expected = make()(x)
+    with pytest.warns(UserWarning, match=reason):
+        converted = manualbp.convert(model)
+    assert type(converted[1]) is mnn.ReLU
+    assert any(entry.startswith("0 (") and reason in entry for entry in manualbp.nn.unconverted(converted))
+    torch.testing.assert_close(converted(x), expected)

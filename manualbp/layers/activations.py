@@ -51,6 +51,7 @@ __all__ = [
     "leaky_relu_forward",
     "leaky_relu_backward",
     "LeakyReLUFunction",
+    "LeakyReLUBackwardFunction",
     "leaky_relu",
     "LeakyReLU",
     "gelu_forward",
@@ -66,6 +67,7 @@ __all__ = [
     "hardtanh_forward",
     "hardtanh_backward",
     "HardtanhFunction",
+    "HardtanhOutputSavedFunction",
     "HardtanhInplaceFunction",
     "hardtanh",
     "relu6",
@@ -129,13 +131,17 @@ def elu_forward(input: Tensor, alpha: float = 1.0) -> Tensor:
     return torch.nn.functional.elu(input, alpha)  # Z = X if X>0 else α(e^X − 1) (one kernel, one buffer)
 
 
-def elu_backward(grad_output: Tensor, input: Tensor, output: Tensor, alpha: float = 1.0) -> Tensor:
+def elu_backward(
+    grad_output: Tensor, input: Tensor, output: Tensor, alpha: float = 1.0, into_output: bool = False
+) -> Tensor:
     """δX = δZ·(Z + α if X ≤ 0 else 1): for X ≤ 0, d/dx α(eˣ − 1) = αeˣ = Z + α; same shape.
 
     Tested as X ≤ 0 (not X > 0), so that a NaN input takes the 1 branch, as in PyTorch's ELU.
+    ``into_output``: Z + α written over Z, for a caller that computed Z for this call alone.
     """
     in_place = owns_buffers(grad_output)
-    grad_negative = multiply(output + alpha, grad_output, into_first=in_place)  # δZ·(Z+α), for X ≤ 0
+    shifted = output.add_(alpha) if into_output else output + alpha  # Z + α
+    grad_negative = multiply(shifted, grad_output, into_first=in_place)  # δZ·(Z+α), for X ≤ 0
     # The select, into the same buffer where it is ours (torch.where takes out= aliasing an input).
     out = grad_negative if in_place else None
     return torch.where(input <= 0, grad_negative, grad_output, out=out)  # δX = δZ·(Z+α | 1)
@@ -165,7 +171,7 @@ def leaky_relu_forward(input: Tensor, negative_slope: float = 0.01) -> Tensor:
 def leaky_relu_backward(grad_output: Tensor, saved: Tensor, negative_slope: float = 0.01) -> Tensor:
     """δX = δZ if X > 0 else a·δZ; any shape.
 
-    ``saved`` is X, or Z when a ≥ 0 (then Z > 0 exactly where X > 0). At X = 0 (and for NaN X)
+    ``saved`` is X (or Z when a ≥ 0: then Z > 0 exactly where X > 0). At X = 0 (and for NaN X)
     the slope is a, as in torch.
     """
     return torch.where(saved > 0, grad_output, grad_output * negative_slope)  # δX = δZ if X>0 else a·δZ
@@ -294,7 +300,10 @@ class ReLU(torch.nn.ReLU, Activation, torch_twin=torch.nn.ReLU, name="relu"):
 
 
 class ELUFunction(LayerFunction):
-    """x if x>0 else α(eˣ−1), with backward δZ·(1 if x>0 else y+α)."""
+    """x if x>0 else α(eˣ−1), with backward δZ·(1 if x>0 else y+α).
+
+    Saves X only, as PyTorch's ELU does, and takes Z again from it in the backward: a saved Z would
+    make ``h = elu(x); h += skip`` fail there."""
 
     @staticmethod
     def forward(input, alpha):
@@ -304,18 +313,25 @@ class ELUFunction(LayerFunction):
     def setup_context(ctx, inputs, output):
         input, alpha = inputs
         ctx.alpha = alpha
-        ctx.save_for_backward(input, output)
-        ctx.save_for_forward(input, output)
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, output = ctx.saved_tensors
-        return elu_backward(grad_output, input, output, ctx.alpha), None
+        (input,) = ctx.saved_tensors
+        return elu_backward(grad_output, input, _elu_output(input, ctx.alpha), ctx.alpha, into_output=True), None
 
     @staticmethod
     def jvp(ctx, input_tangent, alpha_tangent):
-        input, output = ctx.saved_tensors
-        return elu_backward(input_tangent, input, output, ctx.alpha)
+        (input,) = ctx.saved_tensors
+        return elu_backward(input_tangent, input, _elu_output(input, ctx.alpha), ctx.alpha, into_output=True)
+
+
+def _elu_output(input: Tensor, alpha: float) -> Tensor:
+    """Z = ELU(X) for the backward; through ELUFunction where a second derivative is being recorded."""
+    if torch.is_grad_enabled() and input.requires_grad:
+        return ELUFunction.apply(input, alpha)
+    return elu_forward(input, alpha)
 
 
 @hand_writes(torch.nn.functional.elu)
@@ -405,20 +421,48 @@ class LeakyReLUFunction(LayerFunction):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, ctx.negative_slope = inputs
-        # Z tells where X > 0 when a ≥ 0, and the next layer often keeps Z anyway (no extra memory).
-        saved = output if ctx.negative_slope >= 0 else input
-        ctx.save_for_backward(saved)
-        ctx.save_for_forward(saved)
+        # X, as PyTorch saves: a saved Z would make ``h = leaky_relu(x); h += skip`` fail in backward.
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
 
     @staticmethod
     def backward(ctx, grad_output):
         (saved,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a second derivative is being recorded
+            return apply(LeakyReLUBackwardFunction, grad_output, saved, ctx.negative_slope), None
         return leaky_relu_backward(grad_output, saved, ctx.negative_slope), None
 
     @staticmethod
     def jvp(ctx, input_tangent, slope_tangent):
         (saved,) = ctx.saved_tensors
         return leaky_relu_backward(input_tangent, saved, ctx.negative_slope)  # diagonal: Ż = f'(X)·Ẋ
+
+
+class LeakyReLUBackwardFunction(LayerFunction):
+    """The backward δX = δZ if X > 0 else a·δZ as a function of (δZ, X), for second derivatives:
+    linear in δZ (its derivative is the same select) and piecewise constant in X (derivative 0,
+    which PyTorch gives too where nothing else depends on X)."""
+
+    @staticmethod
+    def forward(grad_output, saved, negative_slope):
+        return leaky_relu_backward(grad_output, saved, negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, saved, ctx.negative_slope = inputs
+        ctx.save_for_backward(saved)
+        ctx.save_for_forward(saved)
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        (saved,) = ctx.saved_tensors
+        grad_saved = torch.zeros_like(saved) if ctx.needs_input_grad[1] else None  # ∂(δX)/∂X = 0
+        return apply(LeakyReLUBackwardFunction, grad_grad, saved, ctx.negative_slope), grad_saved, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_tangent, saved_tangent, slope_tangent):
+        (saved,) = ctx.saved_tensors
+        return leaky_relu_backward(grad_output_tangent, saved, ctx.negative_slope)
 
 
 @hand_writes(torch.nn.functional.leaky_relu)
@@ -631,21 +675,22 @@ def hardtanh_forward(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
     return input.clamp_(min_val, max_val) if inplace else input.clamp(min_val, max_val)  # Z = min(max(X, a), b)
 
 
-def hardtanh_backward(grad_output: Tensor, output: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
-    """δX = 1[a < X < b]·δZ, from the saved output Z (a < Z < b exactly where a < X < b).
+def hardtanh_backward(grad_output: Tensor, saved: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    """δX = 1[a < X < b]·δZ, from the saved input X, or the output Z of the in-place form (a < Z < b
+    exactly where a < X < b).
 
     A select, not a product: exactly 0 outside (an infinite δZ there gives 0, not NaN). aten's
-    ``hardtanh_backward`` is that select in one pass; given Z instead of X it decides the same,
-    also for a NaN input, where PyTorch's own vectorised and scalar CPU paths differ (0 and δZ):
-    the same kernel gives the same answer as torch's op on every path."""
-    return _hardtanh_backward(grad_output, output, min_val, max_val)  # δX = 1[a<X<b]·δZ
+    ``hardtanh_backward`` is that select in one pass, as torch's op runs it (also for a NaN input,
+    where PyTorch's own vectorised and scalar CPU paths differ: 0 and δZ)."""
+    return _hardtanh_backward(grad_output, saved, min_val, max_val)  # δX = 1[a<X<b]·δZ
 
 
 _hardtanh_backward = torch.ops.aten.hardtanh_backward.default
 
 
 class HardtanhFunction(LayerFunction):
-    """clamp(x, a, b) with backward 1[a < x < b]·δZ from the saved output."""
+    """clamp(x, a, b) with backward 1[a < x < b]·δZ from the saved input (as PyTorch saves: a saved
+    output would make ``h = hardtanh(x); h += skip`` fail in backward)."""
 
     @staticmethod
     def forward(input, min_val, max_val):
@@ -653,22 +698,33 @@ class HardtanhFunction(LayerFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        input, ctx.min_val, ctx.max_val = inputs
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (saved,) = ctx.saved_tensors
+        return hardtanh_backward(grad_output, saved, ctx.min_val, ctx.max_val), None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, min_tangent, max_tangent):
+        (saved,) = ctx.saved_tensors
+        return hardtanh_backward(input_tangent, saved, ctx.min_val, ctx.max_val)
+
+
+class HardtanhOutputSavedFunction(HardtanhFunction):
+    """:class:`HardtanhFunction` that saves its output Z instead of X (a < Z < b exactly where
+    a < X < b): the form whose result is written over its input, where X is gone."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
         _, ctx.min_val, ctx.max_val = inputs
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        (output,) = ctx.saved_tensors
-        return hardtanh_backward(grad_output, output, ctx.min_val, ctx.max_val), None, None
 
-    @staticmethod
-    def jvp(ctx, input_tangent, min_tangent, max_tangent):
-        (output,) = ctx.saved_tensors
-        return hardtanh_backward(input_tangent, output, ctx.min_val, ctx.max_val)
-
-
-class HardtanhInplaceFunction(HardtanhFunction):
+class HardtanhInplaceFunction(HardtanhOutputSavedFunction):
     """clamp(x, a, b) written over x (``ReLU6(inplace=True)``, MobileNetV2's), with the same backward
     from the saved output; the input is marked dirty (see ``ReLUInplaceFunction``)."""
 
@@ -679,7 +735,7 @@ class HardtanhInplaceFunction(HardtanhFunction):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.mark_dirty(inputs[0])
-        HardtanhFunction.setup_context(ctx, inputs, output)
+        HardtanhOutputSavedFunction.setup_context(ctx, inputs, output)
 
     @staticmethod
     def jvp(ctx, input_tangent, min_tangent, max_tangent):
@@ -701,7 +757,7 @@ def _clamped(name: str, input: Tensor, min_val: float, max_val: float, inplace: 
         raise ValueError(f"{name}: expected min_val < max_val, got min_val={min_val}, max_val={max_val}")
     min_val, max_val = float(min_val), float(max_val)
     if inplace:
-        return apply_inplace(HardtanhInplaceFunction, HardtanhFunction, input, min_val, max_val)
+        return apply_inplace(HardtanhInplaceFunction, HardtanhOutputSavedFunction, input, min_val, max_val)
     return apply(HardtanhFunction, input, min_val, max_val)
 
 

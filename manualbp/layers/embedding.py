@@ -27,8 +27,10 @@ __all__ = [
 
 
 def embedding_forward(indices: Tensor, weight: Tensor) -> Tensor:
-    """Z = W[i]: indices ``(*)`` -> ``(*, D)``, one row of weight (V, D) per index."""
-    return weight[indices]  # Z_n = W_(i_n)
+    """Z = W[i]: indices ``(*)`` -> ``(*, D)``, one row of weight (V, D) per index. A new tensor, also for a
+    0-d index (where ``W[i]`` is a view of W: a Function's output may be modified in place)."""
+    rows = weight[indices]  # Z_n = W_(i_n)
+    return rows.clone() if indices.dim() == 0 else rows
 
 
 def embedding_backward(grad_output: Tensor, indices: Tensor, num_embeddings: int,

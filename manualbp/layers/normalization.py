@@ -847,6 +847,8 @@ def group_norm_forward(input: Tensor, num_groups: int, weight: Tensor | None, bi
     input: ``(N, C, *)``; weight γ, bias β: (C,) or None. Returns y: input's shape.
     """
     normalized = layer_norm_forward(_group_rows(input, num_groups), 1, None, None, eps).reshape(input.shape)  # x̂
+    if weight is None and bias is None:
+        return normalized.clone()  # a new tensor, not a view of x̂'s rows: a Function's output may be modified in place
     if weight is not None:
         normalized = normalized * _per_channel(weight, input)  # γ x̂
     return normalized if bias is None else normalized + _per_channel(bias, input)  # y = γ x̂ + β

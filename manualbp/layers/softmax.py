@@ -13,10 +13,11 @@ through this softmax). Shapes: any; the output has the input's shape.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from manualbp.errors import NotConvertibleError
 from manualbp.layers.base import Layer, LayerFunction, apply, check_floating, hand_writes, owns_buffers
 
 __all__ = [
@@ -154,8 +155,8 @@ class LogSoftmaxFunction(LayerFunction):
 
 def _checked(name: str, input: Tensor, dim: int | None, dtype: torch.dtype | None) -> tuple[Tensor, int]:
     """The input (cast to ``dtype`` first, as torch does) and ``dim`` as a non-negative index."""
-    if dim is None:  # torch's implicit dim (deprecated there, with a warning): refuse, let torch run it
-        raise NotImplementedError(f"{name}: give dim explicitly (torch's implicit dim choice is deprecated)")
+    if dim is None:
+        dim = _implicit_dim(name, input.dim())
     if dtype is not None:
         input = input.to(dtype)
     check_floating(name, "input", input)
@@ -181,30 +182,32 @@ def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
     return apply(LogSoftmaxFunction, input, dim)
 
 
-def _module_dim(module: torch.nn.Module) -> int:
-    if module.dim is None:
-        raise NotConvertibleError(
-            f"convert: {module!r} has dim=None (torch picks the dimension from the input's rank, deprecated); "
-            f"build it with an explicit dim, e.g. {type(module).__name__}(dim=-1)"
-        )
-    return module.dim
+def _implicit_dim(name: str, rank: int) -> int:
+    """PyTorch's choice of dim when none is given (``torch.nn.functional._get_softmax_dim``), with its
+    deprecation warning: 0 for an input of rank 0, 1 or 3, else 1."""
+    warnings.warn(
+        f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X as an argument.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return 0 if rank in (0, 1, 3) else 1
 
 
 class Softmax(torch.nn.Softmax, Layer, torch_twin=torch.nn.Softmax):
     """softmax along ``dim`` with backward y·(δy − Σ δy·y); any shape. A drop-in for ``torch.nn.Softmax``."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return softmax(input, _module_dim(self))
+        return softmax(input, self.dim)
 
     @classmethod
     def from_torch(cls, module: torch.nn.Softmax) -> Softmax:
-        return cls(_module_dim(module))
+        return cls(module.dim)
 
     def to_torch(self) -> torch.nn.Softmax:
         return torch.nn.Softmax(self.dim)
 
     def function_and_arguments(self, input: Tensor):
-        return SoftmaxFunction, _checked("softmax", input, _module_dim(self), None)
+        return SoftmaxFunction, _checked("softmax", input, self.dim, None)
 
     @classmethod
     def example(cls, dtype=torch.float64):
@@ -215,17 +218,17 @@ class LogSoftmax(torch.nn.LogSoftmax, Layer, torch_twin=torch.nn.LogSoftmax):
     """log softmax along ``dim`` with backward δy − e^y·Σ δy; any shape. A drop-in for ``torch.nn.LogSoftmax``."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return log_softmax(input, _module_dim(self))
+        return log_softmax(input, self.dim)
 
     @classmethod
     def from_torch(cls, module: torch.nn.LogSoftmax) -> LogSoftmax:
-        return cls(_module_dim(module))
+        return cls(module.dim)
 
     def to_torch(self) -> torch.nn.LogSoftmax:
         return torch.nn.LogSoftmax(self.dim)
 
     def function_and_arguments(self, input: Tensor):
-        return LogSoftmaxFunction, _checked("log_softmax", input, _module_dim(self), None)
+        return LogSoftmaxFunction, _checked("log_softmax", input, self.dim, None)
 
     @classmethod
     def example(cls, dtype=torch.float64):
