@@ -24,7 +24,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from manualbp.errors import ConfigError
 from manualbp.training import figures
 from manualbp.training.callbacks import last_checkpoint_path
-from manualbp.training.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint
+from manualbp.training.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    ResumeAfterFinishedEpoch,
+    read_checkpoint,
+)
 from manualbp.training.config import build, check_config
 from manualbp.training.data.base import LectureDataModule
 from manualbp.training.history import ResumableCSVLogger
@@ -113,6 +118,8 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
     if resumed is not None:
         check_checkpoint_fits_net(resumed, module.net, module.name, cfg.get("ckpt_path"))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
+    if resumed is not None:
+        callbacks.append(ResumeAfterFinishedEpoch())
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
         if resumed is not None and isinstance(logger, ResumableCSVLogger):
