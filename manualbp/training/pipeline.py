@@ -98,6 +98,22 @@ def check_checkpoint_fits_net(checkpoint: dict, net: torch.nn.Module, name: str,
         )
 
 
+def check_checkpoint_fits_data(checkpoint: dict, datamodule: LectureDataModule, path: str) -> None:
+    """A text's checkpoint was trained on the same vocabulary (the same characters in the same
+    index order) as the text given now: otherwise every token means another character."""
+    stored = ((checkpoint.get("manualbp") or {}).get("data") or {})
+    theirs, ours = stored.get("vocabulary"), getattr(datamodule, "vocabulary", None)
+    if theirs is None or ours is None or theirs == ours:
+        return
+    trained_on = stored.get("corpus") or "another text"
+    size = (f"{len(theirs)} distinct characters, this text has {len(ours)}" if len(theirs) != len(ours)
+            else f"the same number of distinct characters ({len(ours)}) but other ones")
+    raise CheckpointError(
+        f"ckpt_path={path} was trained on {trained_on}, not on {datamodule.corpus}: its vocabulary has {size}; "
+        f"give the text it was trained on (data.path=...) or a checkpoint trained on this text"
+    )
+
+
 def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: dict | None = None):
     """Seed, then build the data, the LightningModule, the callbacks (the configured ones, then
     ``extra_callbacks``), the loggers and the trainer of ``cfg``; returns them in that order.
@@ -115,6 +131,9 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
     fill_net_settings(cfg, datamodule)
     module: LitNet = build(cfg.model)
     check_net_fits_data(module.net, datamodule)
+    trained = resumed if resumed is not None else _checkpoint_to_test(cfg)
+    if trained is not None:  # the data first: another text's vocabulary size also changes the net
+        check_checkpoint_fits_data(trained, datamodule, cfg.get("ckpt_path"))
     if resumed is not None:
         check_checkpoint_fits_net(resumed, module.net, module.name, cfg.get("ckpt_path"))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
@@ -129,6 +148,14 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
     )
     check_engine_fits_trainer(module, trainer)
     return datamodule, module, callbacks, loggers, trainer
+
+
+def _checkpoint_to_test(cfg: DictConfig) -> dict | None:
+    """The checkpoint eval.py tests (``cfg.ckpt_path``), read; None without one."""
+    path = cfg.get("ckpt_path") if not OmegaConf.is_missing(cfg, "ckpt_path") else None
+    if not path or not Path(path).is_file():
+        return None
+    return read_checkpoint(path, weights_only=False)
 
 
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
