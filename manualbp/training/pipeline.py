@@ -74,6 +74,30 @@ def fill_net_settings(cfg: DictConfig, datamodule: LectureDataModule) -> None:
                               f"(the data fills it in)")
 
 
+def check_data_fits_net_settings(cfg: DictConfig, datamodule: LectureDataModule) -> None:
+    """A text's windows fit the net's context: data.block_size <= model.net.block_size."""
+    windows = getattr(datamodule, "block_size", None)
+    context = OmegaConf.select(cfg, "model.net.block_size", default=None)
+    if windows is not None and context is not None and windows > context:
+        raise ConfigError(f"data.block_size={windows} is longer than the net's context model.net.block_size="
+                          f"{context}; set data.block_size <= {context} (or leave it to follow the model's)")
+
+
+def check_engine_fits_net(module: LitNet, cfg: DictConfig) -> None:
+    """engine=manual runs a chain of layers (a Sequential) with no autograd, and no gradient clipping."""
+    if module.engine != "manual":
+        return
+    if not isinstance(module.net, torch.nn.Sequential):
+        raise ConfigError(f"engine=manual runs a net layer by layer, but model={module.name}'s "
+                          f"{type(module.net).__name__} is not a chain of layers (a Sequential); use engine=autograd, "
+                          f"which runs the same hand-written backward formulas")
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    if clip:
+        raise ConfigError(f"engine=manual steps the optimizer itself, so Lightning cannot clip its gradients "
+                          f"(trainer.gradient_clip_val={clip}); set trainer.gradient_clip_val=null or use "
+                          f"engine=autograd")
+
+
 def check_engine_fits_trainer(module: LitNet, trainer: L.Trainer) -> None:
     if module.engine == "manual" and trainer.world_size > 1:
         raise ConfigError(
@@ -129,7 +153,9 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
 
     datamodule: LectureDataModule = build(cfg.data)
     fill_net_settings(cfg, datamodule)
+    check_data_fits_net_settings(cfg, datamodule)
     module: LitNet = build(cfg.model)
+    check_engine_fits_net(module, cfg)
     check_net_fits_data(module.net, datamodule)
     trained = resumed if resumed is not None else _checkpoint_to_test(cfg)
     if trained is not None:  # the data first: another text's vocabulary size also changes the net
