@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import compose_config
 
 from manualbp.errors import ConfigError
@@ -37,3 +38,37 @@ def test_windows_longer_than_the_net_context_are_refused(corpus, tmp_path):
 def test_the_manual_engine_on_the_gpt_is_refused(corpus, tmp_path):
     message = refusal(tmp_path, "model=gpt", "engine=manual", f"data.path={corpus}", *SMALL_NET)
     assert "engine=manual" in message and "GPT" in message and "engine=autograd" in message
+
+
+def test_a_folder_as_data_path_is_called_a_folder(tmp_path):
+    from manualbp.training.data.text import TextDataModule
+
+    with pytest.raises(ConfigError, match="is a folder; give a UTF-8 text file"):
+        TextDataModule(path=str(tmp_path))
+
+
+def test_a_relative_data_path_is_recorded_resolved(corpus, tmp_path, monkeypatch):
+    from manualbp.training.data.text import TextDataModule
+
+    monkeypatch.chdir(tmp_path)
+    data = TextDataModule(path="corpus.txt", block_size=16)
+    assert f"({corpus.resolve()})" in data.description
+
+
+def test_loading_a_text_takes_a_few_bytes_a_character(tmp_path):
+    import tracemalloc
+
+    from manualbp.training.data.text import TextDataModule
+
+    path = tmp_path / "big.txt"
+    path.write_text(TEXT * 100)  # ~1.1 M characters
+    tracemalloc.start()
+    try:
+        data = TextDataModule(path=str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak / data.characters < 7  # the file's bytes, its text, its UTF-32 codes, the tokens
+    assert data.train_tokens.element_size() == 1  # up to 256 characters: one byte a token
+    inputs, targets = data.train_dataloader().dataset[torch.tensor([0, 5])]
+    assert inputs.dtype == targets.dtype == torch.long and data.decode(inputs[0]) == (TEXT * 100)[:64]

@@ -25,6 +25,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -46,6 +47,8 @@ def read_text_file(path: str | Path, minimum_chars: int) -> str:
     """The text of a UTF-8 file, refused in one line if it is missing, empty, binary (not UTF-8,
     or holding NUL bytes) or shorter than ``minimum_chars``."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"data.path={path} is a folder; give a UTF-8 text file (one file, e.g. {path}/input.txt)")
     if not path.is_file():
         raise ConfigError(f"data.path={path}: no such file; give a UTF-8 text file")
     raw = path.read_bytes()
@@ -123,6 +126,17 @@ def _download(url: str, target: Path, timeout_s: float) -> None:
         partial.unlink(missing_ok=True)
 
 
+def encode_compactly(text: str, vocabulary: str) -> Tensor:
+    """The indices into ``vocabulary`` (sorted characters) of ``text``'s characters, (len(text),),
+    in the smallest integer dtype that holds them (uint8 for up to 256 characters): about 5 bytes
+    a character at the peak (the UTF-32 codes, then the tokens) instead of a Python int each."""
+    dtype = np.uint8 if len(vocabulary) <= 256 else np.int32
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (len(text),) code points
+    table = np.zeros(ord(vocabulary[-1]) + 1, dtype=dtype)  # code point -> index
+    table[[ord(character) for character in vocabulary]] = np.arange(len(vocabulary), dtype=dtype)
+    return torch.from_numpy(table[codes])
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches of windows
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +154,7 @@ class Windows(Dataset):
 
     def __getitem__(self, starts: Tensor) -> tuple[Tensor, Tensor]:
         positions = starts.unsqueeze(1) + self.offsets  # (B, T)
-        return self.tokens[positions], self.tokens[positions + 1]
+        return self.tokens[positions].long(), self.tokens[positions + 1].long()
 
 
 class RandomStarts(Sampler[Tensor]):
@@ -204,7 +218,8 @@ class TextDataModule(LectureDataModule):
             raise ConfigError(f"give data.path or data.dataset, not both (got {path} and {dataset})")
         minimum = math.ceil((block_size + 2) / val_fraction)
         if path is not None:
-            text, self.corpus = read_text_file(path, minimum), f"{Path(path).name} ({Path(path).expanduser()})"
+            path = Path(path).expanduser().resolve()  # the run's record names the file from any folder
+            text, self.corpus = read_text_file(path, minimum), f"{path.name} ({path})"
         elif dataset in (None, "python_stdlib"):
             text, self.corpus = python_stdlib_text(max_chars)
             _check_length(text, minimum, "the Python standard library's source")
@@ -217,8 +232,7 @@ class TextDataModule(LectureDataModule):
             raise ConfigError(f"data.dataset={dataset!r} is not known; choose one of {', '.join(DATASETS)}, or "
                               f"give data.path=FILE")
         self.vocabulary = "".join(sorted(set(text)))
-        index = {character: i for i, character in enumerate(self.vocabulary)}
-        tokens = torch.tensor([index[character] for character in text], dtype=torch.long)
+        tokens = encode_compactly(text, self.vocabulary)
         split = int(len(tokens) * (1 - val_fraction))
         self.train_tokens, self.val_tokens = tokens[:split], tokens[split:]
         self.characters = len(text)
