@@ -72,3 +72,15 @@ def test_loading_a_text_takes_a_few_bytes_a_character(tmp_path):
     assert data.train_tokens.element_size() == 1  # up to 256 characters: one byte a token
     inputs, targets = data.train_dataloader().dataset[torch.tensor([0, 5])]
     assert inputs.dtype == targets.dtype == torch.long and data.decode(inputs[0]) == (TEXT * 100)[:64]
+
+
+def test_a_relative_data_path_is_written_resolved_into_the_run_config(corpus, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(["model=gpt", "data.path=corpus.txt", *SMALL_NET], tmp_path / "run")
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]),
+                   tmp_path / "run" / ".hydra" / "config.yaml")  # what Hydra writes before train runs
+    train(cfg)
+    assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").data.path == str(corpus.resolve())

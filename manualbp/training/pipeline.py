@@ -207,6 +207,7 @@ def train_in_held_folder(cfg: DictConfig, output_dir: Path, extra_callbacks: lis
         archive_earlier_run(output_dir, keep=hydra_files)
         if archived_to(output_dir) is not None:
             log.warning("%s held an earlier run: its files are now in %s", output_dir, archived_to(output_dir))
+    record_data_path_resolved(cfg, output_dir)
     datamodule, module, callbacks, loggers, trainer = build_run(cfg, extra_callbacks, resumed)
 
     if resumed is not None:  # the folder is the run's own: its checkpoints are expected there
@@ -243,6 +244,23 @@ def train_in_held_folder(cfg: DictConfig, output_dir: Path, extra_callbacks: lis
             last = last_checkpoint_path(trainer) or last
             raise interrupted(signals.signum, stage, last, output_dir) from None
     return results
+
+
+def record_data_path_resolved(cfg: DictConfig, output_dir: Path) -> None:
+    """A relative ``data.path`` becomes absolute, in ``cfg`` and in the run's .hydra/config.yaml,
+    so that ``python eval.py`` finds the text from any folder."""
+    given = OmegaConf.select(cfg, "data.path", default=None)
+    if not isinstance(given, str) or Path(given).expanduser().is_absolute():
+        return
+    resolved = str(Path(given).expanduser().resolve())
+    with open_dict(cfg):
+        cfg.data.path = resolved
+    recorded = output_dir / ".hydra" / "config.yaml"
+    if recorded.is_file():
+        config = OmegaConf.load(recorded)
+        if OmegaConf.select(config, "data.path", default=None) == given:
+            config.data.path = resolved
+            OmegaConf.save(config, recorded)
 
 
 def checkpoint_metrics(trainer: L.Trainer, module: LitNet, datamodule: LectureDataModule, ckpt_path) -> dict:
