@@ -297,3 +297,21 @@ def test_the_run_logs_which_backward_nodes_its_loss_uses(tmp_path, caplog):
     assert len(lines) == 1
     written, total = re.search(r"(\d+) of (\d+) arithmetic backward nodes hand-written", lines[0]).groups()
     assert written == total and int(total) > 5
+
+
+def test_sample_takes_a_tiny_temperature_any_seed_and_a_text_without_newlines(gpt_run, capsys):
+    from manualbp.sample import load_language_model, main, sample
+
+    _, run, _ = gpt_run
+    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    assert main([checkpoint, "--temperature", "1e-300", "--tokens", "20", "--prompt", "line"]) == 0
+    greedy = capsys.readouterr().out
+    assert main([checkpoint, "--temperature", "1e-300", "--tokens", "20", "--prompt", "line", "--seed", "9"]) == 0
+    assert capsys.readouterr().out == greedy and len(greedy) == 4 + 20 + 1  # the most likely characters
+    assert main([checkpoint, "--seed", str(2**70)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seed" in err and "out of range" in err
+    net, vocabulary = load_language_model(checkpoint)
+    without_newlines = vocabulary.replace("\n", "")
+    text = sample(net, without_newlines, tokens=5, seed=1)
+    assert text.startswith(without_newlines[0]) and len(text) == 6
