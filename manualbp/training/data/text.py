@@ -16,6 +16,7 @@ Where the text comes from (``conf/data/text.yaml``):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -35,6 +36,8 @@ from manualbp.training.data.base import LectureDataModule
 from manualbp.training.data.mnist_files import default_data_root, locked
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINY_SHAKESPEARE_BYTES = 1_115_394  # the known file: a download that differs is not kept
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DATASETS = ("python_stdlib", "tinyshakespeare")
 
 
@@ -106,16 +109,47 @@ def tinyshakespeare_text(root: Path, url: str, download: bool, timeout_s: float)
         with locked(folder / ".download.lock"):
             if not target.is_file():  # another run may have downloaded it while this one waited
                 _download(url, target, timeout_s)
-    return target.read_text(encoding="utf-8")
+    try:
+        return target.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"data.dataset=tinyshakespeare: {target} is not UTF-8 text; delete it to download it "
+                          f"again, or train on any text with data.path=FILE") from None
+
+
+def fetch(url: str, timeout_s: float) -> bytes:
+    """The bytes at ``url`` (the one network access of the text data; tests replace it)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return response.read()
+
+
+def check_download(data: bytes, url: str) -> None:
+    """Refuse what ``url`` sent unless it is the known tiny Shakespeare (its size and SHA-256) or,
+    from another ``data.url``, UTF-8 text that is not a web page."""
+    what = f"data.dataset=tinyshakespeare: {url} sent"
+    if url == TINY_SHAKESPEARE_URL:
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != TINY_SHAKESPEARE_BYTES or digest != TINY_SHAKESPEARE_SHA256:
+            raise ConfigError(f"{what} {len(data):,} bytes with SHA-256 {digest[:12]}..., not tiny Shakespeare "
+                              f"({TINY_SHAKESPEARE_BYTES:,} bytes, {TINY_SHAKESPEARE_SHA256[:12]}...); nothing was "
+                              f"kept: try again later, or train on any text with data.path=FILE")
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} bytes that are not UTF-8 text (byte {error.start}); nothing was kept: give a "
+                          f"data.url of a UTF-8 text file, or data.path=FILE") from None
+    if text.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
+        raise ConfigError(f"{what} a web page, not a text file; nothing was kept: give the URL of the raw text "
+                          f"file, or data.path=FILE")
 
 
 def _download(url: str, target: Path, timeout_s: float) -> None:
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            data = response.read()
+        data = fetch(url, timeout_s)
         if not data:
             raise ConfigError(f"data.dataset=tinyshakespeare: {url} sent an empty file")
+        check_download(data, url)
         partial.write_bytes(data)
         os.replace(partial, target)  # atomic: a reader sees the whole file or none
     except (TimeoutError, urllib.error.URLError, OSError) as error:
