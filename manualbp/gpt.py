@@ -120,7 +120,10 @@ class GPT(torch.nn.Module):
         if not temperature > 0:
             raise ValueError(f"GPT.generate: temperature must be > 0, got {temperature}")
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.block_size:])[:, -1, :] / temperature
+            logits = self(idx[:, -self.block_size:])[:, -1, :]
+            # The largest logit subtracted first and float64 (a float32 of 1e-300 is 0): a tiny
+            # temperature gives 0 and -inf (the most likely character), not inf - inf or 0 / 0 = NaN.
+            logits = (logits - logits.max(dim=-1, keepdim=True).values).double() / temperature
             if top_k is not None:
                 threshold = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < threshold, float("-inf"))

@@ -49,9 +49,15 @@ def load_language_model(checkpoint_path: str | Path) -> tuple[torch.nn.Module, s
     return net.eval(), vocabulary
 
 
-def sample(net: torch.nn.Module, vocabulary: str, prompt: str = "\n", tokens: int = 500, temperature: float = 1.0,
-           top_k: int | None = None, seed: int = 0) -> str:
-    """``prompt`` followed by ``tokens`` characters drawn from ``net`` (``GPT.generate``)."""
+SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def sample(net: torch.nn.Module, vocabulary: str, prompt: str | None = None, tokens: int = 500,
+           temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> str:
+    """``prompt`` followed by ``tokens`` characters drawn from ``net`` (``GPT.generate``).
+    No prompt: a newline, or the vocabulary's first character for a text without newlines."""
+    if prompt is None:
+        prompt = "\n" if "\n" in vocabulary else vocabulary[0]
     unknown = sorted(set(prompt) - set(vocabulary))
     if unknown:
         raise SampleError(f"the prompt has characters the model never saw: {''.join(unknown)!r}; use only the "
@@ -61,6 +67,8 @@ def sample(net: torch.nn.Module, vocabulary: str, prompt: str = "\n", tokens: in
     if tokens < 0 or not temperature > 0 or (top_k is not None and top_k < 1):
         raise SampleError(f"need --tokens ≥ 0, --temperature > 0 and --top-k ≥ 1, got {tokens}, {temperature}, "
                           f"{top_k}")
+    if not SEEDS[0] <= seed <= SEEDS[1]:
+        raise SampleError(f"--seed {seed} is out of range; give a seed from {SEEDS[0]} to {SEEDS[1]}")
     index = {character: i for i, character in enumerate(vocabulary)}
     context = torch.tensor([[index[character] for character in prompt]])
     generator = torch.Generator().manual_seed(seed)
@@ -75,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", help="a checkpoint of a model=gpt run, e.g. outputs/gpt/runs/<time>/checkpoints/"
                                            "last.ckpt")
-    parser.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    parser.add_argument("--prompt", default=None, help="the text to continue (default: a newline, or the text's "
+                                                       "first character if it has none)")
     parser.add_argument("--tokens", type=int, default=500, help="characters to generate (default 500)")
     parser.add_argument("--temperature", type=float, default=1.0, help="< 1: more likely characters (default 1)")
     parser.add_argument("--top-k", type=int, default=None, help="draw among the K most likely characters only")

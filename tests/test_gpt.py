@@ -201,6 +201,32 @@ def test_a_resumed_gpt_run_continues_to_its_step_count(gpt_run, tmp_path):
     assert results["steps"] == 60
 
 
+@pytest.mark.parametrize("other_text, says", [
+    (TEXT.upper(), "the same number of distinct characters"),
+    (TEXT + "QXZ" * 20, "distinct characters, this text has"),
+])
+def test_resuming_or_testing_on_another_text_is_refused_naming_both(gpt_run, tmp_path, other_text, says):
+    from manualbp.training.checkpoints import CheckpointError
+    from manualbp.training.evaluate import evaluate
+
+    _, run, corpus = gpt_run
+    other = tmp_path / "other.txt"
+    other.write_text(other_text)
+    assert set(other_text) != set(TEXT)
+    last = run / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError) as resumed:
+        train(compose_config(["model=gpt", f"data.path={other}", *SMALL_NET, "trainer.max_steps=60",
+                              "data.steps_per_epoch=20", "data.val_batches=2", "data.batch_size=8",
+                              f"ckpt_path={last}"], tmp_path / "resumed"))
+    with pytest.raises(CheckpointError) as tested:
+        evaluate(compose_config(["model=gpt", "data=text", f"data.path={other}", *SMALL_NET, "data.val_batches=2",
+                                 "data.batch_size=8", "model.scheduler.total_steps=60",
+                                 f"ckpt_path={last}"], tmp_path / "eval", config_name="eval"))
+    for error in (resumed.value, tested.value):
+        message = str(error)
+        assert "\n" not in message and str(corpus) in message and str(other) in message and says in message
+
+
 def test_a_vocab_size_that_does_not_fit_the_data_is_refused(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT)
@@ -271,3 +297,21 @@ def test_the_run_logs_which_backward_nodes_its_loss_uses(tmp_path, caplog):
     assert len(lines) == 1
     written, total = re.search(r"(\d+) of (\d+) arithmetic backward nodes hand-written", lines[0]).groups()
     assert written == total and int(total) > 5
+
+
+def test_sample_takes_a_tiny_temperature_any_seed_and_a_text_without_newlines(gpt_run, capsys):
+    from manualbp.sample import load_language_model, main, sample
+
+    _, run, _ = gpt_run
+    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    assert main([checkpoint, "--temperature", "1e-300", "--tokens", "20", "--prompt", "line"]) == 0
+    greedy = capsys.readouterr().out
+    assert main([checkpoint, "--temperature", "1e-300", "--tokens", "20", "--prompt", "line", "--seed", "9"]) == 0
+    assert capsys.readouterr().out == greedy and len(greedy) == 4 + 20 + 1  # the most likely characters
+    assert main([checkpoint, "--seed", str(2**70)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seed" in err and "out of range" in err
+    net, vocabulary = load_language_model(checkpoint)
+    without_newlines = vocabulary.replace("\n", "")
+    text = sample(net, without_newlines, tokens=5, seed=1)
+    assert text.startswith(without_newlines[0]) and len(text) == 6

@@ -426,3 +426,22 @@ def test_a_damaged_checkpoint_on_the_command_line_is_one_line(tmp_path, xor_chec
         f"checkpoint of the run ({next(xor_checkpoint.parent.glob('best-*.ckpt')).name} in {xor_checkpoint.parent}) "
         "or start again without ckpt_path"
     ], result.stderr[-3000:]
+
+
+def test_a_new_run_moves_only_the_earlier_runs_files_and_leaves_the_users_own(tmp_path):
+    from manualbp.training.run_folder import archive_earlier_run, release_run_folder
+
+    folder = tmp_path / "run"
+    for name in ("results.json", "metrics.csv", "train.log", "notes.txt", "MNIST/raw/train-images-idx3-ubyte"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    for name in ("checkpoints", "figures", ".hydra"):
+        (folder / name).mkdir()
+    try:
+        target = archive_earlier_run(folder)
+    finally:
+        release_run_folder(folder)
+    assert sorted(path.name for path in target.iterdir()) == sorted(
+        [".hydra", "checkpoints", "figures", "metrics.csv", "results.json", "train.log"])
+    assert (folder / "notes.txt").read_text() == "notes.txt"
+    assert (folder / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()

@@ -41,5 +41,6 @@ class DescribeNetInCheckpoint(L.Callback):
                 "mean": getattr(data, "mean", None),
                 "std": getattr(data, "std", None),
                 "vocabulary": getattr(data, "vocabulary", None),  # a text's characters, in index order
+                "corpus": getattr(data, "corpus", None),  # which text (its file), for the vocabulary check
             },
         }

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import _load as lightning_load
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -173,6 +174,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.unlink(missing_ok=True)
         checksum_path(path).unlink(missing_ok=True)
         self.saved.pop(path, None)
+
+
+class ResumeAfterFinishedEpoch(L.Callback):
+    """Resume a run bounded by max_steps from a checkpoint written at an epoch's end (what a
+    killed run leaves as last.ckpt) as the uninterrupted run went on: see
+    ``mark_finished_epoch_completed``. (Runs bounded by max_epochs: Lightning does it itself.)"""
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.max_steps != -1 and trainer.state.fn == "fit":
+            mark_finished_epoch_completed(checkpoint)
+
+
+def mark_finished_epoch_completed(checkpoint: dict[str, Any]) -> None:
+    """Close the epoch that a checkpoint written at an epoch's end (``on_train_epoch_end``: every
+    batch and the epoch's end hooks done, only Lightning's "completed" count not yet raised) ends,
+    as Lightning's own resume does for a run bounded by max_epochs: the epoch counts as completed
+    and the in-epoch counts start again from zero.
+
+    Without this, a run bounded by max_steps (which Lightning always restores as "restarting")
+    resumes inside the finished epoch, runs it again with no batches and so starts one epoch
+    later (another seed for its sampler: other batches) and one logged step later than the run
+    that was never stopped."""
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = fit_loop.get("epoch_progress")
+    batches = fit_loop.get("epoch_loop.batch_progress") or {}
+    if not epochs or not batches.get("is_last_batch"):
+        return
+    total = epochs["total"]
+    if not total["ready"] == total["started"] == total["processed"] == total["completed"] + 1:
+        return  # saved anywhere but at an epoch's end: Lightning's restart handles it
+    for counts in (epochs["total"], epochs["current"]):
+        counts["completed"] = counts["processed"]
+    batches["is_last_batch"] = False
+
+    def zero_current(progress: dict) -> None:
+        for key, value in progress.items():
+            if key == "current":
+                progress[key] = {name: 0 for name in value}
+            elif isinstance(value, dict):
+                zero_current(value)
+
+    for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress",
+                "epoch_loop.automatic_optimization.optim_progress",
+                "epoch_loop.manual_optimization.optim_step_progress"):
+        zero_current(fit_loop.get(key) or {})
+    # Lightning's restart of a max_steps run counts one logged step for the restart itself.
+    stepped = fit_loop.get("epoch_loop.state_dict") or {}
+    if "_batches_that_stepped" in stepped:
+        stepped["_batches_that_stepped"] -= 1
 
 
 def _checksum_lines(path: Path, digests: list[str]) -> bytes:

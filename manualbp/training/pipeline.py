@@ -25,7 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from manualbp.errors import ConfigError
 from manualbp.training import figures
 from manualbp.training.callbacks import last_checkpoint_path
-from manualbp.training.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint
+from manualbp.training.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    ResumeAfterFinishedEpoch,
+    read_checkpoint,
+)
 from manualbp.training.config import build, check_config
 from manualbp.training.data.base import LectureDataModule
 from manualbp.training.history import ResumableCSVLogger
@@ -70,6 +75,30 @@ def fill_net_settings(cfg: DictConfig, datamodule: LectureDataModule) -> None:
                               f"(the data fills it in)")
 
 
+def check_data_fits_net_settings(cfg: DictConfig, datamodule: LectureDataModule) -> None:
+    """A text's windows fit the net's context: data.block_size <= model.net.block_size."""
+    windows = getattr(datamodule, "block_size", None)
+    context = OmegaConf.select(cfg, "model.net.block_size", default=None)
+    if windows is not None and context is not None and windows > context:
+        raise ConfigError(f"data.block_size={windows} is longer than the net's context model.net.block_size="
+                          f"{context}; set data.block_size <= {context} (or leave it to follow the model's)")
+
+
+def check_engine_fits_net(module: LitNet, cfg: DictConfig) -> None:
+    """engine=manual runs a chain of layers (a Sequential) with no autograd, and no gradient clipping."""
+    if module.engine != "manual":
+        return
+    if not isinstance(module.net, torch.nn.Sequential):
+        raise ConfigError(f"engine=manual runs a net layer by layer, but model={module.name}'s "
+                          f"{type(module.net).__name__} is not a chain of layers (a Sequential); use engine=autograd, "
+                          f"which runs the same hand-written backward formulas")
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    if clip:
+        raise ConfigError(f"engine=manual steps the optimizer itself, so Lightning cannot clip its gradients "
+                          f"(trainer.gradient_clip_val={clip}); set trainer.gradient_clip_val=null or use "
+                          f"engine=autograd")
+
+
 def check_engine_fits_trainer(module: LitNet, trainer: L.Trainer) -> None:
     if module.engine == "manual" and trainer.world_size > 1:
         raise ConfigError(
@@ -94,6 +123,22 @@ def check_checkpoint_fits_net(checkpoint: dict, net: torch.nn.Module, name: str,
         )
 
 
+def check_checkpoint_fits_data(checkpoint: dict, datamodule: LectureDataModule, path: str) -> None:
+    """A text's checkpoint was trained on the same vocabulary (the same characters in the same
+    index order) as the text given now: otherwise every token means another character."""
+    stored = ((checkpoint.get("manualbp") or {}).get("data") or {})
+    theirs, ours = stored.get("vocabulary"), getattr(datamodule, "vocabulary", None)
+    if theirs is None or ours is None or theirs == ours:
+        return
+    trained_on = stored.get("corpus") or "another text"
+    size = (f"{len(theirs)} distinct characters, this text has {len(ours)}" if len(theirs) != len(ours)
+            else f"the same number of distinct characters ({len(ours)}) but other ones")
+    raise CheckpointError(
+        f"ckpt_path={path} was trained on {trained_on}, not on {datamodule.corpus}: its vocabulary has {size}; "
+        f"give the text it was trained on (data.path=...) or a checkpoint trained on this text"
+    )
+
+
 def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: dict | None = None):
     """Seed, then build the data, the LightningModule, the callbacks (the configured ones, then
     ``extra_callbacks``), the loggers and the trainer of ``cfg``; returns them in that order.
@@ -109,8 +154,13 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
 
     datamodule: LectureDataModule = build(cfg.data)
     fill_net_settings(cfg, datamodule)
+    check_data_fits_net_settings(cfg, datamodule)
     module: LitNet = build(cfg.model)
+    check_engine_fits_net(module, cfg)
     check_net_fits_data(module.net, datamodule)
+    trained = resumed if resumed is not None else _checkpoint_to_test(cfg)
+    if trained is not None:  # the data first: another text's vocabulary size also changes the net
+        check_checkpoint_fits_data(trained, datamodule, cfg.get("ckpt_path"))
     if resumed is not None:
         check_checkpoint_fits_net(resumed, module.net, module.name, cfg.get("ckpt_path"))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
@@ -120,6 +170,9 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
         privacy.attach(module, datamodule)
         callbacks.append(privacy)
         private = {"gradient_clip_val": None}  # each example's gradient is clipped instead (max_grad_norm)
+
+    if resumed is not None:
+        callbacks.append(ResumeAfterFinishedEpoch())
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
         if resumed is not None and isinstance(logger, ResumableCSVLogger):
@@ -151,6 +204,13 @@ def torch_threads(setting, cores: int | None = None, load: float | None = None) 
                           "e.g. trainer.threads=1 on a busy machine, or trainer.threads=auto")
     return setting
 
+def _checkpoint_to_test(cfg: DictConfig) -> dict | None:
+    """The checkpoint eval.py tests (``cfg.ckpt_path``), read; None without one."""
+    path = cfg.get("ckpt_path") if not OmegaConf.is_missing(cfg, "ckpt_path") else None
+    if not path or not Path(path).is_file():
+        return None
+    return read_checkpoint(path, weights_only=False)
+
 
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict:
     """Fit the configured net, test the best checkpoint, write results.json and figures.
@@ -175,6 +235,7 @@ def train_in_held_folder(cfg: DictConfig, output_dir: Path, extra_callbacks: lis
         archive_earlier_run(output_dir, keep=hydra_files)
         if archived_to(output_dir) is not None:
             log.warning("%s held an earlier run: its files are now in %s", output_dir, archived_to(output_dir))
+    record_data_path_resolved(cfg, output_dir)
     datamodule, module, callbacks, loggers, trainer = build_run(cfg, extra_callbacks, resumed)
 
     if resumed is not None:  # the folder is the run's own: its checkpoints are expected there
@@ -212,6 +273,23 @@ def train_in_held_folder(cfg: DictConfig, output_dir: Path, extra_callbacks: lis
             last = last_checkpoint_path(trainer) or last
             raise interrupted(signals.signum, stage, last, output_dir) from None
     return results
+
+
+def record_data_path_resolved(cfg: DictConfig, output_dir: Path) -> None:
+    """A relative ``data.path`` becomes absolute, in ``cfg`` and in the run's .hydra/config.yaml,
+    so that ``python eval.py`` finds the text from any folder."""
+    given = OmegaConf.select(cfg, "data.path", default=None)
+    if not isinstance(given, str) or Path(given).expanduser().is_absolute():
+        return
+    resolved = str(Path(given).expanduser().resolve())
+    with open_dict(cfg):
+        cfg.data.path = resolved
+    recorded = output_dir / ".hydra" / "config.yaml"
+    if recorded.is_file():
+        config = OmegaConf.load(recorded)
+        if OmegaConf.select(config, "data.path", default=None) == given:
+            config.data.path = resolved
+            OmegaConf.save(config, recorded)
 
 
 def checkpoint_metrics(trainer: L.Trainer, module: LitNet, datamodule: LectureDataModule, ckpt_path) -> dict:

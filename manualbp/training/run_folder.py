@@ -7,8 +7,9 @@
   ``conf/hydra/default.yaml``'s callback takes it before Hydra writes anything there;
   ``pipeline.train`` takes it too (``run_folder_lock``), for runs started without Hydra.
 * ``archive_earlier_run(folder)``: a new run (not a resume of this folder's run) first moves
-  everything an earlier run left there into ``folder/history/<n>/`` (n = 1, 2, ...): its
-  metrics.csv, results.json, checkpoints, figures, train.log and ``.hydra/`` config, so that each
+  the files an earlier run left there into ``folder/history/<n>/`` (n = 1, 2, ...): its
+  metrics.csv, results.json, checkpoints, figures, train.log and ``.hydra/`` config (``RUN_FILES``;
+  anything else in the folder, such as the user's data or notes, stays where it is), so that each
   ``history/<n>`` is itself a run folder (``python eval.py ckpt_path=RUN/history/1/checkpoints/last.ckpt``).
 
 Both are the job's: under DDP only the first process (global rank 0) takes the lock and moves
@@ -101,16 +102,25 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[None]:
             release_run_folder(folder)
 
 
+# What a run writes in its folder (results, metrics, checkpoints, figures, logs, Hydra's config);
+# anything else there is the user's and stays where it is.
+RUN_FILES = ("results.json", "metrics.csv", "hparams.yaml", "checkpoints", "figures", "tensorboard", ".hydra",
+             "multirun.yaml")
+
+
+def is_run_file(name: str) -> bool:
+    """``name`` (in a run folder) is one of the files or folders a run writes."""
+    return name in RUN_FILES or name.endswith(".log")
+
+
 def archive_earlier_run(folder: str | os.PathLike, keep: Iterable[str] = ()) -> Path | None:
-    """Move everything in ``folder`` but its history, its lock file and the names in ``keep``
-    into a new ``folder/history/<n>``; returns that folder, or None when there was nothing to
-    move (or this process, holding ``folder``, already archived it: what is there now is this
-    run's)."""
+    """Move the run files (``is_run_file``) in ``folder`` but the names in ``keep`` into a new
+    ``folder/history/<n>``; returns that folder, or None when there was nothing to move (or this
+    process, holding ``folder``, already archived it: what is there now is this run's)."""
     key = _key(folder)
     if key in _archived or not key.is_dir() or not is_first_process():
         return None
-    ignored = {HISTORY_NAME, LOCK_NAME, *keep}
-    earlier = sorted(path for path in key.iterdir() if path.name not in ignored)
+    earlier = sorted(path for path in key.iterdir() if is_run_file(path.name) and path.name not in keep)
     if not earlier:
         return None
     history = key / HISTORY_NAME

@@ -16,6 +16,7 @@ Where the text comes from (``conf/data/text.yaml``):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -25,6 +26,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -34,6 +36,8 @@ from manualbp.training.data.base import LectureDataModule
 from manualbp.training.data.mnist_files import default_data_root, locked
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINY_SHAKESPEARE_BYTES = 1_115_394  # the known file: a download that differs is not kept
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DATASETS = ("python_stdlib", "tinyshakespeare")
 
 
@@ -46,6 +50,8 @@ def read_text_file(path: str | Path, minimum_chars: int) -> str:
     """The text of a UTF-8 file, refused in one line if it is missing, empty, binary (not UTF-8,
     or holding NUL bytes) or shorter than ``minimum_chars``."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"data.path={path} is a folder; give a UTF-8 text file (one file, e.g. {path}/input.txt)")
     if not path.is_file():
         raise ConfigError(f"data.path={path}: no such file; give a UTF-8 text file")
     raw = path.read_bytes()
@@ -103,16 +109,47 @@ def tinyshakespeare_text(root: Path, url: str, download: bool, timeout_s: float)
         with locked(folder / ".download.lock"):
             if not target.is_file():  # another run may have downloaded it while this one waited
                 _download(url, target, timeout_s)
-    return target.read_text(encoding="utf-8")
+    try:
+        return target.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"data.dataset=tinyshakespeare: {target} is not UTF-8 text; delete it to download it "
+                          f"again, or train on any text with data.path=FILE") from None
+
+
+def fetch(url: str, timeout_s: float) -> bytes:
+    """The bytes at ``url`` (the one network access of the text data; tests replace it)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return response.read()
+
+
+def check_download(data: bytes, url: str) -> None:
+    """Refuse what ``url`` sent unless it is the known tiny Shakespeare (its size and SHA-256) or,
+    from another ``data.url``, UTF-8 text that is not a web page."""
+    what = f"data.dataset=tinyshakespeare: {url} sent"
+    if url == TINY_SHAKESPEARE_URL:
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != TINY_SHAKESPEARE_BYTES or digest != TINY_SHAKESPEARE_SHA256:
+            raise ConfigError(f"{what} {len(data):,} bytes with SHA-256 {digest[:12]}..., not tiny Shakespeare "
+                              f"({TINY_SHAKESPEARE_BYTES:,} bytes, {TINY_SHAKESPEARE_SHA256[:12]}...); nothing was "
+                              f"kept: try again later, or train on any text with data.path=FILE")
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} bytes that are not UTF-8 text (byte {error.start}); nothing was kept: give a "
+                          f"data.url of a UTF-8 text file, or data.path=FILE") from None
+    if text.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
+        raise ConfigError(f"{what} a web page, not a text file; nothing was kept: give the URL of the raw text "
+                          f"file, or data.path=FILE")
 
 
 def _download(url: str, target: Path, timeout_s: float) -> None:
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            data = response.read()
+        data = fetch(url, timeout_s)
         if not data:
             raise ConfigError(f"data.dataset=tinyshakespeare: {url} sent an empty file")
+        check_download(data, url)
         partial.write_bytes(data)
         os.replace(partial, target)  # atomic: a reader sees the whole file or none
     except (TimeoutError, urllib.error.URLError, OSError) as error:
@@ -121,6 +158,17 @@ def _download(url: str, target: Path, timeout_s: float) -> None:
                           f"{target} yourself, or train on any text with data.path=FILE") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def encode_compactly(text: str, vocabulary: str) -> Tensor:
+    """The indices into ``vocabulary`` (sorted characters) of ``text``'s characters, (len(text),),
+    in the smallest integer dtype that holds them (uint8 for up to 256 characters): about 5 bytes
+    a character at the peak (the UTF-32 codes, then the tokens) instead of a Python int each."""
+    dtype = np.uint8 if len(vocabulary) <= 256 else np.int32
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (len(text),) code points
+    table = np.zeros(ord(vocabulary[-1]) + 1, dtype=dtype)  # code point -> index
+    table[[ord(character) for character in vocabulary]] = np.arange(len(vocabulary), dtype=dtype)
+    return torch.from_numpy(table[codes])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +188,7 @@ class Windows(Dataset):
 
     def __getitem__(self, starts: Tensor) -> tuple[Tensor, Tensor]:
         positions = starts.unsqueeze(1) + self.offsets  # (B, T)
-        return self.tokens[positions], self.tokens[positions + 1]
+        return self.tokens[positions].long(), self.tokens[positions + 1].long()
 
 
 class RandomStarts(Sampler[Tensor]):
@@ -204,7 +252,8 @@ class TextDataModule(LectureDataModule):
             raise ConfigError(f"give data.path or data.dataset, not both (got {path} and {dataset})")
         minimum = math.ceil((block_size + 2) / val_fraction)
         if path is not None:
-            text, self.corpus = read_text_file(path, minimum), f"{Path(path).name} ({Path(path).expanduser()})"
+            path = Path(path).expanduser().resolve()  # the run's record names the file from any folder
+            text, self.corpus = read_text_file(path, minimum), f"{path.name} ({path})"
         elif dataset in (None, "python_stdlib"):
             text, self.corpus = python_stdlib_text(max_chars)
             _check_length(text, minimum, "the Python standard library's source")
@@ -217,8 +266,7 @@ class TextDataModule(LectureDataModule):
             raise ConfigError(f"data.dataset={dataset!r} is not known; choose one of {', '.join(DATASETS)}, or "
                               f"give data.path=FILE")
         self.vocabulary = "".join(sorted(set(text)))
-        index = {character: i for i, character in enumerate(self.vocabulary)}
-        tokens = torch.tensor([index[character] for character in text], dtype=torch.long)
+        tokens = encode_compactly(text, self.vocabulary)
         split = int(len(tokens) * (1 - val_fraction))
         self.train_tokens, self.val_tokens = tokens[:split], tokens[split:]
         self.characters = len(text)
