@@ -170,7 +170,6 @@ def build_run(cfg: DictConfig, extra_callbacks: list[L.Callback] = (), resumed: 
         privacy.attach(module, datamodule)
         callbacks.append(privacy)
         private = {"gradient_clip_val": None}  # each example's gradient is clipped instead (max_grad_norm)
-
     if resumed is not None:
         callbacks.append(ResumeAfterFinishedEpoch())
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c]
