@@ -1,6 +1,6 @@
 """Tensor arithmetic under ``manualbp.hand_written()``: every spelling model code uses (``torch.mul(a, b)``,
 ``a.mul(b)``, ``a * b``, ``2 * a``, ``1 - a``, ``a ** 2``) runs manualbp's Function and gives torch's
-values and gradients; what manualbp leaves to torch (integer tensors, two dtypes, in-place spellings) gives
+values and gradients; what manualbp leaves to torch (integer tensors, in-place spellings) gives
 torch's results too. The formulas themselves are checked one by one in tests/test_gradients.py (CASES) and
 on PyTorch's own samples in tests/test_opinfo.py."""
 
@@ -110,7 +110,6 @@ def test_every_spelling_runs_manualbp_and_gives_torchs_values_and_gradients(spel
     pytest.param(lambda: (torch.arange(6).reshape(2, 3), torch.arange(3)), id="integer tensors"),
     pytest.param(lambda: (torch.randn(2, 3, dtype=torch.float64, requires_grad=True), torch.arange(3)),
                  id="a float and an integer tensor"),
-    pytest.param(lambda: (torch.randn(2, 3, requires_grad=True), torch.randn(3, dtype=torch.float64)), id="two dtypes"),
     pytest.param(lambda: (torch.randn(2, 3, dtype=torch.complex64), torch.randn(3)), id="complex"),
 ])
 def test_what_manualbp_leaves_to_torch_gives_torchs_result(arguments):
@@ -120,6 +119,30 @@ def test_what_manualbp_leaves_to_torch_gives_torchs_result(arguments):
     assert not mode.replaced
     assert bool(mode.fell_back) == (first.is_floating_point() or second.is_floating_point())  # integers: not missed
     torch.testing.assert_close(ours, first * second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", [
+    lambda a, b: a * b, lambda a, b: a / b, lambda a, b: b - a, lambda a, b: a + b, lambda a, b: torch.maximum(a, b),
+    lambda a, b: a.abs() ** b, lambda a, b: torch.clamp(a, min=b),
+], ids=["mul", "div", "sub", "add", "maximum", "pow", "clamp"])
+@pytest.mark.parametrize("second_shape", [(3, 1), ()], ids=["a float32 tensor", "a 0-d float32 tensor"])
+def test_two_floating_dtypes_are_promoted_as_torch_does_and_hand_written(op, second_shape):
+    """float64 · float32 (a model normalizing in float32 inside a float64 run, T5's and Llama's RMS
+    norm written out): the operands are cast to torch's result dtype (a 0-d tensor does not widen
+    the other), the op is manualbp's, values and gradients torch's to the bit."""
+    first = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    second = torch.randn(second_shape, dtype=torch.float32).add_(3).requires_grad_()
+    expected = op(first, second)
+    expected_grads = torch.autograd.grad(expected.sum(), (first, second))
+    with manualbp.hand_written() as mode:
+        ours = op(first, second)
+    assert mode.replaced and not mode.fell_back
+    assert ours.dtype == expected.dtype
+    assert manualbp.backward_coverage(ours).complete
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    for mine, theirs in zip(torch.autograd.grad(ours.sum(), (first, second)), expected_grads, strict=True):
+        assert mine.dtype == theirs.dtype
+        torch.testing.assert_close(mine, theirs, rtol=1e-14, atol=1e-14)
 
 
 def test_in_place_spellings_stay_torchs_values_and_gradients():
@@ -182,7 +205,7 @@ def test_under_autocast_arithmetic_keeps_torchs_dtypes():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = (x @ w) * x
         with manualbp.hand_written() as mode:
-            ours = (x @ w) * x  # bfloat16 times float32: two dtypes, left to torch's promotion
+            ours = (x @ w) * x  # bfloat16 times float32: promoted to float32, as torch does
             scaled = (x * 2).sum()
     assert ours.dtype == expected.dtype
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)

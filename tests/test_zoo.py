@@ -26,7 +26,9 @@ FLOAT32_INSIDE = 1e-5
 MODELS = {  # id: (spec, overrides, tolerance)
     "resnet": ("timm:resnet10t", ["image_size=32"], FLOAT64),
     "convnext": ("timm:convnext_atto", ["image_size=32", "depths=(1,1,1,1)"], FLOAT64),
-    "efficientnet": ("timm:efficientnet_b0", ["image_size=32"], FLOAT64),
+    # 64 px, not 32: at 32 its last stages are 1 x 1 images, whose batch norm over a batch of two is so
+    # ill-conditioned that both sides' float64 rounding differs by 1e-8 (worst 5e-13 at 64 px)
+    "efficientnet": ("timm:efficientnet_b0", ["image_size=64"], FLOAT64),
     "mobilenetv3": ("timm:mobilenetv3_small_050", ["image_size=32"], FLOAT64),
     "vit": ("timm:vit_tiny_patch16_224", ["img_size=32", "depth=2"], FLOAT64),
     "swin": ("timm:swin_tiny_patch4_window7_224",

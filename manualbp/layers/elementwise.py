@@ -23,8 +23,9 @@ Broadcasting is part of the formula: where an operand was broadcast (a (C,) scal
 activations, as the bias b against the batch), its δ is δZ's summed over the broadcast dimensions,
 as the slides sum δZ over the batch for δb (``sum_to_shape``, written once in ``matmul.py``).
 
-Operands are floating-point tensors of one dtype or Python numbers (``x * 0.5``, ``1 - x``). Any
-other argument (integer, bool or complex tensors, two dtypes, ``out=``) raises NotImplementedError,
+Operands are floating-point tensors or Python numbers (``x * 0.5``, ``1 - x``); tensors of two
+floating dtypes are first cast to the one PyTorch computes in (``promoted``). Any
+other argument (integer, bool or complex tensors, ``out=``) raises NotImplementedError,
 so that ``manualbp.hand_written()`` runs PyTorch's op instead. The in-place spellings (``x.mul_(g)``,
 ``x += y``) are left to PyTorch.
 """
@@ -78,6 +79,23 @@ def check_operands(name: str, *operands) -> None:
                                       f"PyTorch's {name} computes that")
     if not isinstance(operands[0], Tensor):
         raise NotImplementedError(f"{name}: expected a tensor first, got {type(operands[0]).__name__}")
+
+
+def promoted(*operands) -> tuple:
+    """The operands with their floating-point tensors cast to the dtype PyTorch computes in
+    (``torch.result_type``: float32 · float64 is float64; a 0-d tensor does not widen a bigger one),
+    as model code does when it normalizes in float32 (``x * torch.rsqrt(x.float().pow(2).mean(-1))``).
+    The cast is an ordinary copy node (its backward casts δ back), the op then one dtype throughout."""
+    tensors = [operand for operand in operands if isinstance(operand, Tensor)]
+    if len(tensors) < 2 or all(tensor.dtype == tensors[0].dtype for tensor in tensors):
+        return operands  # the common case, one dtype: nothing to do
+    if not all(tensor.is_floating_point() for tensor in tensors):
+        return operands  # integer, bool, complex: check_operands leaves them to PyTorch
+    dtype = torch.result_type(tensors[0], tensors[1])
+    for tensor in tensors[2:]:  # clamp's second bound
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return tuple(operand.to(dtype) if isinstance(operand, Tensor) and operand.dtype != dtype else operand
+                 for operand in operands)
 
 
 def refuse_out(name: str, out) -> None:
@@ -152,6 +170,7 @@ def mul(input, other, *, out: Tensor | None = None) -> Tensor:
     refuse_out("mul", out)
     if not isinstance(input, Tensor):  # 2 * x: the product is the same either way round
         input, other = other, input
+    input, other = promoted(input, other)
     check_operands("mul", input, other)
     return apply(MulFunction, input, other)
 
@@ -191,6 +210,7 @@ class DivFunction(LayerFunction):
 def div(input, other, *, rounding_mode: str | None = None, out: Tensor | None = None) -> Tensor:
     """A/B like ``torch.div`` (true division), broadcasting; ``other`` may be a number."""
     refuse_out("div", out)
+    input, other = promoted(input, other)
     check_operands("div", input, other)
     if rounding_mode is not None:
         return apply(RoundedDivFunction, input, other, rounding_mode)
@@ -293,6 +313,7 @@ def add(input, other, *, alpha=1, out: Tensor | None = None) -> Tensor:
     refuse_out("add", out)
     if not isinstance(input, Tensor) and alpha == 1:  # 1 + x
         input, other = other, input
+    input, other = promoted(input, other)
     check_operands("add", input, other, alpha)
     return apply(AddFunction, input, other, alpha)
 
@@ -301,6 +322,7 @@ def add(input, other, *, alpha=1, out: Tensor | None = None) -> Tensor:
 def sub(input, other, *, alpha=1, out: Tensor | None = None) -> Tensor:
     """A − α·B like ``torch.sub``: A + (−α)·B, which PyTorch computes the same way."""
     refuse_out("sub", out)
+    input, other = promoted(input, other)
     check_operands("sub", input, other, alpha)
     return apply(AddFunction, input, other, -alpha)
 
@@ -308,6 +330,7 @@ def sub(input, other, *, alpha=1, out: Tensor | None = None) -> Tensor:
 @hand_writes(torch.rsub)
 def rsub(input, other, *, alpha=1) -> Tensor:
     """B − α·A like ``torch.rsub`` (``1 - x`` is ``x.__rsub__(1)``)."""
+    input, other = promoted(input, other)
     check_operands("rsub", input, other, alpha)
     return apply(AddFunction, other, input, -alpha)
 
@@ -445,6 +468,7 @@ def pow(input, exponent, *, out: Tensor | None = None) -> Tensor:  # noqa: A001 
             raise NotImplementedError(f"pow: expected a positive number as the base of a tensor exponent, got "
                                       f"{input}; PyTorch's pow computes it")
         return apply(ExponentialFunction, float(input), exponent)
+    input, exponent = promoted(input, exponent)
     check_operands("pow", input, exponent)
     if isinstance(exponent, Tensor):
         return apply(PowTensorFunction, input, exponent)
@@ -642,6 +666,7 @@ def clamp(input: Tensor, min=None, max=None, *, out: Tensor | None = None) -> Te
     refuse_out("clamp", out)
     if min is None and max is None:
         raise NotImplementedError("clamp: expected min or max, got neither; pass at least one bound")
+    input, min, max = promoted(input, min, max)
     check_operands("clamp", input, min, max)
     return apply(ClampFunction, input, min, max)
 
@@ -697,6 +722,7 @@ def losers(first: Tensor, second: Tensor, largest: bool) -> tuple[Tensor, Tensor
 def maximum(input: Tensor, other: Tensor, *, out: Tensor | None = None) -> Tensor:
     """max(A, B) elementwise like ``torch.maximum`` (broadcasting)."""
     refuse_out("maximum", out)
+    input, other = promoted(input, other)
     check_operands("maximum", input, other)
     if not isinstance(other, Tensor):
         raise NotImplementedError("maximum: expected a tensor other, got a number; use clamp(min=...)")
@@ -707,6 +733,7 @@ def maximum(input: Tensor, other: Tensor, *, out: Tensor | None = None) -> Tenso
 def minimum(input: Tensor, other: Tensor, *, out: Tensor | None = None) -> Tensor:
     """min(A, B) elementwise like ``torch.minimum`` (broadcasting)."""
     refuse_out("minimum", out)
+    input, other = promoted(input, other)
     check_operands("minimum", input, other)
     if not isinstance(other, Tensor):
         raise NotImplementedError("minimum: expected a tensor other, got a number; use clamp(max=...)")
