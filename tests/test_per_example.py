@@ -280,3 +280,32 @@ def test_ghost_norms_of_tied_weights():
     with manualbp.per_example(model, norms_only=True):
         manualbp.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).backward()
     assert_matches(model, materialised, attribute="grad_norm_sample")
+
+
+class ScaledBlock(torch.nn.Module):
+    """What timm and transformers write out by hand: an RMS norm, a layer scale ``x * gamma``, a learned
+    position embedding added to every sequence -- under ``hand_written()``, manualbp's mul, add, rms_norm."""
+
+    def __init__(self, width=6, length=5):
+        super().__init__()
+        self.norm = torch.nn.RMSNorm(width)
+        self.linear = torch.nn.Linear(width, width)
+        self.gamma = torch.nn.Parameter(torch.rand(width) + 0.5)
+        self.position = torch.nn.Parameter(torch.randn(1, length, width))
+
+    def forward(self, x):
+        x = x + self.position
+        return x + self.linear(self.norm(x)) * self.gamma
+
+
+def test_parameters_of_tensor_arithmetic_and_rms_norm_under_hand_written():
+    torch_model = ScaledBlock().double()
+    model = manualbp.convert(ScaledBlock().double())
+    model.load_state_dict(torch_model.state_dict())
+    inputs, weights = torch.randn(4, 5, 6, dtype=torch.float64), torch.randn(4, 5, 6, dtype=torch.float64)
+    expected = vmap_per_example(torch_model, lambda out, w: (out * w).sum(), inputs, weights)
+    with manualbp.per_example(model):
+        with manualbp.hand_written():
+            loss = (model(inputs) * weights).sum()
+        loss.backward()
+    assert_matches(model, expected)

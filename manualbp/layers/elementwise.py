@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from manualbp.layers.base import LayerFunction, apply, hand_writes
-from manualbp.layers.matmul import sum_to_shape
+from manualbp.layers.matmul import sum_to_shape, sum_to_shape_per_example
 
 __all__ = [
     "MulFunction", "mul",
@@ -162,6 +162,14 @@ class MulFunction(LayerFunction):
         first, second = kept(ctx)
         return tangent_sum(None if first_tangent is None else first_tangent * second,
                            None if second_tangent is None else first * second_tangent)
+
+    @staticmethod
+    def per_example(ctx, grad_output):
+        """Each example's term of δA and δB: B·δZ and A·δZ summed to the operand's shape, not over the
+        batch (a layer scale γ in ``x * gamma``: δγₖ = Σ xₖ·δzₖ over example k's positions)."""
+        first, second = kept(ctx)
+        return tuple(sum_to_shape_per_example(grad_output * other, shape) if needed else None
+                     for needed, other, shape in zip(ctx.needs_input_grad, (second, first), ctx.shapes, strict=True))
 
 
 @hand_writes(torch.mul, torch.multiply, Tensor.mul, Tensor.multiply, Tensor.__mul__, Tensor.__rmul__)
@@ -305,6 +313,14 @@ class AddFunction(LayerFunction):
     @staticmethod
     def jvp(ctx, first_tangent, second_tangent, _):
         return tangent_sum(first_tangent, None if second_tangent is None else second_tangent * ctx.alpha)
+
+    @staticmethod
+    def per_example(ctx, grad_output):
+        """Each example's term of δA = δZ and δB = α·δZ, summed to the operand's shape, not over the batch
+        (a position embedding added to every sequence: its δₖ is sequence k's δZ)."""
+        first = sum_to_shape_per_example(grad_output, ctx.shapes[0]) if ctx.needs_input_grad[0] else None
+        second = sum_to_shape_per_example(grad_output * ctx.alpha, ctx.shapes[1]) if ctx.needs_input_grad[1] else None
+        return first, second, None
 
 
 @hand_writes(torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__)

@@ -66,6 +66,22 @@ def sum_to_shape(gradient: Tensor, shape: torch.Size) -> Tensor:
     return gradient.sum(dims, keepdim=True) if dims else gradient
 
 
+def sum_to_shape_per_example(gradient: Tensor, shape: torch.Size) -> Tensor:
+    """Each example's share of :func:`sum_to_shape`: ``gradient`` (N, ...), the batch first, summed
+    back to an operand of ``shape`` broadcast over it, but not over the batch: (N, *shape). What
+    ``manualbp.per_example`` needs of a parameter broadcast against activations (a layer scale γ)."""
+    leading = gradient.dim() - len(shape)
+    if leading == 0:  # the operand has the batch's dimension: of size 1 (broadcast over the batch), or its own
+        if shape[0] != 1:
+            return gradient
+        dims = tuple(i for i, size in enumerate(shape) if i and size == 1 and gradient.shape[i] != 1)
+        return (gradient.sum(dims, keepdim=True) if dims else gradient).unsqueeze(1)  # (N, 1, ...)
+    if leading > 1:
+        gradient = gradient.sum(tuple(range(1, leading)))  # the dimensions the operand lacked, but the batch's
+    dims = tuple(i + 1 for i, size in enumerate(shape) if size == 1 and gradient.shape[i + 1] != 1)
+    return gradient.sum(dims, keepdim=True) if dims else gradient
+
+
 # ----------------------------------------------------------------------------------------------
 # The Function and the public function
 # ----------------------------------------------------------------------------------------------

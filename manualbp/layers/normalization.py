@@ -1058,6 +1058,14 @@ class RMSNormFunction(LayerFunction):
         return grad_input, None, grad_weight, None
 
     @staticmethod
+    def per_example(ctx, grad_output):
+        input, _ = ctx.saved_tensors
+        dims = _row_dims(input, ctx.normalized_dims)
+        normalized = input * _inverse_rms(input, dims, ctx.eps)  # x̂ = x/rms
+        grad_weight, _ = normalization_per_example(grad_output, normalized, dims, (ctx.needs_input_grad[2], False))
+        return None, None, grad_weight, None
+
+    @staticmethod
     def jvp(ctx, input_tangent, dims_tangent, weight_tangent, eps_tangent):
         """ẏ = γ·(∂x̂/∂x)ẋ + x̂·γ̇; ∂x̂/∂x = (1/rms)(I − x̂x̂ᵀ/D) is symmetric per row, so its product
         with ẋ is the backward formula with δy = ẋ and γ = 1."""
