@@ -272,6 +272,8 @@ CASES = [
     Case("leaky_relu_backward", lambda grad, x: mbf.LeakyReLUBackwardFunction.apply(grad, x, 0.1),
          lambda grad, x: torch.ops.aten.leaky_relu_backward(grad, x, 0.1, False),
          lambda: (randn(5, 4), randn(5, 4, away_from_zero=True))),
+    Case("zero_derivative_in_input", mbf.ZeroDerivativeInInput.apply, lambda grad, x: grad + 0 * x,
+         lambda: (randn(5, 4), randn(5, 4))),
     Case("dropout", manualbp_dropout, torch_dropout, dropout_inputs),
     Case("flatten", lambda x: mbf.FlattenFunction.apply(x, 1, -1), lambda x: torch.flatten(x, 1, -1),
          lambda: randn(2, 3, 4)),

@@ -5,6 +5,7 @@ memory: test_memory.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -556,3 +557,22 @@ def test_convert_names_reparametrized_layers_and_keeps_their_values(name):
     assert type(converted[1]) is mnn.ReLU
     assert any(entry.startswith("0 (") and reason in entry for entry in manualbp.nn.unconverted(converted))
     torch.testing.assert_close(converted(x), expected)
+
+
+@pytest.mark.parametrize("pool", [
+    lambda x: torch.nn.functional.max_pool2d(x, 2), lambda x: torch.nn.functional.avg_pool2d(x, 2),
+    lambda x: torch.nn.functional.max_pool2d(x, 3, 1, 1), lambda x: torch.nn.functional.avg_pool2d(x, 3, 2, 1),
+], ids=["max", "avg", "max-padded", "avg-strided"])
+def test_second_derivative_of_a_pool_alone_is_zeros_as_in_torch(pool):
+    """A pool's backward reads no value of its input: grad of grad is 0, as PyTorch's (it raised, the
+    input not being in the recorded graph)."""
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    results = []
+    for hand_written in (False, True):
+        with (manualbp.hand_written() if hand_written else contextlib.nullcontext()) as mode:
+            output = pool(x)
+        assert not hand_written or mode.replaced
+        (grad,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
+        results.append((grad, *torch.autograd.grad((grad * grad).sum(), x)))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)

@@ -32,7 +32,7 @@ __all__ = [
     "average_pool_backward",
     "global_average_pool_backward_fast",
     "avg_pool2d_matrices",
-    "adaptive_avg_pool2d_matrices", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
+    "adaptive_avg_pool2d_matrices", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ZeroDerivativeInInput"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,6 +185,36 @@ def adaptive_avg_pool2d_matrices(input_shape, output_shape, like: Tensor) -> tup
 # ----------------------------------------------------------------------------------------------
 
 
+class ZeroDerivativeInInput(LayerFunction):
+    """δX of a pool, ``grad_input``, tied to the pool's input X by a derivative of 0: a pool's
+    backward reads no value of X (the argmax indices, or the averaging matrices, are fixed), so
+    ∂δX/∂X = 0. Used when the backward is recorded (``create_graph=True``), so that a second
+    derivative with respect to X is 0, as PyTorch's, rather than an error that X is not in the graph."""
+
+    @staticmethod
+    def forward(grad_input, input):
+        return grad_input.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input = inputs[1]
+        ctx.input_layout = input.shape, input.dtype, input.device
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, dtype, device = ctx.input_layout
+        return grad, torch.zeros(shape, dtype=dtype, device=device) if ctx.needs_input_grad[1] else None  # ∂δX/∂X = 0
+
+    @staticmethod
+    def jvp(ctx, grad_input_tangent, input_tangent):
+        return grad_input_tangent
+
+
+def _recorded(grad_input: Tensor, input: Tensor) -> Tensor:
+    """``grad_input``, tied to ``input`` by a zero derivative where the backward is being recorded."""
+    return apply(ZeroDerivativeInInput, grad_input, input) if torch.is_grad_enabled() else grad_input
+
+
 class MaxPool2dFunction(LayerFunction):
     """Max pooling; backward routes δZ to each window's argmax. Returns (Z, argmax indices) and
     saves only the indices (an output; torch also keeps the input)."""
@@ -199,17 +229,18 @@ class MaxPool2dFunction(LayerFunction):
         _, indices = output
         ctx.mark_non_differentiable(indices)
         ctx.input_shape = tuple(inputs[0].shape)
-        ctx.save_for_backward(indices)
+        ctx.save_for_backward(indices, inputs[0])  # X for a recorded backward only (as PyTorch keeps it)
         ctx.save_for_forward(indices)
 
     @staticmethod
     def backward(ctx, grad_output, grad_indices):
-        (indices,) = ctx.saved_tensors
-        return max_pool2d_backward(grad_output, indices, ctx.input_shape), None, None, None, None, None
+        indices, input = ctx.saved_tensors
+        grad_input = _recorded(max_pool2d_backward(grad_output, indices, ctx.input_shape), input)
+        return grad_input, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, input_tangent, *_):
-        (indices,) = ctx.saved_tensors  # Ż = Ẋ[argmax]: the tangent at the place the max came from
+        indices = ctx.saved_tensors[0]  # Ż = Ẋ[argmax]: the tangent at the place the max came from
         tangent = _planes(input_tangent).gather(-1, _planes(indices)).view(indices.shape)
         return tangent, None
 
@@ -227,6 +258,7 @@ class AvgPool2dFunction(LayerFunction):
     def setup_context(ctx, inputs, output):
         input, *ctx.pool_args = inputs
         ctx.input_shape = tuple(input.shape)
+        ctx.save_for_backward(input)  # for a recorded backward only (as PyTorch keeps it)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -235,7 +267,8 @@ class AvgPool2dFunction(LayerFunction):
             ctx.input_shape, grad_output.shape, kernel_size, stride, padding, count_include_pad, divisor_override,
             grad_output,
         )
-        return average_pool_backward(grad_output, row_matrix, column_matrix), *([None] * 6)
+        grad_input = _recorded(average_pool_backward(grad_output, row_matrix, column_matrix), ctx.saved_tensors[0])
+        return grad_input, *([None] * 6)
 
     @staticmethod
     def jvp(ctx, input_tangent, *_):
