@@ -257,6 +257,16 @@ def test_notebook_uses_manualbp_and_starts_with_the_install_cell(name):
     assert any("$" in cell.source for cell in notebook.cells if cell.cell_type == "markdown"), "no formula"
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_colab_setup_is_a_command_to_run_not_a_placeholder(name):
+    """The Colab lines can be run as written once the repository's address is put in (they said
+    ``git clone <git URL of manualbp>``, which is no command at all)."""
+    setup = next(cell.source for cell in read(name).cells if cell.cell_type == "markdown" and "Colab" in cell.source)
+    assert "<" not in setup and ">" not in setup
+    assert "!git clone https://github.com/YOUR-ACCOUNT/manualbp.git manualbp" in setup
+    assert "!unzip -q manualbp.zip" in setup and "%cd manualbp/notebooks" in setup
+
+
 def test_exercise_stubs_raise_and_have_a_check_cell():
     for name in NOTEBOOKS:
         notebook = read(name)

@@ -5,6 +5,7 @@ the NaN stop, resume, DDP and multirun."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -472,3 +473,20 @@ def test_auto_threads_leave_the_busy_cores_alone(monkeypatch):
     for wrong in (0, "many", 1.5, True):
         with pytest.raises(ConfigError, match="trainer.threads must be auto or a whole number"):
             torch_threads(wrong)
+
+
+def test_the_coverage_line_is_printed_through_the_progress_bar_and_logged_for_train_log(config, small_mnist, capsys,
+                                                                                       caplog):
+    """A live Rich bar takes over sys.stdout: a console handler holding the original stream wrote the
+    line onto the end of the bar. It is printed through the bar (Lightning's print), and logged for
+    train.log with console=False, which ConsoleFilter keeps off the console."""
+    from manualbp.training.console import ConsoleFilter
+
+    with caplog.at_level("INFO", logger="manualbp.training.module"):
+        train(config("model=mnist", f"data.root={small_mnist}", "data.val_size=100", "data.batch_size=100",
+                     "trainer.max_epochs=1", "figures=false"))
+    printed = [line for line in capsys.readouterr().out.splitlines() if "backward of the training loss" in line]
+    assert len(printed) == 1 and printed[0].startswith("backward of the training loss: ")
+    records = [record for record in caplog.records if "backward of the training loss" in record.getMessage()]
+    assert len(records) == 1 and not ConsoleFilter().filter(records[0])
+    assert ConsoleFilter().filter(logging.LogRecord("manualbp.training", logging.INFO, "", 0, "a line", (), None))

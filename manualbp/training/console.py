@@ -21,9 +21,12 @@ from manualbp.training.run_folder import RunFolderInUseError, archive_earlier_ru
 
 
 class ConsoleFilter(logging.Filter):
-    """The console shows manualbp's INFO lines and everyone's warnings and errors."""
+    """The console shows manualbp's INFO lines and everyone's warnings and errors, but not a line
+    logged with ``extra={"console": False}`` (printed another way, e.g. through the progress bar)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "console", True):
+            return False
         return record.levelno >= logging.WARNING or record.name.split(".")[0] == "manualbp"
 
 

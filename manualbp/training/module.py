@@ -152,7 +152,9 @@ class LitNet(L.LightningModule):
             loss = forward_and_loss(self.net, self.loss, inputs, targets)
             if not self._coverage_logged:  # once: which backward formulas this run's steps use
                 self._coverage_logged = True
-                log.info("backward of the training loss: %s", str(backward_coverage(loss)).replace("\n", ";"))
+                line = "backward of the training loss: " + str(backward_coverage(loss)).replace("\n", ";")
+                log.info(line, extra={"console": False})  # into train.log; the console gets it through the bar:
+                self.print(line)  # a live progress bar prints it on a line of its own above itself
         self._log_training_loss(loss, len(inputs))
         self.trained_samples += len(inputs)
         return loss  # autograd engine: Lightning calls backward and the optimizer step
