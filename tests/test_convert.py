@@ -65,15 +65,15 @@ def test_converted_resnet18_steps_like_the_original(dtype, bound, training):
 
 def test_what_convert_leaves_is_reported_and_strict_refuses_it():
     def model():
-        return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding_mode="reflect"), torch.nn.Softplus(),
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding_mode="reflect"), torch.nn.Softsign(),
                                    torch.nn.Flatten(), torch.nn.LazyLinear(2), torch.nn.Identity())
 
     with pytest.warns(UserWarning, match=r"3 module\(s\) keep PyTorch's backward: 0 \(Conv2d: manualbp pads with "
-                                         r"zeros only.*\); 1 \(Softplus: no manualbp twin\); 3 \(LazyLinear"):
+                                         r"zeros only.*\); 1 \(Softsign: no manualbp twin\); 3 \(LazyLinear"):
         converted = manualbp.convert(model())
     assert type(converted[0]) is torch.nn.Conv2d and type(converted[2]) is mnn.Flatten
     untouched = model()
-    with pytest.raises(NotConvertibleError, match=r"strict=True\): 3 module\(s\) .*Softplus.*LazyLinear"):
+    with pytest.raises(NotConvertibleError, match=r"strict=True\): 3 module\(s\) .*Softsign.*LazyLinear"):
         manualbp.convert(untouched, strict=True)
     assert type(untouched[2]) is torch.nn.Flatten  # refused before anything was replaced
 

@@ -15,9 +15,9 @@ MODELS = '''
 import torch
 
 
-def reflect_and_hardswish():
-    """Two modules convert leaves: a reflect-padded Conv2d, and Hardswish (no manualbp twin)."""
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), torch.nn.Hardswish(),
+def reflect_and_softsign():
+    """Two modules convert leaves: a reflect-padded Conv2d, and Softsign (no manualbp twin)."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), torch.nn.Softsign(),
                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 2))
 
 
@@ -33,15 +33,15 @@ def not_a_model():
 def test_the_command_prints_no_warning_and_says_why_modules_were_left(tmp_path):
     (tmp_path / "cov_models.py").write_text(MODELS)
     result = subprocess.run(
-        [sys.executable, "-m", "manualbp.coverage", "cov_models:reflect_and_hardswish", "--shape", "2,3,8,8"],
+        [sys.executable, "-m", "manualbp.coverage", "cov_models:reflect_and_softsign", "--shape", "2,3,8,8"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={"PYTHONPATH": f"{tmp_path}:{manualbp.__path__[0]}/..", "PATH": "", "OMP_NUM_THREADS": "1"},
     )
-    assert result.returncode == 1, result.stdout + result.stderr  # Hardswish keeps PyTorch's backward
+    assert result.returncode == 1, result.stdout + result.stderr  # Softsign keeps PyTorch's backward
     assert result.stderr == "", result.stderr  # no runpy "found in sys.modules" RuntimeWarning
     assert "left with PyTorch's backward by convert (2):" in result.stdout
     assert "0 (Conv2d: manualbp pads with zeros only, got padding_mode='reflect')" in result.stdout
-    assert "1 (Hardswish: no manualbp twin)" in result.stdout
+    assert "1 (Softsign: no manualbp twin)" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_the_command_prints_no_warning_and_says_why_modules_were_left(tmp_path):
     [
         (["cov_models_{n}:raises"], "cov_models_{n}:raises() raised RuntimeError: no weights here: fix the factory"),
         (["cov_models_{n}:not_a_model"], "returned int, expected a torch.nn.Module or (model, example inputs)"),
-        (["cov_models_{n}:reflect_and_hardswish", "--shape", "2,5"], "the model raised NotImplementedError on inputs "
+        (["cov_models_{n}:reflect_and_softsign", "--shape", "2,5"], "the model raised NotImplementedError on inputs "
          "of shape (2, 5): Padding size 4 is not supported for 2D input tensor.: give --shape the sizes"),
         (["cov_models_{n}:no_such"], "module 'cov_models_{n}' has no 'no_such'"),
         (["cov_syntax_{n}:f"], "module 'cov_syntax_{n}' has a syntax error: "),
