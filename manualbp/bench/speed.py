@@ -116,9 +116,14 @@ def step_row(nets: dict, losses: dict, make_optimizer, batches, rounds: int) -> 
 
 
 def saved_activation_bytes(net, loss, inputs, targets) -> int:
-    """Bytes that autograd keeps for backward in one forward pass: every tensor handed to
-    ``saved_tensors_hooks``, each storage counted once, parameters (kept anyway) excluded."""
-    parameter_storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    """Bytes that autograd keeps for backward in one forward pass of ``net`` and ``loss``."""
+    return saved_bytes(net, lambda: forward_and_loss(net, loss, inputs, targets))
+
+
+def saved_bytes(model: torch.nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes that autograd keeps for backward while ``forward()`` runs: every tensor handed to
+    ``saved_tensors_hooks``, each storage counted once, ``model``'s parameters (kept anyway) excluded."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 
     def pack(tensor):
@@ -128,7 +133,7 @@ def saved_activation_bytes(net, loss, inputs, targets) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        forward_and_loss(net, loss, inputs, targets)
+        forward()
     return sum(storages.values())
 
 

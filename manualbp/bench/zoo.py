@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from manualbp.bench.speed import interleaved_runs
+from manualbp.bench.speed import interleaved_runs, saved_bytes
 
 # (label, spec, overrides at training-like sizes, overrides for --quick)
 _TIMM_QUICK = ["image_size=32", "batch=2"]
@@ -82,22 +82,13 @@ def _saved_bytes(built, model: torch.nn.Module, by_hand: bool) -> int:
     """Bytes autograd keeps for backward in one forward (each storage once, parameters excluded)."""
     import manualbp
 
-    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_storages:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    def forward():
         if by_hand:
             with manualbp.hand_written():
-                built.loss(model)
-        else:
-            built.loss(model)
-    return sum(storages.values())
+                return built.loss(model)
+        return built.loss(model)
+
+    return saved_bytes(model, forward)
 
 
 def _self_times(run: Callable[[], float]) -> dict[str, float]:
