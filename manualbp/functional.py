@@ -23,6 +23,7 @@ from manualbp.layers.normalization import *  # noqa: F403
 from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.products import *  # noqa: F403
 from manualbp.layers.reductions import *  # noqa: F403
+from manualbp.layers.resampling import *  # noqa: F403
 from manualbp.layers.shape import *  # noqa: F403
 from manualbp.layers.softmax import *  # noqa: F403
 

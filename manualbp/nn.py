@@ -42,6 +42,7 @@ from manualbp.layers.pooling import *  # noqa: F403
 from manualbp.layers.pooling import MaxPool2d
 from manualbp.layers.products import *  # noqa: F403
 from manualbp.layers.reductions import *  # noqa: F403
+from manualbp.layers.resampling import *  # noqa: F403
 from manualbp.layers.shape import *  # noqa: F403
 from manualbp.layers.shape import Flatten, Unflatten
 from manualbp.layers.softmax import *  # noqa: F403

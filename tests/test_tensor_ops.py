@@ -210,3 +210,47 @@ def test_under_autocast_arithmetic_keeps_torchs_dtypes():
     assert ours.dtype == expected.dtype
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
     assert scaled.dtype == torch.float32 and "TensorBase.mul" in mode.replaced
+
+
+@pytest.mark.parametrize("call", [
+    lambda a, b: torch.einsum("bij,bjk->bik", a, b), lambda a, b: torch.einsum("bij,bjk", [a, b]),
+    lambda a, b: torch.einsum("bij,bkj->bik", a, b.mT).square().sum(-1),
+    lambda a, b: torch.nn.functional.normalize(a, dim=-1) * 2,
+    lambda a, b: torch.nn.functional.interpolate(a.unsqueeze(1), scale_factor=2, mode="bilinear"),
+    lambda a, b: torch.nn.functional.interpolate(a.unsqueeze(1), size=(5, 7)),
+    lambda a, b: manualbp.convert(torch.nn.Upsample(scale_factor=3, mode="nearest"))(a.unsqueeze(1)),
+], ids=["einsum", "einsum list, implicit output", "einsum summed", "normalize", "interpolate bilinear",
+        "interpolate nearest", "Upsample"])
+def test_einsum_normalize_and_interpolate_are_hand_written(call):
+    theirs_leaves, ours_leaves = _bmm_leaves(), _bmm_leaves()
+    expected = call(*theirs_leaves)
+    with manualbp.hand_written() as mode:
+        ours = call(*ours_leaves)
+    assert not mode.fell_back and manualbp.backward_coverage(ours).complete
+    torch.testing.assert_close(ours, expected, rtol=1e-14, atol=1e-15)
+    weights = torch.randn_like(expected)
+    for mine, theirs in zip(torch.autograd.grad((ours * weights).sum(), ours_leaves, allow_unused=True),
+                            torch.autograd.grad((expected * weights).sum(), theirs_leaves, allow_unused=True),
+                            strict=True):
+        assert (mine is None) == (theirs is None)
+        if mine is not None:
+            torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
+
+
+def _bmm_leaves():
+    generator = torch.Generator().manual_seed(5)
+    return (torch.randn(2, 3, 4, dtype=torch.float64, generator=generator).requires_grad_(),
+            torch.randn(2, 4, 5, dtype=torch.float64, generator=generator).requires_grad_())
+
+
+@pytest.mark.parametrize("call", [
+    lambda a: torch.einsum("ii->i", a), lambda a: torch.einsum("...ij->...ji", a),
+    lambda a: torch.nn.functional.normalize(a, p=1),
+    lambda a: torch.nn.functional.interpolate(a[None], 3, mode="linear"),
+], ids=["einsum diagonal", "einsum ellipsis", "normalize p=1", "interpolate linear"])
+def test_what_einsum_normalize_and_interpolate_leave_to_torch_is_torchs(call):
+    a = torch.randn(3, 3, dtype=torch.float64)
+    with manualbp.hand_written() as mode:
+        ours = call(a)
+    assert mode.fell_back and not mode.replaced
+    torch.testing.assert_close(ours, call(a), rtol=0, atol=0)

@@ -7,8 +7,9 @@
 * ``multihead_attention.py``: multi-head attention, from the linear and attention layers.
 * ``elementwise.py``: tensor arithmetic A·B, A/B, A + αB, −A, powers, roots, exp, log, |A|, clamp,
   broadcasting (δ summed over the broadcast dimensions).
-* ``products.py``: β·C + α·A B (addmm, baddbmm).
-* ``reductions.py``: sum, mean, variance, standard deviation, max / min over dimensions.
+* ``products.py``: β·C + α·A B (addmm, baddbmm), einsum.
+* ``resampling.py``: nearest and bilinear resizing (interpolate, Upsample), Z = R_h X R_wᵀ.
+* ``reductions.py``: sum, mean, variance, standard deviation, max / min over dimensions, normalize.
 * ``softmax.py``: softmax and log-softmax over any dimension.
 * ``embedding.py``: the table lookup Z = W[i], the linear layer of a one-hot input.
 * ``conv.py``: 2-D convolution, the linear layer at every patch; 1-D as a 1 × L image.
@@ -42,11 +43,13 @@ from manualbp.layers import (
     pooling,
     products,
     reductions,
+    resampling,
     shape,
     softmax,
 )
 
 __all__ = [
     "activations", "attention", "conv", "dropout", "elementwise", "embedding", "linear", "losses", "matmul", "mlp",
-    "multihead_attention", "normalization", "pooling", "products", "reductions", "shape", "softmax",
+    "multihead_attention", "normalization", "pooling", "products", "reductions", "resampling", "shape",
+    "softmax",
 ]

@@ -46,7 +46,7 @@ __all__ = [
     "ReciprocalFunction", "reciprocal",
     "AddFunction", "add", "sub", "rsub", "reflected_sub",
     "NegFunction", "neg",
-    "PowFunction", "PowTensorFunction", "ExponentialFunction", "pow",
+    "PowFunction", "PowTensorFunction", "ExponentialFunction", "pow", "square",
     "SqrtFunction", "sqrt",
     "RsqrtFunction", "rsqrt",
     "ExpFunction", "exp",
@@ -489,6 +489,12 @@ def pow(input, exponent, *, out: Tensor | None = None) -> Tensor:  # noqa: A001 
     if isinstance(exponent, Tensor):
         return apply(PowTensorFunction, input, exponent)
     return apply(PowFunction, input, exponent)
+
+
+@hand_writes(torch.square, Tensor.square)
+def square(input: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """A² like ``torch.square`` (PyTorch's is pow(A, 2)): δA = 2·A·δZ."""
+    return pow(input, 2, out=out)
 
 
 @hand_writes(Tensor.__rpow__)

@@ -17,7 +17,7 @@ from manualbp.layers.base import LayerFunction, apply, hand_writes
 from manualbp.layers.elementwise import check_operands, refuse_out
 from manualbp.layers.matmul import matmul_backward, sum_to_shape
 
-__all__ = ["AddmmFunction", "addmm", "baddbmm"]
+__all__ = ["AddmmFunction", "addmm", "baddbmm", "einsum_backward_equations", "EinsumFunction", "einsum"]
 
 
 class AddmmFunction(LayerFunction):
@@ -83,3 +83,105 @@ def baddbmm(input: Tensor, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1, o
     """β·C + α·A B per batch like ``torch.baddbmm``: C broadcast to (b, n, m), A (b, n, k), B (b, k, m)."""
     _checked("baddbmm", input, batch1, batch2, beta, alpha, 3, out)
     return apply(AddmmFunction, input, batch1, batch2, beta, alpha, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# einsum: a product of any number of tensors, summed over the letters the output leaves out
+# ----------------------------------------------------------------------------------------------
+
+
+def einsum_backward_equations(equation: str) -> list[str]:
+    """For ``"ij,jk->ik"``, operand i's δ as an einsum of δZ and the other operands, which the
+    chain rule gives for a multilinear map: δA = einsum("ik,jk->ij", δZ, B), δB = einsum("ij,ik->jk", A, δZ)
+    -- each letter of the operand is kept, every other letter summed. ``equation``: explicit
+    (``->``), letters only, no letter twice in one operand (the checks of :func:`einsum` ensure it)."""
+    inputs, output = equation.split("->")
+    subscripts = inputs.split(",")
+    equations = []
+    for index, own in enumerate(subscripts):
+        others = [output] + [s for i, s in enumerate(subscripts) if i != index]
+        kept = "".join(letter for letter in own if any(letter in other for other in others))  # letters δ can carry
+        equations.append(f"{','.join(others)}->{kept}")
+    return equations
+
+
+class EinsumFunction(LayerFunction):
+    """Z = einsum(equation, A, B, ...), δA = einsum(δZ, B, ... → A's letters) (and so for each operand),
+    a letter that only A has (summed inside A alone) broadcast back over A's extent."""
+
+    @staticmethod
+    def forward(equation, *operands):
+        return torch.einsum(equation, *operands)  # Z = Σ over the letters the output leaves out of Π operands
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.equation, *operands = inputs
+        ctx.save_for_backward(*operands)
+        ctx.save_for_forward(*operands)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        operands = ctx.saved_tensors
+        own_subscripts = ctx.equation.split("->")[0].split(",")
+        grads = []
+        for index, (equation, own) in enumerate(zip(einsum_backward_equations(ctx.equation), own_subscripts,
+                                                    strict=True)):
+            if not ctx.needs_input_grad[index + 1]:
+                grads.append(None)
+                continue
+            others = [operand for i, operand in enumerate(operands) if i != index]
+            grad = torch.einsum(equation, grad_output, *others)  # δA = einsum(δZ, B, ... -> A)
+            kept = equation.split("->")[1]
+            if kept != own:  # letters only A has: δ is the same all along them
+                shape = operands[index].shape
+                grad = grad.reshape([shape[own.index(letter)] if letter in kept else 1 for letter in own]).expand(shape)
+            grads.append(grad)
+        return None, *grads
+
+    @staticmethod
+    def jvp(ctx, equation_tangent, *tangents):
+        operands = ctx.saved_tensors
+        tangent = 0  # Ż = Σᵢ einsum(..., Ȧᵢ, ...): the product rule
+        for index, operand_tangent in enumerate(tangents):
+            if operand_tangent is not None:
+                with_tangent = [operand_tangent if i == index else operand for i, operand in enumerate(operands)]
+                tangent = tangent + torch.einsum(ctx.equation, *with_tangent)
+        return tangent
+
+
+def _explicit_equation(equation: str, operands: tuple[Tensor, ...]) -> str:
+    """``equation`` with its output written out (``"ij,jk"`` is ``"ij,jk->ik"``: the letters used once,
+    in alphabetical order) and spaces removed; NotImplementedError for what einsum's formula here does
+    not cover (``...``, a letter twice in one operand, a letter of different sizes, broadcast size-1 dims)."""
+    equation = equation.replace(" ", "")
+    if "." in equation:
+        raise NotImplementedError("einsum: '...' is left to PyTorch's einsum; write the dimensions out")
+    inputs, arrow, output = equation.partition("->")
+    subscripts = inputs.split(",")
+    if len(subscripts) != len(operands) or not all(s.isalpha() for s in subscripts) or not output.isalpha() and output:
+        raise NotImplementedError(f"einsum: expected {len(operands)} subscripts of letters, got {equation!r}")
+    if not arrow:
+        counts = {letter: inputs.count(letter) for letter in set(inputs.replace(",", ""))}
+        output = "".join(sorted(letter for letter, count in counts.items() if count == 1))
+    sizes: dict[str, int] = {}
+    for subscript, operand in zip(subscripts, operands, strict=True):
+        if len(set(subscript)) != len(subscript) or len(subscript) != operand.dim():
+            raise NotImplementedError(f"einsum: a letter twice in one operand (a diagonal), or subscripts that do not "
+                                      f"match the operand's dimensions, in {equation!r}: PyTorch's einsum computes it")
+        for letter, size in zip(subscript, operand.shape, strict=True):
+            if sizes.setdefault(letter, size) != size:
+                raise NotImplementedError(f"einsum: letter {letter!r} has sizes {sizes[letter]} and {size} "
+                                          f"(broadcast): PyTorch's einsum computes it")
+    return f"{inputs}->{output}"
+
+
+@hand_writes(torch.einsum)
+def einsum(equation, *operands) -> Tensor:
+    """Like ``torch.einsum(equation, *operands)`` (operands also as one list), with the hand-written backward:
+    each operand's δ is the einsum of δZ with the others (see :func:`einsum_backward_equations`)."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(equation, str) or not operands or not all(isinstance(o, Tensor) for o in operands):
+        raise NotImplementedError("einsum: expected an equation string and tensors; PyTorch's einsum takes the rest")
+    check_operands("einsum", *operands)
+    return apply(EinsumFunction, _explicit_equation(equation, operands), *operands)

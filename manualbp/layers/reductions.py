@@ -31,6 +31,7 @@ __all__ = [
     "StdFunction", "std",
     "AmaxFunction", "amax", "amin",
     "MaxDimFunction", "max", "min",
+    "normalize_forward", "normalize_backward", "NormalizeFunction", "normalize",
 ]
 
 
@@ -320,3 +321,63 @@ def amin(input: Tensor, dim=(), keepdim: bool = False, *, out=None) -> Tensor:
     """min A over ``dim`` (all by default) like ``torch.amin``; ties share δZ evenly."""
     refuse_out("amin", out)
     return apply(AmaxFunction, *_reduction_arguments("amin", input, dim, keepdim, None), False)
+
+
+# ----------------------------------------------------------------------------------------------
+# F.normalize: each vector divided by its length
+# ----------------------------------------------------------------------------------------------
+
+
+def normalize_backward(grad_output: Tensor, output: Tensor, norm: Tensor, eps: float, dim: int) -> Tensor:
+    """δx of y = x / max(‖x‖, ε) along ``dim``, d = max(‖x‖, ε): δx = (δy − y·Σ(δy·y)) / d where
+    ‖x‖ ≥ ε (the length moves with x: ∂‖x‖/∂x = x/‖x‖ = y), δx = δy / ε where ‖x‖ < ε (the length is
+    the constant ε). grad_output δy, output y: x's shape; norm ‖x‖: keepdim along ``dim``."""
+    denominator = norm.clamp_min(eps)  # d = max(‖x‖, ε)
+    projection = (grad_output * output).sum(dim, keepdim=True) * (norm >= eps)  # Σ δy·y, where ‖x‖ ≥ ε
+    return (grad_output - output * projection) / denominator  # δx = (δy − y·Σ(δy·y)) / d
+
+
+def normalize_forward(input: Tensor, dim: int, eps: float) -> tuple[Tensor, Tensor]:
+    """y = x / max(‖x‖, ε) along ``dim``, and ‖x‖ (keepdim): input x, any shape."""
+    norm = torch.linalg.vector_norm(input, 2, dim, keepdim=True)  # ‖x‖ along dim
+    return input / norm.clamp_min(eps), norm  # y = x / max(‖x‖, ε)
+
+
+class NormalizeFunction(LayerFunction):
+    """y = x / max(‖x‖₂, ε) along one dimension, with the backward of :func:`normalize_backward`.
+    Saves x; the backward recomputes ‖x‖ and y from it (so that a recorded backward, for second
+    derivatives, sees how they depend on x)."""
+
+    @staticmethod
+    def forward(input, dim, eps):
+        return normalize_forward(input, dim, eps)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.dim, ctx.eps = inputs
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        output, norm = normalize_forward(input, ctx.dim, ctx.eps)
+        return normalize_backward(grad_output, output, norm, ctx.eps, ctx.dim), None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, dim_tangent, eps_tangent):
+        (input,) = ctx.saved_tensors  # ∂y/∂x is symmetric: the tangent is the backward formula of ẋ
+        output, norm = normalize_forward(input, ctx.dim, ctx.eps)
+        return normalize_backward(input_tangent, output, norm, ctx.eps, ctx.dim)
+
+
+@hand_writes(torch.nn.functional.normalize)
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12, out: Tensor | None = None) -> Tensor:
+    """x / max(‖x‖_p, ε) along ``dim`` like ``torch.nn.functional.normalize``, for p = 2 (other p are
+    left to PyTorch)."""
+    refuse_out("normalize", out)
+    check_operands("normalize", input)
+    if p != 2 or isinstance(dim, (tuple, list)) or input.dim() == 0:
+        raise NotImplementedError(f"normalize: p={p}, dim={dim!r} on a {input.dim()}-D tensor is left to PyTorch's "
+                                  f"normalize (manualbp's is the L2 length along one dimension)")
+    return apply(NormalizeFunction, input, dim, float(eps))
