@@ -209,7 +209,7 @@ class PerExampleSession:
 
 def per_example(model: torch.nn.Module | Iterable[Tensor], norms_only: bool = False) -> PerExampleSession:
     """``with manualbp.per_example(model): loss.backward()`` leaves, on every parameter of ``model``
-    that the backward reaches, ``p.grad`` as usual and ``p.grad_sample``: (N, *p.shape), example k's
+    that the backward reaches, ``p.grad`` as usual and ``p.grad_sample``: ``(N, *p.shape)``, example k's
     term of ``p.grad`` (``grad_sample.sum(0) == p.grad``). With ``norms_only=True`` it leaves
     ``p.grad_norm_sample``: (N,), the norm of each term, without materialising the terms where the
     layer can (see :mod:`manualbp.per_example_gradients`). ``model``: a Module, or an iterable of parameters."""

@@ -478,7 +478,7 @@ def conv2d_per_example(
     per-example formula with the patches p of image k as its rows (per group of channels).
 
     grad_output δZ: (N, C_out, H_out, W_out) or unbatched (one image); input X: (N, C_in, H, W)
-    or unbatched. Returns None (no per-example δX), δWₖ: (N, *W's shape), δbₖ: (N, C_out). With
+    or unbatched. Returns None (no per-example δX), δWₖ: ``(N, *W's shape)``, δbₖ: (N, C_out). With
     ``norms_only`` it returns their squared norms instead, (N,) each, by the linear layer's ghost
     norms (``rows_per_example_norms``) where the Gram matrices are smaller than δWₖ.
     """
@@ -508,7 +508,7 @@ def conv1d_per_example(
     dilation: int, groups: int, needs_grad: tuple[bool, bool, bool] = (False, True, True), norms_only: bool = False,
 ) -> tuple[None, Tensor | None, Tensor | None]:
     """:func:`conv2d_per_example` on the 1 × L images. grad_output δZ: (N, C_out, L_out) or (C_out, L_out);
-    input X: (N, C_in, L) or (C_in, L). Returns None, δWₖ: (N, *W's shape), δbₖ: (N, C_out) (or squared norms)."""
+    input X: (N, C_in, L) or (C_in, L). Returns None, δWₖ: ``(N, *W's shape)``, δbₖ: (N, C_out) (or squared norms)."""
     image_weight_shape = (*weight_shape[:-1], 1, weight_shape[-1])
     _, grad_weight, grad_bias = conv2d_per_example(
         _as_image(grad_output), _as_image(input), image_weight_shape, (1, stride), (0, padding), (1, dilation), groups,

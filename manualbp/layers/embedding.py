@@ -49,7 +49,7 @@ def embedding_per_example(grad_output: Tensor, indices: Tensor, num_embeddings: 
                           padding_idx: int | None = None) -> Tensor:
     """Each example's term of δW: δWₖ,ᵥ = Σ_{t: iₖₜ = v} δZₖₜ, the scatter-add of example k's rows alone.
 
-    grad_output δZ: (N, *, D); indices: (N, *), the batch first (unbatched indices are one example).
+    grad_output δZ: ``(N, *, D)``; indices: ``(N, *)``, the batch first (unbatched indices are one example).
     Returns (N, V, D); the padding row stays 0."""
     if indices.dim() == 0 or grad_output.dim() == 1:
         indices, grad_output = indices.reshape(1, -1), grad_output.reshape(1, -1, grad_output.shape[-1])

@@ -91,7 +91,7 @@ def linear_per_example(
     """Each example's term of δW and δb: δW = Σₖ δWₖ, δWₖ = δZₖᵀXₖ, δbₖ = Σ δZₖ (for a sequence, the
     sum runs over its positions too: δWₖ = Σₜ δzₖₜᵀ xₖₜ).
 
-    grad_output δZ: (N, *, out_features); input X: (N, *, in_features), the batch first (a single
+    grad_output δZ: ``(N, *, out_features)``; input X: ``(N, *, in_features)``, the batch first (a single
     example without a batch dimension counts as N = 1). Returns None (no per-example δX), δWₖ:
     (N, out_features, in_features), δbₖ: (N, out_features).
     """
@@ -132,7 +132,7 @@ def rows_per_example_norms(grad_rows: Tensor, input_rows: Tensor | None, needs_g
 
 
 def _example_rows(tensor: Tensor) -> Tensor:
-    """(N, *, features) -> (N, positions, features); a tensor without a batch dimension is one example."""
+    """``(N, *, features)`` -> (N, positions, features); a tensor without a batch dimension is one example."""
     if tensor.dim() == 1:
         return tensor.reshape(1, 1, tensor.shape[0])
     return tensor.reshape(tensor.shape[0], -1, tensor.shape[-1])

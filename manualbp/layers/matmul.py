@@ -68,7 +68,7 @@ def sum_to_shape(gradient: Tensor, shape: torch.Size) -> Tensor:
 
 def sum_to_shape_per_example(gradient: Tensor, shape: torch.Size) -> Tensor:
     """Each example's share of :func:`sum_to_shape`: ``gradient`` (N, ...), the batch first, summed
-    back to an operand of ``shape`` broadcast over it, but not over the batch: (N, *shape). What
+    back to an operand of ``shape`` broadcast over it, but not over the batch: ``(N, *shape)``. What
     ``manualbp.per_example`` needs of a parameter broadcast against activations (a layer scale γ)."""
     leading = gradient.dim() - len(shape)
     if leading == 0:  # the operand has the batch's dimension: of size 1 (broadcast over the batch), or its own

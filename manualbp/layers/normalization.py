@@ -330,7 +330,7 @@ def normalization_per_example(grad_output: Tensor, normalized: Tensor, parameter
 
     grad_output δy, normalized x̂: (N, ...), the batch first; parameter_dims: the dimensions γ
     spans (the channels (1,) for group norm, the last ones for layer norm). Returns δγₖ, δβₖ:
-    (N, *γ's shape), each None unless ``needs_grad`` asks for it."""
+    ``(N, *γ's shape)``, each None unless ``needs_grad`` asks for it."""
     summed = tuple(d for d in range(1, grad_output.dim()) if d not in parameter_dims)
     grad_weight = _sum_over(grad_output * normalized, summed) if needs_grad[0] else None  # δγₖ = Σ δyₖ·x̂ₖ
     grad_bias = _sum_over(grad_output, summed) if needs_grad[1] else None  # δβₖ = Σ δyₖ
@@ -1003,7 +1003,7 @@ def _inverse_rms(input: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
 def rms_norm_forward(input: Tensor, normalized_dims: int, weight: Tensor | None, eps: float) -> Tensor:
     """y = γ x/rms per row of the last ``normalized_dims`` dimensions.
 
-    input: (*, *normalized_shape); weight γ: normalized_shape or None. Returns y: input's shape.
+    input: ``(*, *normalized_shape)``; weight γ: normalized_shape or None. Returns y: input's shape.
     """
     normalized = input * _inverse_rms(input, _row_dims(input, normalized_dims), eps)  # x̂ = x/rms
     return normalized if weight is None else normalized * weight  # y = γ x̂
@@ -1019,7 +1019,7 @@ def rms_norm_backward(
 ) -> tuple[Tensor | None, Tensor | None]:
     """δx, δγ of y = γ x/rms per row; rms recomputed from x (double backward differentiates this).
 
-    grad_output δy, input x: (*, *normalized_shape); weight γ: normalized_shape or None.
+    grad_output δy, input x: ``(*, *normalized_shape)``; weight γ: normalized_shape or None.
     Returns δx: x's shape, δγ: normalized_shape (each None unless ``needs_grad`` asks for it).
     """
     dims = _row_dims(input, normalized_dims)
@@ -1097,7 +1097,7 @@ def _check_rms_norm_arguments(input, normalized_shape, weight) -> None:
 def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
     """RMS normalization like ``torch.nn.functional.rms_norm``, with the hand-written backward.
 
-    input: (*, *normalized_shape); weight γ: normalized_shape or None; eps None: the machine epsilon
+    input: ``(*, *normalized_shape)``; weight γ: normalized_shape or None; eps None: the machine epsilon
     of the input's dtype, as PyTorch takes it. Returns y: input's shape.
     """
     normalized_shape = _normalized_shape(normalized_shape)
@@ -1110,7 +1110,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps:
 
 class RMSNorm(SharesState, torch.nn.RMSNorm, torch_twin=torch.nn.RMSNorm):
     """``torch.nn.RMSNorm`` (same parameters and state_dict) with the hand-written backward
-    δx = (1/rms)(g − x̂·mean(g·x̂)), g = γδy. input (*, *normalized_shape)."""
+    δx = (1/rms)(g − x̂·mean(g·x̂)), g = γδy. input ``(*, *normalized_shape)``."""
 
     def forward(self, input: Tensor) -> Tensor:
         return rms_norm(input, self.normalized_shape, self.weight, self.eps)
